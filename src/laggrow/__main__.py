@@ -1,0 +1,3 @@
+from laggrow.cli import main
+
+main()

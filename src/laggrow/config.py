@@ -1,0 +1,299 @@
+"""Typed, validated configuration: frozen dataclasses, YAML loading and `--set` overrides.
+
+A run is described by three sections, `model`, `data` and `train`. Every key is checked: an
+unknown key, a value of the wrong type or out of range raises `LaggrowError` naming the key
+(`model.d_model`) and what was expected. No jax here, so `laggrow --help` stays instant.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laggrow.errors import LaggrowError
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Shape of a decoder-only pre-LN Transformer LM."""
+
+    n_layers: int = 2
+    d_model: int = 64
+    n_heads: int = 4
+    d_ff: int = 256
+    vocab_size: int = 256
+    max_seq_len: int = 128
+    pos_emb: str = "learned"  # learned | rope
+    tie_embeddings: bool = False
+    dtype: str = "float32"  # compute dtype; params stay float32
+    ln_eps: float = 1e-5
+
+    @property
+    def head_dim(self) -> int:
+        return self.d_model // self.n_heads
+
+    def validate(self) -> None:
+        for name in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
+            _require(getattr(self, name) >= 1, f"model.{name}", "an integer >= 1", getattr(self, name))
+        _require(self.d_model % self.n_heads == 0, "model.d_model",
+                 f"a multiple of model.n_heads ({self.n_heads})", self.d_model)
+        _require(self.pos_emb in ("learned", "rope"), "model.pos_emb", "'learned' or 'rope'", self.pos_emb)
+        if self.pos_emb == "rope":
+            _require(self.head_dim % 2 == 0, "model.d_model",
+                     "d_model / n_heads even (RoPE rotates pairs)", self.d_model)
+        _require(self.dtype in ("float32", "bfloat16"), "model.dtype", "'float32' or 'bfloat16'", self.dtype)
+        _require(self.ln_eps > 0, "model.ln_eps", "a number > 0", self.ln_eps)
+
+    @classmethod
+    def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
+        """Infer the architecture from a params tree (see model.py for the layout). What the
+        shapes cannot tell (dtype, ln_eps, max_seq_len under RoPE) comes from `defaults`."""
+        try:
+            vocab, d_model = params["embed"]["tokens"].shape
+            n_layers, _, _, n_heads, _ = params["blocks"]["attn"]["w_qkv"].shape
+            d_ff = params["blocks"]["mlp"]["w_in"].shape[-1]
+        except (KeyError, TypeError, ValueError) as err:
+            raise LaggrowError(f"params: not a laggrow model tree ({err!r} missing or misshapen)") from None
+        fields = dict(defaults)
+        fields.update(n_layers=int(n_layers), d_model=int(d_model), n_heads=int(n_heads),
+                      d_ff=int(d_ff), vocab_size=int(vocab), tie_embeddings="head" not in params)
+        if "pos" in params:
+            fields.update(pos_emb="learned", max_seq_len=int(params["pos"]["embedding"].shape[0]))
+        else:
+            fields["pos_emb"] = "rope"
+        return cls(**fields)
+
+    def n_params(self) -> int:
+        """Parameter count, matching `model.param_shapes` (checked in tests)."""
+        d, f, v, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
+        per_layer = 4 * d + 4 * d * d + 2 * d * f  # two LNs, qkv + out, MLP in + out
+        total = v * d + L * per_layer + 2 * d
+        if self.pos_emb == "learned":
+            total += self.max_seq_len * d
+        if not self.tie_embeddings:
+            total += d * v
+        return total
+
+    def train_flops_per_token(self, seq_len: int) -> int:
+        """Model FLOPs of one training token (forward + backward = 3x forward), as in PaLM's MFU:
+        6 per matmul weight plus the attention score and value products."""
+        d, f, v, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
+        matmul_weights = L * (4 * d * d + 2 * d * f) + d * v
+        attention = L * 2 * seq_len * d  # QK^T and AV, 2 FLOPs each, per token (causal not halved)
+        return 6 * matmul_weights + 6 * attention
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """Where tokens come from and how they are cut into batches."""
+
+    corpus: str = "kjv"  # kjv | path to a .txt file, a folder of .txt files, or a .jsonl file
+    text_field: str = "text"  # the field read from a .jsonl corpus
+    tokenizer: str = "byte"  # byte | bpe
+    bpe_vocab_size: int = 1024
+    seq_len: int = 128
+    heldout_fraction: float = 0.02
+    eval_batches: int = 4
+    split_seed: int = 0
+
+    def validate(self) -> None:
+        _require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
+        _require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
+        _require(self.bpe_vocab_size >= 260, "data.bpe_vocab_size", "an integer >= 260", self.bpe_vocab_size)
+        _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        _require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
+                 "a fraction in [0.01, 0.5)", self.heldout_fraction)
+        _require(self.eval_batches >= 1, "data.eval_batches", "an integer >= 1", self.eval_batches)
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Optimizer, schedule and loop settings."""
+
+    steps: int = 100
+    batch_size: int = 16
+    lr: float = 3e-3
+    schedule: str = "cosine"  # cosine | linear | constant (all after a linear warmup)
+    warmup_steps: int = 10
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    beta1: float = 0.9
+    beta2: float = 0.95
+    grad_clip: float = 1.0
+    seed: int = 0
+    eval_every: int = 50
+    log_every: int = 10
+    checkpoint_every: int = 0  # 0: only at the end
+
+    def validate(self) -> None:
+        _require(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
+        _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _require(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
+                 "'cosine', 'linear' or 'constant'", self.schedule)
+        _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps",
+                 f"an integer in [0, train.steps={self.steps}]", self.warmup_steps)
+        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2",
+                 "numbers in [0, 1)", (self.beta1, self.beta2))
+        _require(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables)", self.grad_clip)
+        for name in ("eval_every", "log_every"):
+            _require(getattr(self, name) >= 1, f"train.{name}", "an integer >= 1", getattr(self, name))
+        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def validate(self) -> RunConfig:
+        self.model.validate()
+        self.data.validate()
+        self.train.validate()
+        _require(self.model.max_seq_len >= self.data.seq_len, "model.max_seq_len",
+                 f"at least data.seq_len ({self.data.seq_len})", self.model.max_seq_len)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
+
+
+def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+    if not ok:
+        raise LaggrowError(f"{key}: expected {expected}, got {got!r}")
+
+
+def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
+    """Instantiate `cls` from `values`, rejecting unknown keys and checking each value's type."""
+    if not isinstance(values, dict):
+        raise LaggrowError(f"{where}: expected a mapping of keys to values, got {type(values).__name__}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in dataclasses.fields(cls)]
+    kwargs = {}
+    for key, value in values.items():
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
+            raise LaggrowError(f"{where}.{key}: unknown key{hint}")
+        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
+    return cls(**kwargs)
+
+
+def coerce(value: Any, typ: Any, where: str) -> Any:
+    """Check `value` against a simple annotation (int, float, bool, str, dict, list, Optional)."""
+    origin = typing.get_origin(typ)
+    if origin is typing.Union or str(origin) == "<class 'types.UnionType'>":
+        args = typing.get_args(typ)
+        if value is None and type(None) in args:
+            return None
+        inner = [a for a in args if a is not type(None)]
+        return coerce(value, inner[0], where)
+    if typ is bool:
+        if isinstance(value, bool):
+            return value
+        raise LaggrowError(f"{where}: expected true or false, got {value!r}")
+    if typ is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise LaggrowError(f"{where}: expected an integer, got {value!r}")
+    if typ is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise LaggrowError(f"{where}: expected a number, got {value!r}")
+    if typ is str:
+        if isinstance(value, str):
+            return value
+        raise LaggrowError(f"{where}: expected a string, got {value!r}")
+    if origin in (list, tuple) or typ in (list, tuple):
+        if isinstance(value, (list, tuple)):
+            return tuple(value) if (origin is tuple or typ is tuple) else list(value)
+        raise LaggrowError(f"{where}: expected a list, got {value!r}")
+    if origin is dict or typ is dict:
+        if isinstance(value, dict):
+            return value
+        raise LaggrowError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
+    """Read a YAML mapping, with one-line errors for a missing file or malformed YAML."""
+    path = Path(path)
+    if not path.is_file():
+        raise LaggrowError(f"{what} {path}: file not found (expected a YAML file)")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}" if mark is not None else ""
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise LaggrowError(f"{what} {path}: malformed YAML{at}: {problem}") from None
+    except UnicodeDecodeError:
+        raise LaggrowError(f"{what} {path}: not UTF-8 text (expected a YAML file)") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise LaggrowError(f"{what} {path}: expected a mapping at the top level, got {type(raw).__name__}")
+    return raw
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """Apply `section.key=value` overrides; the value is parsed as YAML (`8`, `true`, `1e-3`)."""
+    raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
+    for item in overrides or []:
+        if "=" not in item:
+            raise LaggrowError(f"--set {item!r}: expected section.key=value")
+        dotted, text = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        if len(parts) != 2 or not all(parts):
+            raise LaggrowError(f"--set {item!r}: expected section.key=value, e.g. model.n_layers=8")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError:
+            value = text
+        section = raw.setdefault(parts[0], {})
+        if not isinstance(section, dict):
+            raise LaggrowError(f"--set {item!r}: section '{parts[0]}' is not a mapping")
+        section[parts[1]] = value
+    return raw
+
+
+def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
+    """Build and validate a RunConfig; `data.seq_len` fills `model.max_seq_len` when absent."""
+    for key in raw:
+        if key not in SECTIONS:
+            raise LaggrowError(f"{where}: unknown section '{key}' (expected model, data, train)")
+    data = build_dataclass(DataConfig, raw.get("data") or {}, "data")
+    model_raw = dict(raw.get("model") or {})
+    model_raw.setdefault("max_seq_len", data.seq_len)
+    model = build_dataclass(ModelConfig, model_raw, "model")
+    train = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
+    return RunConfig(model=model, data=data, train=train).validate()
+
+
+def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
+    raw = read_yaml(path) if path is not None else {}
+    return run_config_from_dict(apply_overrides(raw, overrides), where=str(path or "config"))
+
+
+def save_json(path: Path, obj: Any) -> None:
+    """Write JSON atomically (tmp + rename) so a crash never leaves a half file."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tmp.replace(path)
+
+
+def run_config_from_json(path: Path) -> RunConfig:
+    return run_config_from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))
