@@ -18,6 +18,13 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
+
+
+@app.callback()
+def _root() -> None:
+    """Grow Transformer LMs and choose the growth strategy with Landscape-Aware Growing (LAG)."""
+
+
 # Order is the order of `laggrow --help`.
 COMMAND_MODULES = ["train"]
 

@@ -100,7 +100,8 @@ class DataConfig:
     bpe_vocab_size: int = 1024
     seq_len: int = 128
     heldout_fraction: float = 0.02
-    eval_batches: int = 4
+    eval_batches: int = 4  # the fixed held-out set: eval_batches x eval_batch_size windows
+    eval_batch_size: int = 16
     split_seed: int = 0
 
     def validate(self) -> None:
@@ -111,6 +112,7 @@ class DataConfig:
         _require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
                  "a fraction in [0.01, 0.5)", self.heldout_fraction)
         _require(self.eval_batches >= 1, "data.eval_batches", "an integer >= 1", self.eval_batches)
+        _require(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
 
 
 @dataclass(frozen=True)

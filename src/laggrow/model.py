@@ -134,7 +134,8 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     mean = x32.mean(-1, keepdims=True)
     var = jnp.square(x32 - mean).mean(-1, keepdims=True)
     y = (x32 - mean) * jax.lax.rsqrt(var + eps)
-    return (y * scale + bias).astype(x.dtype)
+    lead = (1,) * (x.ndim - 1)  # explicit broadcasting: tests run with rank promotion = raise
+    return (y * scale.reshape(lead + scale.shape) + bias.reshape(lead + bias.shape)).astype(x.dtype)
 
 
 def rope(x: jax.Array) -> jax.Array:

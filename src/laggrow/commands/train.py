@@ -1,0 +1,52 @@
+"""`laggrow train`: train a model on a corpus, with Orbax checkpoints and resumption."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from laggrow.commands import user_errors
+
+
+@user_errors
+def train_command(
+    config: Annotated[Path, typer.Argument(help="Run config YAML (sections model, data, train).")],
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory [default: runs/<config name>].")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a config value: section.key=value (repeatable).")] = None,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out.")] = False,
+    until: Annotated[int | None, typer.Option(
+        "--until", min=1, help="Pause after this step (checkpointed); continue later with --resume.")] = None,
+) -> None:
+    """Train a model from CONFIG and write config.json, metrics.jsonl, checkpoints and summary.json."""
+    from rich.console import Console
+
+    from laggrow.config import load_run_config
+    from laggrow.report_progress import TrainProgress
+    from laggrow.train_run import execute_run, prepare_run
+
+    console = Console(stderr=True)
+    cfg = load_run_config(config, overrides)
+    out = out if out is not None else Path("runs") / config.stem
+    run = prepare_run(cfg, out, resume)
+    cfg = run.config
+    console.print(
+        f"[bold]laggrow train[/] {config} -> {run.out}: {cfg.model.n_params():,} params, "
+        f"{cfg.model.n_layers} layers x d={cfg.model.d_model}, corpus {cfg.data.corpus} "
+        f"({len(run.dataset.train):,} train tokens, {cfg.data.tokenizer} tokenizer)"
+    )
+    with TrainProgress(console, total=cfg.train.steps) as progress:
+        summary = execute_run(run, until=until, on_record=progress.update)
+    status = "finished" if summary["complete"] else f"paused at step {summary['steps']} (--resume continues)"
+    loss = summary["final_eval_loss"]
+    console.print(
+        f"{status}: held-out loss {loss:.4f} nats/token (unigram entropy "
+        f"{summary['heldout_unigram_entropy']:.4f}), {summary['tokens_per_second']:,.0f} tokens/s"
+        if loss is not None else f"{status}: {summary['tokens_per_second']:,.0f} tokens/s"
+    )
+
+
+def register(app: typer.Typer) -> None:
+    app.command("train")(train_command)

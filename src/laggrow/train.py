@@ -1,0 +1,183 @@
+"""Training: loss, optimizer and schedule, the one jitted train step, evaluation and the loop.
+
+The train state is a plain dict `{"params", "opt_state", "step"}` so that it can be vmapped over
+a leading candidate axis (probe), checkpointed by Orbax and grown by the growth transforms
+without ever seeing a class of ours. The step is a pure function of (state, batch); its random
+key is `fold_in(key(seed), step)`, so runs are reproducible and resumable.
+"""
+
+from __future__ import annotations
+
+import functools
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from laggrow import model
+from laggrow.config import ModelConfig, TrainConfig
+
+State = dict
+
+
+def make_schedule(cfg: TrainConfig) -> optax.Schedule:
+    """Linear warmup to `lr`, then cosine / linear decay to `lr * min_lr_ratio`, or constant.
+    Defined over `cfg.steps`, so a probe of k steps is exactly the prefix of a T-step run."""
+    end = cfg.lr * cfg.min_lr_ratio
+    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+    if cfg.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
+    elif cfg.schedule == "linear":
+        decay = optax.linear_schedule(cfg.lr, end, decay_steps)
+    else:
+        decay = optax.constant_schedule(cfg.lr)
+    if cfg.warmup_steps == 0:
+        return decay
+    warmup = optax.linear_schedule(cfg.lr / cfg.warmup_steps, cfg.lr, cfg.warmup_steps - 1)
+    return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
+
+
+def decay_mask(params: dict) -> dict:
+    """Weight decay on weights only: LayerNorm parameters (ln1, ln2, ln_f) are left alone."""
+    def is_weight(path, _leaf) -> bool:
+        return not any(getattr(k, "key", "").startswith("ln") for k in path)
+
+    return jax.tree_util.tree_map_with_path(is_weight, params)
+
+
+def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
+    parts = []
+    if cfg.grad_clip > 0:
+        parts.append(optax.clip_by_global_norm(cfg.grad_clip))
+    parts.append(optax.adamw(make_schedule(cfg), b1=cfg.beta1, b2=cfg.beta2,
+                             weight_decay=cfg.weight_decay, mask=decay_mask))
+    return optax.chain(*parts)
+
+
+def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of int batch (B, T+1); the same for train and eval."""
+    logits = model.apply(params, batch[:, :-1], cfg)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+
+
+def init_state(params: dict, optimizer: optax.GradientTransformation) -> State:
+    return {"params": params, "opt_state": optimizer.init(params), "step": jnp.zeros((), jnp.int32)}
+
+
+def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
+    """The pure, un-jitted step `(state, batch) -> (state, metrics)`. Probe vmaps this same
+    function over candidates; `jit_train_step` jits it for a single model."""
+    optimizer = make_optimizer(train_cfg)
+    schedule = make_schedule(train_cfg)
+
+    def step_fn(state: State, batch: jax.Array) -> tuple[State, dict]:
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, model_cfg)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
+        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+
+    return step_fn
+
+
+@functools.lru_cache(maxsize=16)
+def jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
+    """Jitted once per (model, train) config, with the state donated: the old state's buffers
+    are reused for the new one. Cached so that tests and repeated runs share the compilation."""
+    return jax.jit(make_train_step(model_cfg, train_cfg), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=16)
+def jit_eval(model_cfg: ModelConfig) -> Callable:
+    """Mean loss over a stack of batches (n, B, T+1), one compiled program for the whole set."""
+
+    def evaluate(params: dict, batches: jax.Array) -> jax.Array:
+        return jax.lax.map(lambda b: loss_fn(params, b, model_cfg), batches).mean()
+
+    return jax.jit(evaluate)
+
+
+def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray) -> float:
+    """Held-out loss of `params` on fixed batches (n, B, T+1)."""
+    return float(jit_eval(model_cfg)(params, jnp.asarray(batches)))
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+
+
+@dataclass
+class History:
+    records: list[dict] = field(default_factory=list)
+
+    @property
+    def eval_losses(self) -> list[tuple[int, float]]:
+        return [(r["step"], r["eval_loss"]) for r in self.records if "eval_loss" in r]
+
+    @property
+    def final_eval_loss(self) -> float | None:
+        losses = self.eval_losses
+        return losses[-1][1] if losses else None
+
+
+def train_loop(
+    state: State,
+    model_cfg: ModelConfig,
+    train_cfg: TrainConfig,
+    next_batch: Callable[[int], np.ndarray],
+    eval_batches: np.ndarray,
+    *,
+    on_record: Callable[[dict], None] | None = None,
+    on_checkpoint: Callable[[State], None] | None = None,
+    stop_at: int | None = None,
+) -> tuple[State, History]:
+    """Train from `state["step"]` to `train_cfg.steps` (or to `stop_at`, a pause that a resumed
+    run continues exactly: the schedule is always that of `train_cfg.steps`). `next_batch(i)` is
+    batch number i.
+
+    A record (step, train_loss, tokens, flops, and eval_loss at eval steps) is made every
+    `log_every` steps, at eval steps and at the last step, and passed to `on_record`.
+    `on_checkpoint(state)` is called every `checkpoint_every` steps and at the end.
+    """
+    step_fn = jit_train_step(model_cfg, train_cfg)
+    seq_len = eval_batches.shape[-1] - 1
+    tokens_per_step = train_cfg.batch_size * seq_len
+    flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
+    history = History()
+    start = int(state["step"])
+    t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
+    stop = train_cfg.steps if stop_at is None else stop_at
+    for i in range(start, stop):
+        state, metrics = step_fn(state, jnp.asarray(next_batch(i)))
+        step = i + 1
+        is_last = step == stop
+        do_eval = step % train_cfg.eval_every == 0 or step == train_cfg.steps
+        if step % train_cfg.log_every == 0 or do_eval or is_last:
+            loss = float(metrics["loss"])  # blocks: the only host sync of the loop
+            now = time.perf_counter()
+            record: dict[str, Any] = {
+                "step": step,
+                "train_loss": loss,
+                "lr": float(metrics["lr"]),
+                "grad_norm": float(metrics["grad_norm"]),
+                "tokens": step * tokens_per_step,
+                "flops": float(step * flops_per_step),
+                "tokens_per_second": (step - last_step) * tokens_per_step / max(now - last_t, 1e-9),
+            }
+            last_t, last_step = now, step
+            if do_eval:
+                record["eval_loss"] = evaluate(state["params"], model_cfg, eval_batches)
+            history.records.append(record)
+            if on_record is not None:
+                on_record(record)
+        if on_checkpoint is not None and (
+            is_last or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
+        ):
+            on_checkpoint(state)
+    history.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
+    return state, history

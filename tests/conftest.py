@@ -1,0 +1,31 @@
+"""Shared test set-up: strict numpy rank promotion, a persistent compilation cache, tiny configs.
+
+Tests are tiny and on CPU (2 layers, d_model 32). Compiling a train step costs seconds, so the
+jitted steps are cached per config inside laggrow (functools.lru_cache) and on disk here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jax
+import pytest
+
+jax.config.update("jax_numpy_rank_promotion", "raise")
+jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+
+REPO = Path(__file__).resolve().parent.parent
+CONFIGS = REPO / "configs"
+
+
+@pytest.fixture
+def tiny_model_cfg():
+    from laggrow.config import ModelConfig
+
+    return ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, vocab_size=256, max_seq_len=16)
+
+
+@pytest.fixture(scope="session")
+def tiny_config_path() -> Path:
+    return CONFIGS / "tiny.yaml"

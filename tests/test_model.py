@@ -1,0 +1,93 @@
+"""The Transformer LM and its functional façade."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from laggrow import model
+from laggrow.config import ModelConfig
+
+VARIANTS = {
+    "learned": {},
+    "rope": {"pos_emb": "rope"},
+    "tied": {"tie_embeddings": True},
+    "rope_tied": {"pos_emb": "rope", "tie_embeddings": True},
+}
+
+
+@pytest.fixture(params=sorted(VARIANTS))
+def cfg(request, tiny_model_cfg):
+    return dataclasses.replace(tiny_model_cfg, **VARIANTS[request.param])
+
+
+def _tokens(key, cfg, batch=2, length=None):
+    return jax.random.randint(key, (batch, length or cfg.max_seq_len), 0, cfg.vocab_size)
+
+
+def test_output_shape_and_dtype(cfg):
+    params = model.init_params(cfg, jax.random.key(0))
+    logits = model.apply(params, _tokens(jax.random.key(1), cfg, batch=3, length=11), cfg)
+    assert logits.shape == (3, 11, cfg.vocab_size)
+    assert logits.dtype == jnp.float32
+    assert np.isfinite(np.asarray(logits)).all()
+
+
+def test_param_count_and_shapes_agree(cfg):
+    params = model.init_params(cfg, jax.random.key(0))
+    shapes = model.param_shapes(cfg)
+    assert jax.tree.structure(params) == jax.tree.structure(shapes)
+    for p, s in zip(jax.tree.leaves(params), jax.tree.leaves(shapes), strict=True):
+        assert p.shape == s.shape and p.dtype == s.dtype
+    assert sum(p.size for p in jax.tree.leaves(params)) == cfg.n_params()
+
+
+def test_causality_later_tokens_do_not_change_earlier_logits(cfg):
+    params = model.init_params(cfg, jax.random.key(0))
+    tokens = _tokens(jax.random.key(1), cfg)
+    changed = tokens.at[:, 9:].set((tokens[:, 9:] + 7) % cfg.vocab_size)
+    a, b = model.apply(params, tokens, cfg), model.apply(params, changed, cfg)
+    np.testing.assert_array_equal(np.asarray(a[:, :9]), np.asarray(b[:, :9]))
+    assert not np.allclose(np.asarray(a[:, 9:]), np.asarray(b[:, 9:]))
+
+
+def test_jit_equals_no_jit(cfg):
+    params = model.init_params(cfg, jax.random.key(0))
+    tokens = _tokens(jax.random.key(1), cfg)
+    eager = model.apply(params, tokens, cfg)
+    jitted = jax.jit(model.apply, static_argnums=2)(params, tokens, cfg)
+    np.testing.assert_allclose(np.asarray(eager), np.asarray(jitted), atol=1e-5, rtol=1e-5)
+
+
+def test_from_params_inverts_init_params(cfg):
+    params = model.init_params(cfg, jax.random.key(0))
+    assert ModelConfig.from_params(params, max_seq_len=cfg.max_seq_len) == cfg
+
+
+def test_init_is_deterministic_and_seeded(tiny_model_cfg):
+    a = model.init_params(tiny_model_cfg, jax.random.key(0))
+    b = model.init_params(tiny_model_cfg, jax.random.key(0))
+    c = model.init_params(tiny_model_cfg, jax.random.key(1))
+    for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+    assert not np.array_equal(np.asarray(a["blocks"]["attn"]["w_qkv"]), np.asarray(c["blocks"]["attn"]["w_qkv"]))
+
+
+def test_nnx_module_call_equals_facade(tiny_model_cfg):
+    module = model.TransformerLM(tiny_model_cfg, nnx.Rngs(params=3))
+    params = model._plain(nnx.to_pure_dict(nnx.state(module, nnx.Param)))
+    tokens = _tokens(jax.random.key(1), tiny_model_cfg)
+    np.testing.assert_array_equal(np.asarray(module(tokens)),
+                                  np.asarray(model.apply(params, tokens, tiny_model_cfg)))
+
+
+def test_bfloat16_compute_stays_close_to_float32(tiny_model_cfg):
+    params = model.init_params(tiny_model_cfg, jax.random.key(0))
+    tokens = _tokens(jax.random.key(1), tiny_model_cfg)
+    f32 = model.apply(params, tokens, tiny_model_cfg)
+    bf16 = model.apply(params, tokens, dataclasses.replace(tiny_model_cfg, dtype="bfloat16"))
+    assert bf16.dtype == jnp.float32
+    np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=0.05)
