@@ -1,0 +1,187 @@
+"""A pool's records on disk, as arrays: the reading side of the contract with probe / train-final.
+
+`curves.jsonl` holds one JSON object per candidate per evaluated step, appended by `laggrow probe`
+(steps 0..k) and `laggrow train-final` (steps > k up to T); a resumed run may repeat a
+(candidate, step), and the last record wins. A null or non-finite `eval_loss`, or `"diverged": true`,
+marks the step a candidate diverged on; nothing it logs from there on is ranked. `probe.json` /
+`final.json` are optional and only lend `lag_steps`, `final_steps` and `function_preserving`.
+
+Which step is "final": with a known `lag_steps`, the pool has finals when some candidate has a
+finite loss beyond it; without probe.json, when more than one evaluated step has a finite loss.
+The final step is then the largest step with a finite loss, unless one is asked for.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from laggrow.errors import LaggrowError
+
+CURVES_FILE = "curves.jsonl"
+REQUIRED_KEYS = ("candidate", "strategy", "seed", "step", "eval_loss")
+
+# ---- records ---------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Candidate:
+    candidate: int
+    strategy: str
+    seed: int
+    function_preserving: bool | None
+    diverged_at: int | None  # first step flagged diverged or without a finite eval loss
+
+
+@dataclass
+class Curves:
+    """A pool's records as arrays: rows are candidates, columns the evaluated steps (ascending)."""
+
+    source: str
+    steps: np.ndarray
+    candidates: list[Candidate]
+    loss: np.ndarray  # eval loss; NaN where not evaluated, and from the step a candidate diverged on
+    flops: np.ndarray  # cumulative training FLOPs; NaN where not recorded
+    tokens: np.ndarray
+    lag_steps: int | None = None
+    final_steps: int | None = None
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _parse_record(line: str, where: str) -> dict:
+    expected = f"expected a JSON object with {', '.join(REQUIRED_KEYS)}"
+    try:
+        obj = json.loads(line)
+    except json.JSONDecodeError as err:
+        raise LaggrowError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {expected}") from None
+    if not isinstance(obj, dict):
+        raise LaggrowError(f"{where}: {expected}, got {json.dumps(obj)[:60]}")
+    missing = [k for k in REQUIRED_KEYS if k not in obj]
+    if missing:
+        raise LaggrowError(f"{where}: missing {', '.join(missing)}; {expected}")
+    for key in ("candidate", "seed", "step"):
+        if not isinstance(obj[key], int) or isinstance(obj[key], bool) or (key != "seed" and obj[key] < 0):
+            raise LaggrowError(f"{where}: '{key}' must be a non-negative integer, got {obj[key]!r}")
+    if not isinstance(obj["strategy"], str) or not obj["strategy"]:
+        raise LaggrowError(f"{where}: 'strategy' must be a non-empty string, got {obj['strategy']!r}")
+    for key in ("eval_loss", "flops", "tokens"):
+        if obj.get(key) is not None and not _number(obj[key]):
+            raise LaggrowError(f"{where}: '{key}' must be a number or null, got {obj[key]!r}")
+    if obj.get("diverged") not in (None, True, False):
+        raise LaggrowError(f"{where}: 'diverged' must be true or false, got {obj['diverged']!r}")
+    loss = math.nan if obj["eval_loss"] is None else float(obj["eval_loss"])
+    return {"candidate": obj["candidate"], "strategy": obj["strategy"], "seed": obj["seed"],
+            "step": obj["step"], "loss": loss,
+            # a null or non-finite loss is a divergence whatever the flag says: there is nothing to rank
+            "diverged": bool(obj.get("diverged")) or not math.isfinite(loss),
+            "flops": math.nan if obj.get("flops") is None else float(obj["flops"]),
+            "tokens": math.nan if obj.get("tokens") is None else float(obj["tokens"])}
+
+
+def _read_meta(directory: Path) -> tuple[int | None, int | None, dict[int, bool]]:
+    """lag_steps, final_steps and function_preserving from probe.json / final.json, if present."""
+    lag, final, preserving = None, None, {}
+    for name in ("probe.json", "final.json"):  # final.json last: its final_steps is the one that ran
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            meta = json.loads(path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise LaggrowError(f"{path}: not valid JSON ({err}); expected the object laggrow wrote") from None
+        if not isinstance(meta, dict):
+            raise LaggrowError(f"{path}: expected a JSON object with lag_steps and final_steps")
+        for key in ("lag_steps", "final_steps"):
+            if meta.get(key) is not None and not (isinstance(meta[key], int) and meta[key] >= 0):
+                raise LaggrowError(f"{path}: '{key}' must be a non-negative integer, got {meta[key]!r}")
+        lag = meta.get("lag_steps", lag) if name == "probe.json" else lag
+        final = meta.get("final_steps") if meta.get("final_steps") is not None else final
+        for entry in meta.get("candidates") or []:
+            if isinstance(entry, dict) and isinstance(entry.get("function_preserving"), bool):
+                preserving[entry.get("candidate")] = entry["function_preserving"]
+    return lag, final, preserving
+
+
+def load_curves(path: str | Path) -> Curves:
+    """Read a pool directory (or its curves.jsonl). Duplicate (candidate, step) records: the last wins."""
+    path = Path(path)
+    file = path / CURVES_FILE if path.is_dir() else path
+    if not file.is_file():
+        raise LaggrowError(f"{file}: not found; expected the per-step records written by `laggrow probe`")
+    latest: dict[tuple[int, int], dict] = {}
+    identity: dict[int, tuple[str, int, int]] = {}
+    owner: dict[tuple[str, int], int] = {}
+    with file.open(encoding="utf-8", errors="replace") as lines:
+        for lineno, line in enumerate(lines, 1):
+            if not line.strip():
+                continue
+            where = f"{file.name} line {lineno}"
+            rec = _parse_record(line, where)
+            cand, key = rec["candidate"], (rec["strategy"], rec["seed"])
+            first = identity.setdefault(cand, (*key, lineno))
+            if first[:2] != key or owner.setdefault(key, cand) != cand:
+                raise LaggrowError(f"{where}: candidate {cand} is strategy {key[0]!r} seed {key[1]}, but "
+                                   f"line {first[2]} says {first[0]!r} seed {first[1]}; expected one "
+                                   "candidate index per (strategy, seed)")
+            latest[(cand, rec["step"])] = rec
+    if not latest:
+        raise LaggrowError(f"{file}: no records; expected one JSON object per candidate per evaluated step")
+    lag, final, preserving = _read_meta(file.parent)
+    ids = sorted(identity)
+    steps = np.array(sorted({s for _, s in latest}))
+    row, col = {c: i for i, c in enumerate(ids)}, {s: j for j, s in enumerate(steps)}
+    loss, flops, tokens = (np.full((len(ids), len(steps)), np.nan) for _ in range(3))
+    diverged_at: dict[int, int] = {}
+    for (cand, step), rec in latest.items():
+        i, j = row[cand], col[step]
+        loss[i, j], flops[i, j], tokens[i, j] = rec["loss"], rec["flops"], rec["tokens"]
+        if rec["diverged"]:
+            diverged_at[cand] = min(step, diverged_at.get(cand, step))
+    candidates = []
+    for cand in ids:
+        if cand in diverged_at:  # whatever was logged after a divergence is not a loss to rank
+            loss[row[cand], steps >= diverged_at[cand]] = np.nan
+        candidates.append(Candidate(cand, identity[cand][0], identity[cand][1], preserving.get(cand),
+                                    diverged_at.get(cand)))
+    return Curves(str(file), steps, candidates, loss, flops, tokens, lag, final)
+
+
+# ---- which step is final ----------------------------------------------------------------------
+
+def steps_with_loss(curves: Curves) -> np.ndarray:
+    return curves.steps[np.isfinite(curves.loss).any(axis=0)]
+
+
+def has_finals(curves: Curves) -> bool:
+    """Whether train-final has left records: see the module docstring for the rule."""
+    reached = steps_with_loss(curves)
+    if curves.lag_steps is not None:
+        return bool((reached > curves.lag_steps).any())
+    return len(reached) > 1
+
+
+def resolve_final_step(curves: Curves, final_step: int | None = None) -> int:
+    reached = steps_with_loss(curves)
+    if final_step is not None:
+        if final_step not in reached:
+            raise LaggrowError(f"final step {final_step}: no candidate has an eval loss there; "
+                               f"expected one of the evaluated steps {_step_list(reached)}")
+        return int(final_step)
+    if not has_finals(curves):
+        seen = f"beyond the probe's lag of {curves.lag_steps} steps" if curves.lag_steps is not None \
+            else "at more than one step"
+        raise LaggrowError(f"{curves.source}: no eval losses {seen}; "
+                           "correlation against the final loss needs `laggrow train-final`")
+    return int(reached.max())
+
+
+def _step_list(steps: np.ndarray) -> str:
+    shown = [int(s) for s in steps]
+    return str(shown) if len(shown) <= 12 else f"[{shown[0]}, {shown[1]}, ..., {shown[-1]}]"
