@@ -112,6 +112,8 @@ def _read_meta(directory: Path) -> tuple[int | None, int | None, dict[int, bool]
 def load_curves(path: str | Path) -> Curves:
     """Read a pool directory (or its curves.jsonl). Duplicate (candidate, step) records: the last wins."""
     path = Path(path)
+    if not path.exists():
+        raise LaggrowError(f"{path}: not found; expected a pool directory holding {CURVES_FILE}")
     file = path / CURVES_FILE if path.is_dir() else path
     if not file.is_file():
         raise LaggrowError(f"{file}: not found; expected the per-step records written by `laggrow probe`")

@@ -72,18 +72,21 @@ def _text_writer(text: str) -> Callable[[Path], None]:
 def correlate_command(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Pool directory holding curves.jsonl.")],
     final_step: Annotated[int | None, typer.Option(
-        "--final-step", min=0, help="Correlate against the loss at this step [default: the last reached].")] = None,
+        "--final-step", min=0,
+        help="Correlate against the loss at this step (default: the last step reached).")] = None,
     threshold: Annotated[float, typer.Option(
         "--threshold", help="Spearman rho the ranking must keep from the little lag on.")] = 0.9,
     regret_tol: Annotated[float | None, typer.Option(
         "--regret-tol", min=0.0, help="Regret allowed from the little lag on, in loss units "
-        "[default: seed noise with several seeds, else 0.1 x the spread of final losses].")] = None,
+        "(default: seed noise with several seeds, else 0.1 x the spread of final losses).")] = None,
     n_boot: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples (0: no intervals).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
 ) -> None:
-    """Rank correlations between the loss at each step and the final loss, the regret of choosing
-    early, and the little lag; with no finals yet, how stable the ranking is between steps."""
+    """How early the ranking settles: rank correlations with the final loss, regret, the little lag.
+
+    Writes correlation.json/.csv and PNG figures into DIR; probe-only pools get ranking stability.
+    """
     from rich.console import Console
 
     from laggrow import analysis, report
