@@ -159,3 +159,19 @@ def test_help_lists_the_options():
     assert result.exit_code == 0
     for option in ("--final-step", "--threshold", "--regret-tol", "--bootstrap", "--seed", "--json"):
         assert option in result.output
+
+
+def test_ranking_table_for_probe():
+    from rich.console import Console
+
+    from laggrow.report import ranking_table
+
+    rows = [{"rank": 1, "strategy": "stack", "function_preserving": False, "eval_loss_init": 4.1,
+             "eval_loss": 2.5, "gap": 0.0, "diverged": False},
+            {"rank": 2, "strategy": "identity", "function_preserving": True, "eval_loss_init": 3.0,
+             "eval_loss": None, "gap": None, "diverged": True}]
+    console = Console(width=100, record=True)
+    console.print(ranking_table(rows, title="probe"))
+    text = console.export_text()
+    assert "stack" in text and "+0.0000" in text and "2.5000" in text and "4.1000" in text
+    assert "identity" in text and "diverged" in text and "yes" in text

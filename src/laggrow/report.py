@@ -44,14 +44,14 @@ def correlation_table(result: dict) -> Table:
                         f"the loss at step {result['final_step']}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   caption="regret: final loss of the leader at that step minus the best (share of the spread)\n"
-                          "compute: the pool's training compute so far over its final compute\n"
+                          "cost: the pool's training compute so far over its final compute\n"
                           "* settled: rho and regret within bounds from here to the final step",
                   caption_justify="left")
-    for name in ("step", f"rho [{ci}% CI]", "tau", "r", "top-1", "regret", "compute"):
+    for name in ("step", f"rho [{ci}% CI]", "tau", "r", "top-1", "regret", "cost"):
         table.add_column(name, justify="left" if name.startswith("rho") else "right", no_wrap=True)
     for row in result["rows"]:
         interval = row["spearman_ci"]
-        rho = _num(row["spearman"]) + (f" [{interval[0]:.2f}, {interval[1]:.2f}]" if interval else "")
+        rho = _num(row["spearman"]) + (f" [{interval[0]:.2f},{interval[1]:.2f}]" if interval else "")
         regret = f"{_num(row['regret'], '.3g')} ({_pct(row['regret_frac'])})" if row["regret"] is not None \
             else NONE
         table.add_row(
@@ -112,16 +112,17 @@ def stability_table(result: dict) -> Table:
 
 
 def ranking_table(rows: list[dict[str, Any]], title: str = "Ranking") -> Table:
-    """Rows with rank, strategy, function_preserving, eval_loss_init, eval_loss and gap (to the best),
-    as the probe command prints them."""
+    """Rows with rank, strategy, function_preserving, eval_loss_init, eval_loss, gap (to the best) and
+    optionally diverged, as the probe command prints them."""
     table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
     for name in ("rank", "strategy", "function-preserving", "loss at init", "loss", "gap to best"):
         table.add_column(name, justify="left" if name == "strategy" else "right")
     for row in rows:
         preserving = row.get("function_preserving")
+        loss = "diverged" if row.get("diverged") else _num(row.get("eval_loss"), ".4f")
         table.add_row(str(row["rank"]), row["strategy"], NONE if preserving is None else
                       ("yes" if preserving else "no"), _num(row.get("eval_loss_init"), ".4f"),
-                      _num(row.get("eval_loss"), ".4f"), _num(row.get("gap"), "+.4f"))
+                      loss, _num(row.get("gap"), "+.4f"), style="red" if row.get("diverged") else None)
     return table
 
 
@@ -189,13 +190,16 @@ def plot_curves(curves: Curves, path: Path, last_step: int | None = None) -> Non
     colour = _colours(names)
     keep = curves.steps <= (last_step if last_step is not None else curves.steps.max())
     labelled: set[str] = set()
+    crossed = False
     for cand, loss in zip(curves.candidates, curves.loss, strict=True):
         ok = keep & np.isfinite(loss)
         label = None if cand.strategy in labelled else cand.strategy
         labelled.add(cand.strategy)
         ax.plot(curves.steps[ok], loss[ok], "-", lw=1.2, color=colour[cand.strategy], label=label, alpha=0.85)
         if cand.diverged_at is not None and ok.any():
-            ax.plot(curves.steps[ok][-1], loss[ok][-1], "x", color=colour[cand.strategy], ms=8)
+            ax.plot(curves.steps[ok][-1], loss[ok][-1], "x", color=colour[cand.strategy], ms=8,
+                    label=None if crossed else "diverged after this")
+            crossed = True
     if curves.lag_steps is not None:
         ax.axvline(curves.lag_steps, color="grey", ls=":", label=f"lag k = {curves.lag_steps}")
     _step_axis(ax, int(curves.steps[keep].max()))
