@@ -1,0 +1,148 @@
+"""`grow` and `grow_opt_state`: validate a growth request, run its strategies, check the result.
+
+A request is a source config, a target config and a strategy name, possibly composed
+("hypercloning+stack_middle": the width strategy runs first, from the source to an intermediate
+config with the target's width and the source's depth, then the depth strategy). Every bad
+request fails before any array is touched, with one line naming what is wrong and what is
+possible; every result is checked against `param_shapes(dst_cfg)`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+
+from laggrow import model
+from laggrow.config import ModelConfig
+from laggrow.errors import LaggrowError
+from laggrow.growth.layout import check_shapes, to_jax, to_numpy
+from laggrow.growth.registry import Context, Strategy, check_options, parse_strategy
+
+Params = dict
+Stage = tuple[Strategy, ModelConfig, ModelConfig]
+
+GROWN_FIELDS = ("n_layers", "d_model", "n_heads", "d_ff")
+WIDTH_FIELDS = ("d_model", "n_heads", "d_ff")
+
+
+def check_target(src: ModelConfig, dst: ModelConfig) -> None:
+    """What any growth needs: the same vocabulary, positions, tying and head_dim; nothing smaller."""
+    for name in ("vocab_size", "pos_emb", "tie_embeddings"):
+        if getattr(src, name) != getattr(dst, name):
+            raise LaggrowError(f"model.{name}: growth keeps it; expected {getattr(src, name)!r} "
+                               f"(the source's), got {getattr(dst, name)!r}")
+    if src.pos_emb == "learned" and src.max_seq_len != dst.max_seq_len:
+        raise LaggrowError(f"model.max_seq_len: growth keeps the learned position table; expected "
+                           f"{src.max_seq_len} (the source's), got {dst.max_seq_len}")
+    for name in GROWN_FIELDS:
+        old, new = getattr(src, name), getattr(dst, name)
+        if new < old:
+            raise LaggrowError(f"model.{name}: the target ({new}) is smaller than the source ({old}); "
+                               f"growth never shrinks")
+    if dst.head_dim != src.head_dim or dst.d_model % dst.n_heads:
+        need = dst.d_model // src.head_dim
+        raise LaggrowError(f"model.n_heads: width growth keeps head_dim {src.head_dim} (RoPE and the "
+                           f"1/sqrt(head_dim) attention scale are exact only then), so d_model "
+                           f"{dst.d_model} needs n_heads {need}, got {dst.n_heads}")
+
+
+def _changed(src: ModelConfig, dst: ModelConfig, fields: tuple[str, ...]) -> list[str]:
+    return [f"{f} {getattr(src, f)} -> {getattr(dst, f)}" for f in fields if getattr(src, f) != getattr(dst, f)]
+
+
+def plan_stages(src: ModelConfig, dst: ModelConfig, strategy: str) -> list[Stage]:
+    """The (strategy, from, to) steps of a request, after checking each strategy can make them."""
+    check_target(src, dst)
+    strategies = parse_strategy(strategy)
+    if len(strategies) == 2:
+        width, depth = strategies
+        mid = dataclasses.replace(src, **{f: getattr(dst, f) for f in WIDTH_FIELDS})
+        stages = [(width, src, mid), (depth, mid, dst)]
+    else:
+        stages = [_single_stage(strategies[0], src, dst)]
+    for strat, s, d in stages:
+        if strat.check is not None:
+            strat.check(s, d)
+    return stages
+
+
+def _single_stage(only: Strategy, src: ModelConfig, dst: ModelConfig) -> Stage:
+    if only.kind == "depth" and not only.any_target and _changed(src, dst, WIDTH_FIELDS):
+        raise LaggrowError(f"strategy {only.name} grows depth only, but the target changes "
+                           f"{', '.join(_changed(src, dst, WIDTH_FIELDS))}: compose a width strategy "
+                           f"first, e.g. 'hypercloning+{only.name}'")
+    if only.kind == "width" and src.n_layers != dst.n_layers:
+        raise LaggrowError(f"strategy {only.name} grows width only, but the target changes n_layers "
+                           f"{src.n_layers} -> {dst.n_layers}: compose a depth strategy after it, "
+                           f"e.g. '{only.name}+stack_middle'")
+    return (only, src, dst)
+
+
+def _prepare(src: ModelConfig, dst: ModelConfig, strategy: str,
+             options: Mapping[str, Any]) -> tuple[list[Stage], dict[str, Any]]:
+    stages = plan_stages(src, dst, strategy)
+    options = check_options([s for s, _, _ in stages], options)
+    if options.get("partner") is not None:
+        check_shapes(options["partner"], model.param_shapes(src),
+                     "fusion partner (expected the source's shape)")
+    return stages, options
+
+
+def _run(tree: Params, stages: list[Stage], key: jax.Array, options: dict[str, Any], moments: bool) -> Params:
+    for i, (strategy, s, d) in enumerate(stages):
+        ctx = Context(jax.random.fold_in(key, i), options, moments=moments)
+        tree = strategy.fn(tree, s, d, ctx)
+    return tree
+
+
+def grow(params: Params, src_cfg: ModelConfig, dst_cfg: ModelConfig, strategy: str,
+         key: jax.Array, **options: Any) -> Params:
+    """A new params tree of `dst_cfg` grown from `params` (of `src_cfg`) by `strategy`.
+
+    Pure: no I/O, `params` is never mutated, and the same key gives the same output. Options:
+    `noise` (relative std, hypercloning and stack_noise), `block` (layers per copied block,
+    stack_top / stack_middle / stack_bottom / copy_zero), `partner` (fusion's second model).
+    """
+    stages, options = _prepare(src_cfg, dst_cfg, strategy, options)
+    check_shapes(params, model.param_shapes(src_cfg), "source params (expected the source config's shapes)")
+    grown = to_jax(_run(to_numpy(params), stages, key, options, moments=False))
+    check_shapes(grown, model.param_shapes(dst_cfg), f"strategy {strategy}: grown params do not match the target")
+    return grown
+
+
+def is_function_preserving(strategy: str, **options: Any) -> bool:
+    """Whether this growth (with these options) reproduces the source model's logits exactly."""
+    strategies = parse_strategy(strategy)
+    options = check_options(strategies, options)
+    return all(s.preserves(options) for s in strategies)
+
+
+def grow_opt_state(opt_state: Any, src_cfg: ModelConfig, dst_cfg: ModelConfig, strategy: str,
+                   key: jax.Array, **options: Any) -> Any:
+    """Carry an optimizer state through the structural part of a growth.
+
+    Every subtree shaped like the source params (AdamW's mu and nu) goes through the same
+    strategy in moments mode: copied units take their source's moments, new units (fresh layers,
+    padding, zeroed projections, a fusion partner's units) are zero, nothing is divided and no
+    noise is added. Everything else (step counts, empty states) is kept as it is. Pass the `key`
+    given to `grow`: net2net's random unit map is structure, and must match the params'.
+    """
+    stages, options = _prepare(src_cfg, dst_cfg, strategy, options)
+    src_def = jax.tree.structure(model.param_shapes(src_cfg))
+    dst_shapes = model.param_shapes(dst_cfg)
+
+    def is_moments(node: Any) -> bool:
+        return isinstance(node, Mapping) and jax.tree.structure(node) == src_def
+
+    def carry(node: Any) -> Any:
+        if not is_moments(node):
+            return node
+        check_shapes(node, model.param_shapes(src_cfg), "optimizer moments (expected the source's shapes)")
+        grown = to_jax(_run(to_numpy(node), stages, key, options, moments=True))
+        check_shapes(grown, dst_shapes, f"strategy {strategy}: carried moments do not match the target")
+        return grown
+
+    return jax.tree.map(carry, opt_state, is_leaf=is_moments)
