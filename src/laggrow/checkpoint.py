@@ -28,8 +28,9 @@ class Checkpointer:
             options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
         )
 
-    def save(self, state: dict[str, Any], data_position: int) -> None:
-        step = int(state["step"])
+    def save(self, state: dict[str, Any], data_position: int, step: int | None = None) -> None:
+        """Save and wait. `step` numbers the checkpoint (default: the state's own step)."""
+        step = int(state["step"]) if step is None else step
         item = dict(state, data_position=np.asarray(data_position, np.int64))
         self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
         self._manager.wait_until_finished()

@@ -78,9 +78,12 @@ def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
     def step_fn(state: State, batch: jax.Array) -> tuple[State, dict]:
         loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, model_cfg)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        if "lr_scale" in state:  # a per-candidate learning-rate multiplier (pools)
+            updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)
         params = optax.apply_updates(state["params"], updates)
         metrics = {"loss": loss, "grad_norm": optax.tree.norm(grads), "lr": schedule(state["step"])}
-        return {"params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
+        # Extra entries of the state (a pool's bookkeeping) ride along unchanged.
+        return {**state, "params": params, "opt_state": opt_state, "step": state["step"] + 1}, metrics
 
     return step_fn
 

@@ -1,0 +1,90 @@
+"""`laggrow probe` and `laggrow train-final`: LAG on a pool of grown candidates."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from laggrow.commands import user_errors
+
+
+def _progress(console, total_steps: int):
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console)
+    task = progress.add_task("steps", total=total_steps, best="-")
+
+    def on_eval(step: int, records: list[dict]) -> None:
+        losses = [(r["eval_loss"], r["strategy"]) for r in records if r["eval_loss"] is not None]
+        best = f"{min(losses)[1]} {min(losses)[0]:.4f}" if losses else "-"
+        progress.update(task, completed=step, best=best)
+
+    return progress, on_eval
+
+
+def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
+    from laggrow.report import ranking_table
+
+    console.print(ranking_table(rows, title=f"{title} (held-out loss at step {step})"))
+
+
+@user_errors
+def probe_command(
+    pool: Annotated[Path, typer.Argument(help="Pool YAML: source run, target, strategies, lag_steps, final_steps.")],
+    out: Annotated[Path, typer.Option("--out", help="Pool directory to create.")],
+) -> None:
+    """Grow every candidate of POOL and train them all lag_steps steps in one vmapped program; rank them."""
+    from rich.console import Console
+
+    from laggrow import probe
+
+    console = Console()
+    state = {}
+
+    def on_start(cfg, candidates):
+        console.print(f"[bold]laggrow probe[/] {pool}: {len(candidates)} candidates "
+                      f"({len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds), k={cfg.lag_steps}, "
+                      f"T={cfg.final_steps}")
+        state["progress"], state["on_eval"] = _progress(console, cfg.lag_steps)
+        state["progress"].start()
+        state["k"] = cfg.lag_steps
+
+    try:
+        rows = probe.probe(pool, out, on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
+    finally:
+        if "progress" in state:
+            state["progress"].stop()
+    _print_ranking(console, rows, state["k"], "LAG ranking after the probe")
+    console.print(f"written to {out}: curves.jsonl, probe.json, probe_state/")
+
+
+@user_errors
+def train_final_command(
+    directory: Annotated[Path, typer.Argument(help="A pool directory written by laggrow probe.")],
+    steps: Annotated[int | None, typer.Option("--steps", help="Stop at this step [default: final_steps].")] = None,
+    only: Annotated[int | None, typer.Option("--only", help="Continue only the best N candidates at k.")] = None,
+) -> None:
+    """Continue the probed candidates to the full budget (resumable); rank them at T."""
+    from rich.console import Console
+
+    from laggrow import probe
+
+    console = Console()
+    pool, _, _ = probe.read_pool_dir(directory)
+    stop = pool.final_steps if steps is None else steps
+    progress, on_eval = _progress(console, stop)
+    with progress:
+        rows = probe.train_final(directory, steps=steps, only=only, on_eval=on_eval)
+    if rows is None:
+        console.print(f"paused at step {stop}; run laggrow train-final {directory} again to continue")
+        return
+    _print_ranking(console, rows, pool.final_steps, "Final ranking")
+    console.print(f"written to {directory}: final.json, curves.jsonl")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("probe")(probe_command)
+    app.command("train-final")(train_final_command)

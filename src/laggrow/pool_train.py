@@ -1,0 +1,133 @@
+"""Training a pool of candidates in one compiled, vmapped program.
+
+The candidates' train states (params, optimizer state, step) are stacked on a leading candidate
+axis and advanced by `jax.vmap` of the very same `train.make_train_step` a single run uses, so a
+candidate trained in a pool follows the same arithmetic as one trained alone. Two pieces of
+bookkeeping ride in the stacked state: `lr_scale` (a per-candidate learning-rate multiplier) and
+`diverged_at` (-1 while healthy). A candidate whose loss or gradient becomes NaN or infinite is
+frozen at its last finite state and marked; vmap shares no arithmetic across candidates, so the
+others go on exactly as before.
+
+A pool too large for memory is trained in chunks of `chunk_size` candidates, each chunk padded to
+the same size so the program still compiles once.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from laggrow import train
+from laggrow.config import ModelConfig, TrainConfig
+
+State = dict
+
+
+def make_guarded_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
+    """One candidate's step with divergence isolation: a non-finite loss or gradient keeps the
+    previous state and records the step at which it happened."""
+    step_fn = train.make_train_step(model_cfg, train_cfg)
+
+    def guarded(state: State, batch: jax.Array) -> tuple[State, dict]:
+        new, metrics = step_fn(state, batch)
+        healthy = state["diverged_at"] < 0
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        keep = healthy & finite
+        new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)
+        new["diverged_at"] = jnp.where(healthy & ~finite, state["step"] + 1, state["diverged_at"])
+        return new, metrics
+
+    return guarded
+
+
+@functools.lru_cache(maxsize=8)
+def pool_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
+    """The vmapped, jitted pool step `(stacked_state, batches (N, B, T+1)) -> (state, metrics)`,
+    with the stacked state donated. Cached: one compilation per configuration and pool size."""
+    return jax.jit(jax.vmap(make_guarded_step(model_cfg, train_cfg)), donate_argnums=0)
+
+
+@functools.lru_cache(maxsize=8)
+def pool_eval(model_cfg: ModelConfig) -> Callable:
+    """Held-out loss of every candidate on the same fixed batches: (N,) losses."""
+
+    def evaluate(params: dict, batches: jax.Array) -> jax.Array:
+        return jax.lax.map(lambda b: train.loss_fn(params, b, model_cfg), batches).mean()
+
+    return jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
+
+
+def candidate_state(params: dict, opt_state, lr_scale: float) -> State:
+    return {"params": params, "opt_state": opt_state, "step": jnp.zeros((), jnp.int32),
+            "lr_scale": jnp.asarray(lr_scale, jnp.float32), "diverged_at": jnp.asarray(-1, jnp.int32)}
+
+
+def stack(states: list[State]) -> State:
+    """Stack on a leading candidate axis, committed to the default device like a state restored
+    by Orbax: jit keys its cache on committedness, and a probe then a train-final in one process
+    should share one compiled program."""
+    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), jax.devices()[0])
+
+
+def take(state: State, index) -> State:
+    """Candidates `index` (an int array) of a stacked state."""
+    index = np.asarray(index)
+    return jax.tree.map(lambda x: x[index], state)
+
+
+@dataclass
+class PoolRunner:
+    """Advances a stacked pool state between steps, chunk by chunk, evaluating on request."""
+
+    model_cfg: ModelConfig
+    train_cfg: TrainConfig
+    batches: Callable[[int], np.ndarray]  # step -> (N, B, T+1) batches, one per candidate
+    eval_batches: np.ndarray  # (n, B, T+1), the same for every candidate
+    chunk_size: int = 0  # 0: all candidates at once
+
+    def _chunks(self, n: int) -> tuple[list[np.ndarray], int]:
+        size = n if self.chunk_size <= 0 else min(self.chunk_size, n)
+        return [np.arange(i, min(i + size, n)) for i in range(0, n, size)], size
+
+    def advance(self, state: State, start: int, stop: int) -> tuple[State, np.ndarray]:
+        """Train every candidate from step `start` to `stop`; returns the new state and each
+        candidate's train loss at the last step (NaN where it diverged)."""
+        n = int(state["step"].shape[0])
+        chunks, size = self._chunks(n)
+        step = pool_step(self.model_cfg, self.train_cfg)
+        if len(chunks) == 1:
+            losses = np.full(n, np.nan)
+            for i in range(start, stop):
+                state, metrics = step(state, jnp.asarray(self.batches(i)))
+                losses = metrics["loss"]
+            return state, np.asarray(losses, dtype=np.float64)
+        parts, losses = [], []
+        for idx in chunks:
+            padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])  # one compiled shape
+            chunk = take(state, padded)
+            chunk_losses = np.full(size, np.nan)
+            for i in range(start, stop):
+                chunk, metrics = step(chunk, jnp.asarray(self.batches(i)[padded]))
+                chunk_losses = metrics["loss"]
+            parts.append(jax.device_get(take(chunk, np.arange(len(idx)))))
+            losses.append(np.asarray(chunk_losses, dtype=np.float64)[: len(idx)])
+        state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
+        return state, np.concatenate(losses)
+
+    def evaluate(self, state: State) -> np.ndarray:
+        n = int(state["step"].shape[0])
+        chunks, size = self._chunks(n)
+        evaluate = pool_eval(self.model_cfg)
+        out = []
+        for idx in chunks:
+            padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
+            params = state["params"] if len(chunks) == 1 else take(state["params"], padded)
+            out.append(np.asarray(evaluate(params, jnp.asarray(self.eval_batches)), np.float64)[: len(idx)])
+        losses = np.concatenate(out)
+        losses[np.asarray(state["diverged_at"]) >= 0] = np.nan
+        return losses

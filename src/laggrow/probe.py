@@ -1,0 +1,297 @@
+"""LAG itself: grow every candidate of a pool, probe them k steps together, continue to T.
+
+A pool directory holds:
+
+    DIR/pool.json          the resolved pool, its fingerprint, where it came from
+    DIR/config.json        the grown model's run config (train.steps = final_steps)
+    DIR/curves.jsonl       one record per candidate per evaluated step (see `make_records`)
+    DIR/probe.json         the ranking at k                 DIR/probe_state/  all states at k
+    DIR/final.json         the ranking at T                 DIR/final_state/  train-final checkpoints
+
+The probe is written into a staging directory renamed at the end, so an interrupted or rejected
+probe leaves nothing; train-final checkpoints as it goes and resumes from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from laggrow import growth, runs, train
+from laggrow.checkpoint import Checkpointer
+from laggrow.config import RunConfig, save_json
+from laggrow.data import Dataset, load_dataset
+from laggrow.errors import LaggrowError
+from laggrow.pool_config import PoolConfig, load_pool_config, pool_config_from_dict
+from laggrow.pool_train import PoolRunner, candidate_state, stack, take
+
+POOL_FILE, PROBE_FILE, FINAL_FILE, CURVES_FILE = "pool.json", "probe.json", "final.json", "curves.jsonl"
+PROBE_STATE, FINAL_STATE, SELECTION_FILE = "probe_state", "final_state", "selection.json"
+
+OnEval = Callable[[int, list[dict]], None]
+
+
+# ---------------------------------------------------------------------------------------------
+# Candidates
+
+
+def _reset_schedule_counts(opt_state: Any) -> Any:
+    """A carried optimizer state keeps Adam's moments and their bias-correction count, but the
+    learning-rate schedule restarts at step 0 of the grown model's schedule."""
+    import optax
+
+    def reset(node: Any) -> Any:
+        if isinstance(node, optax.ScaleByScheduleState):
+            return optax.ScaleByScheduleState(count=np.zeros_like(node.count))
+        return node
+
+    return jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+
+
+def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
+    """A fusion partner is named by the path of another run; growth wants its params."""
+    options = dict(options)
+    if isinstance(options.get("partner"), str):
+        options["partner"] = runs.load_run(Path(options["partner"]), what="fusion partner").params
+    return options
+
+
+def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[dict[str, Any]]:
+    """Every check that needs no training: names, options, target size. Returns the candidates
+    with their `function_preserving` flags."""
+    src, dst = source.model, target.model
+    if all(getattr(dst, f) == getattr(src, f) for f in growth.transform.GROWN_FIELDS):
+        raise LaggrowError(f"pool target: expected a model larger than the source ({src.n_layers} layers, "
+                           f"d_model {src.d_model}, d_ff {src.d_ff}), got the same size")
+    candidates = pool.candidates()
+    for c in candidates:
+        growth.plan_stages(src, dst, c["name"])
+        options = {k: v for k, v in c["options"].items() if k != "partner"}
+        c["function_preserving"] = growth.is_function_preserving(c["name"], **options)
+    return candidates
+
+
+def grow_candidates(pool: PoolConfig, source: runs.LoadedRun, target: RunConfig,
+                    candidates: list[dict[str, Any]]) -> dict:
+    """Grow every candidate and stack their train states on a leading candidate axis."""
+    optimizer = train.make_optimizer(target.train)
+    src, dst = source.config.model, target.model
+    states = []
+    for c in candidates:
+        key = jax.random.key(c["seed"])
+        options = _resolve_options(c["options"])
+        params = growth.grow(source.params, src, dst, c["name"], key, **options)
+        if pool.optimizer_state == "carry":
+            opt_state = _reset_schedule_counts(
+                growth.grow_opt_state(source.state["opt_state"], src, dst, c["name"], key, **options))
+        else:
+            opt_state = optimizer.init(params)
+        states.append(candidate_state(params, opt_state, c["lr_scale"]))
+    return stack(states)
+
+
+def abstract_pool_state(target: RunConfig, n: int) -> dict:
+    """Shapes of a stacked pool state of `n` candidates, the target for Orbax restores."""
+    from laggrow import model
+
+    optimizer = train.make_optimizer(target.train)
+
+    def one(params):
+        return candidate_state(params, optimizer.init(params), 1.0)
+
+    single = jax.eval_shape(one, model.param_shapes(target.model))
+    return jax.tree.map(lambda s: jax.ShapeDtypeStruct((n, *s.shape), s.dtype), single)
+
+
+# ---------------------------------------------------------------------------------------------
+# Records and rankings
+
+
+def make_records(candidates: list[dict], step: int, eval_losses: np.ndarray, train_losses: np.ndarray,
+                 state: dict, flops_per_step: float, tokens_per_step: int) -> list[dict]:
+    """curves.jsonl records: tokens and flops count the steps each candidate really trained."""
+    trained = np.asarray(state["step"])
+    diverged = np.asarray(state["diverged_at"]) >= 0
+    out = []
+    for i, c in enumerate(candidates):
+        def num(x):
+            return None if not np.isfinite(x) else float(x)
+        out.append({
+            "candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"], "step": step,
+            "eval_loss": num(eval_losses[i]), "train_loss": None if step == 0 else num(train_losses[i]),
+            "tokens": int(trained[i]) * tokens_per_step, "flops": float(trained[i]) * flops_per_step,
+            "diverged": bool(diverged[i]),
+        })
+    return out
+
+
+def ranking(candidates: list[dict], records: list[dict], step: int) -> list[dict]:
+    """Candidates ranked by held-out loss at `step` (diverged last), with their loss at init."""
+    at = {(r["candidate"], r["step"]): r for r in records}
+    rows = []
+    for c in candidates:
+        rec, init = at.get((c["candidate"], step)), at.get((c["candidate"], 0))
+        loss = rec["eval_loss"] if rec else None
+        rows.append({"candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"],
+                     "function_preserving": c["function_preserving"],
+                     "eval_loss_init": init["eval_loss"] if init else None,
+                     "eval_loss": loss, "diverged": bool(rec["diverged"]) if rec else True})
+    rows.sort(key=lambda r: (r["diverged"] or r["eval_loss"] is None, r["eval_loss"] or 0.0))
+    best = rows[0]["eval_loss"] if rows and not rows[0]["diverged"] else None
+    for rank, row in enumerate(rows, start=1):
+        row["rank"] = rank
+        row["gap"] = None if best is None or row["eval_loss"] is None else row["eval_loss"] - best
+    return rows
+
+
+# ---------------------------------------------------------------------------------------------
+# The shared training segment loop
+
+
+def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start: int, stop: int,
+                  eval_steps: list[int], target: RunConfig, curves: Path, on_eval: OnEval | None,
+                  checkpoint: Callable[[dict, int], None] | None = None, checkpoint_every: int = 0) -> dict:
+    """Advance from `start` to `stop`, evaluating at `eval_steps` and appending to curves.jsonl."""
+    seq = target.data.seq_len
+    tokens_per_step = target.train.batch_size * seq
+    flops_per_step = float(target.model.train_flops_per_token(seq) * tokens_per_step)
+    saves = {stop} | (set(range(checkpoint_every, stop, checkpoint_every)) if checkpoint_every else set())
+    saves = {s for s in saves if s > start}
+    # Step 0 (the loss right after growth) is evaluated before any training; a continuation
+    # from `start` > 0 already has its records up to `start`.
+    marks = {s for s in eval_steps if start < s <= stop or s == start == 0} | saves | {stop}
+    position = start
+    for mark in sorted(marks):
+        state, train_losses = runner.advance(state, position, mark)
+        position = mark
+        if mark in eval_steps:
+            records = make_records(candidates, mark, runner.evaluate(state), train_losses, state,
+                                   flops_per_step, tokens_per_step)
+            with curves.open("a", encoding="utf-8") as fh:
+                fh.writelines(json.dumps(r) + "\n" for r in records)
+            if on_eval is not None:
+                on_eval(mark, records)
+        if checkpoint is not None and mark in saves:
+            checkpoint(state, mark)
+    return state
+
+
+def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict]) -> PoolRunner:
+    """Batches: the candidates of one seed all see that seed's stream, batch for batch."""
+    seeds = [c["seed"] for c in candidates]
+    base = target.train.seed
+
+    def batches(step: int) -> np.ndarray:
+        per_seed = {s: data.train_batch(step, target.train.batch_size, base + s) for s in set(seeds)}
+        return np.stack([per_seed[s] for s in seeds])
+
+    eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
+    return PoolRunner(target.model, target.train, batches, eval_batches, pool.chunk_size)
+
+
+# ---------------------------------------------------------------------------------------------
+# probe and train-final
+
+
+def probe(pool_path: Path, out: Path, on_eval: OnEval | None = None,
+          on_start: Callable[[PoolConfig, list[dict]], None] | None = None) -> list[dict]:
+    """Grow every candidate and train them all `lag_steps` steps; returns the ranking at k."""
+    pool = load_pool_config(pool_path)
+    source = runs.load_run(Path(pool.source), what="pool source")
+    target = pool.target_run_config(source.config)
+    candidates = check_pool(pool, source.config, target)
+    data = load_dataset(source.config.data, source.path)
+    if on_start is not None:
+        on_start(pool, candidates)
+    with runs.staged_output(out) as tmp:
+        save_json(tmp / POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
+                                    "pool_file": str(Path(pool_path).absolute()),
+                                    "source": str(source.path.absolute()), "candidates": candidates})
+        save_json(tmp / runs.CONFIG_FILE, target.to_dict())
+        state = grow_candidates(pool, source, target, candidates)
+        runner = _runner(pool, target, data, candidates)
+        curves = tmp / CURVES_FILE
+        state = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
+                              curves, on_eval)
+        with Checkpointer(tmp / PROBE_STATE) as ckpt:
+            ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
+        rows = ranking(candidates, runs.read_jsonl(curves), pool.lag_steps)
+        save_json(tmp / PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
+                                     "candidates": rows})
+    return rows
+
+
+def read_pool_dir(directory: Path) -> tuple[PoolConfig, dict, RunConfig]:
+    directory = Path(directory)
+    if not (directory / POOL_FILE).is_file() or not (directory / PROBE_FILE).is_file():
+        raise LaggrowError(f"{directory}: holds no probe (expected a directory written by laggrow probe)")
+    meta = json.loads((directory / POOL_FILE).read_text(encoding="utf-8"))
+    pool = pool_config_from_dict(meta["pool"], where=f"{directory / POOL_FILE}")
+    pool_file = Path(meta["pool_file"])
+    if pool_file.is_file():
+        current = load_pool_config(pool_file)
+        if current.fingerprint() != meta["fingerprint"]:
+            changed = [k for k, v in current.to_dict().items() if meta["pool"].get(k) != v]
+            raise LaggrowError(f"pool {pool_file}: changed since the probe in {directory} "
+                               f"({', '.join(changed)}); probe again into a new --out")
+    return pool, meta, runs.read_run_config(directory)
+
+
+def train_final(directory: Path, steps: int | None = None, only: int | None = None,
+                on_eval: OnEval | None = None) -> list[dict] | None:
+    """Continue the probed candidates (or the best `only` at k) to T, resumably. Returns the
+    final ranking once T is reached, else None."""
+    directory = Path(directory).absolute()
+    pool, meta, target = read_pool_dir(directory)
+    stop = pool.final_steps if steps is None else steps
+    if not pool.lag_steps <= stop <= pool.final_steps:
+        raise LaggrowError(f"--steps: expected a step in [lag_steps={pool.lag_steps}, "
+                           f"final_steps={pool.final_steps}], got {stop}")
+    candidates = meta["candidates"]
+    probe_rows = json.loads((directory / PROBE_FILE).read_text(encoding="utf-8"))["candidates"]
+    selection_file = directory / FINAL_STATE / SELECTION_FILE
+    if selection_file.is_file():
+        selected = json.loads(selection_file.read_text(encoding="utf-8"))["candidates"]
+        if only is not None and only != len(selected):
+            raise LaggrowError(f"--only {only}: train-final already continues {len(selected)} candidates "
+                               f"in {directory} (expected --only {len(selected)} or none)")
+    else:
+        if only is not None and not 1 <= only <= len(candidates):
+            raise LaggrowError(f"--only: expected an integer in [1, {len(candidates)}], got {only}")
+        ranked = [r["candidate"] for r in probe_rows]
+        selected = sorted(ranked[:only] if only is not None else ranked)
+    chosen = [candidates[i] for i in selected]
+
+    source_cfg = runs.read_run_config(Path(meta["source"]), what="pool source")
+    data = load_dataset(source_cfg.data, Path(meta["source"]))
+    (directory / FINAL_STATE).mkdir(exist_ok=True)
+    save_json(selection_file, {"candidates": selected})
+    with Checkpointer(directory / FINAL_STATE) as final_ckpt:
+        start = final_ckpt.latest_step()
+        if start is None:
+            with Checkpointer(directory / PROBE_STATE) as probe_ckpt:
+                state, _ = probe_ckpt.restore(abstract_pool_state(target, len(candidates)), step=pool.lag_steps)
+            state, start = take(state, selected), pool.lag_steps
+        else:
+            state, _ = final_ckpt.restore(abstract_pool_state(target, len(selected)))
+        # Records past the restored step were written by an interrupted process: they are redone.
+        curves = directory / CURVES_FILE
+        runs.write_jsonl(curves, [r for r in runs.read_jsonl(curves) if r["step"] <= start])
+        if start < stop:
+            runner = _runner(pool, target, data, chosen)
+            _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target, curves, on_eval,
+                          checkpoint=lambda s, step: final_ckpt.save(s, data_position=step, step=step),
+                          checkpoint_every=pool.checkpoint_every)
+    if stop < pool.final_steps:
+        return None
+    for c in chosen:
+        c.setdefault("function_preserving", False)
+    rows = ranking(chosen, runs.read_jsonl(directory / CURVES_FILE), pool.final_steps)
+    save_json(directory / FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
+                                       "candidates": rows})
+    return rows

@@ -1,0 +1,226 @@
+"""LAG probing and final training of a pool in one vmapped program."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from laggrow import growth, model, pool_train, probe, runs, train
+from laggrow.cli import app
+from laggrow.pool_config import load_pool_config
+
+runner = CliRunner()
+POOL = {
+    "target": {"n_layers": 3},
+    "strategies": ["stack", "zero_top", "scratch", {"name": "stack_noise", "noise": 0.05}],
+    "seeds": [0],
+    "lag_steps": 4,
+    "final_steps": 12,
+    "eval_points": 5,
+    "train": {"lr": 0.003, "warmup_steps": 2},
+}
+
+
+def _ok(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tiny_config_path):
+    out = tmp_path_factory.mktemp("base") / "run"
+    _ok("train", tiny_config_path, "--out", out, "--set", "train.steps=10", "--set", "train.eval_every=10")
+    return out
+
+
+def _pool_file(directory, base_run, **changes):
+    path = directory / "pool.yaml"
+    path.write_text(yaml.safe_dump({**POOL, "source": str(base_run), **changes}))
+    return path
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory, base_run):
+    """A probe followed by an interrupted then resumed train-final."""
+    directory = tmp_path_factory.mktemp("pool")
+    pool_path = _pool_file(directory, base_run)
+    out = directory / "out"
+    _ok("probe", pool_path, "--out", out)
+    probe_curves = runs.read_jsonl(out / probe.CURVES_FILE)
+    result = _ok("train-final", out, "--steps", 7)
+    assert "paused at step 7" in result.output
+    _ok("train-final", out)
+    return out, pool_path, probe_curves
+
+
+def _final_losses(curves, step):
+    return {r["candidate"]: r["eval_loss"] for r in curves if r["step"] == step}
+
+
+def test_probe_writes_records_ranking_and_state(probed):
+    out, pool_path, probe_curves = probed
+    pool = load_pool_config(pool_path)
+    assert sorted({r["step"] for r in probe_curves}) == [s for s in pool.eval_steps() if s <= 4]
+    first = probe_curves[0]
+    assert {"candidate", "strategy", "seed", "step", "eval_loss", "train_loss", "tokens", "flops"} <= set(first)
+    at_k = [r for r in probe_curves if r["step"] == 4]
+    assert all(r["tokens"] == 4 * 8 * 32 and r["flops"] > 0 for r in at_k)
+    ranking = json.loads((out / probe.PROBE_FILE).read_text())["candidates"]
+    assert [r["rank"] for r in ranking] == [1, 2, 3, 4]
+    losses = [r["eval_loss"] for r in ranking]
+    assert losses == sorted(losses)
+    zero_top = next(r for r in ranking if r["strategy"] == "zero_top")
+    assert zero_top["function_preserving"] and zero_top["eval_loss_init"] is not None
+
+
+def test_zero_top_starts_at_the_source_loss(probed, base_run):
+    out, _, probe_curves = probed
+    source_loss = json.loads((base_run / runs.SUMMARY_FILE).read_text())["final_eval_loss"]
+    init = {r["strategy"]: r["eval_loss"] for r in probe_curves if r["step"] == 0}
+    assert init["zero_top"] == pytest.approx(source_loss, abs=1e-5)
+    assert init["scratch"] == pytest.approx(np.log(256), abs=0.05) and init["scratch"] > source_loss + 0.5
+
+
+def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, base_run):
+    out, pool_path, _ = probed
+    pool = load_pool_config(pool_path)
+    source = runs.load_run(base_run)
+    target = pool.target_run_config(source.config)
+    candidates = probe.check_pool(pool, source.config, target)
+    state = probe.grow_candidates(pool, source, target, candidates)
+    data = probe.load_dataset(source.config.data, source.path)
+    pool_runner = probe._runner(pool, target, data, candidates)
+    state, _ = pool_runner.advance(state, 0, pool.final_steps)
+    uninterrupted = pool_runner.evaluate(state)
+    curves = runs.read_jsonl(out / probe.CURVES_FILE)
+    resumed = _final_losses(curves, pool.final_steps)
+    np.testing.assert_allclose([resumed[i] for i in range(4)], uninterrupted, rtol=0, atol=1e-5)
+    steps = [(r["candidate"], r["step"]) for r in curves]
+    assert len(steps) == len(set(steps)), "no record written twice after resuming"
+    final = json.loads((out / probe.FINAL_FILE).read_text())
+    assert final["final_steps"] == 12 and len(final["candidates"]) == 4
+
+
+def test_the_pool_compiles_once(probed, base_run):
+    out, pool_path, _ = probed
+    target = runs.read_run_config(out)
+    # Probe, paused train-final and resumed train-final all ran in this process on one program.
+    assert pool_train.pool_step(target.model, target.train)._cache_size() == 1
+
+
+def _stacked_tiny(cfg, tcfg, n, lr_scales=None):
+    opt = train.make_optimizer(tcfg)
+    states = []
+    for i in range(n):
+        params = model.init_params(cfg, jax.random.key(i))
+        scale = 1.0 if lr_scales is None else lr_scales[i]
+        states.append(pool_train.candidate_state(params, opt.init(params), scale))
+    return states
+
+
+def test_vmapped_pool_equals_each_candidate_trained_alone(tiny_model_cfg):
+    tcfg = train.TrainConfig(steps=6, batch_size=2, warmup_steps=1)
+    singles = _stacked_tiny(tiny_model_cfg, tcfg, 3)
+    batches = [jax.random.randint(jax.random.key(10 + s), (3, 2, 9), 0, 256) for s in range(4)]
+    state = pool_train.stack(singles)
+    step = pool_train.pool_step(tiny_model_cfg, tcfg)
+    for b in batches:
+        state, pool_metrics = step(state, b)
+    alone = jax.jit(train.make_train_step(tiny_model_cfg, tcfg))
+    for i, single in enumerate(singles):
+        for b in batches:
+            single, metrics = alone(single, b[i])
+        np.testing.assert_allclose(float(metrics["loss"]), float(pool_metrics["loss"][i]), atol=1e-5)
+        for a, p in zip(jax.tree.leaves(single["params"]), jax.tree.leaves(state["params"]), strict=True):
+            np.testing.assert_allclose(np.asarray(a), np.asarray(p[i]), atol=1e-5)
+
+
+def test_a_diverging_candidate_is_frozen_and_leaves_the_others_unchanged(tiny_model_cfg):
+    tcfg = train.TrainConfig(steps=6, batch_size=2, warmup_steps=1, grad_clip=0.0)
+    batches = [jax.random.randint(jax.random.key(20 + s), (3, 2, 9), 0, 256) for s in range(5)]
+    step = pool_train.pool_step(tiny_model_cfg, tcfg)
+
+    def run(scales):
+        state = pool_train.stack(_stacked_tiny(tiny_model_cfg, tcfg, 3, scales))
+        for b in batches:
+            state, metrics = step(state, b)
+        return state, metrics
+
+    healthy, _ = run([1.0, 1.0, 1.0])
+    broken, metrics = run([1.0, 1e30, 1.0])
+    assert int(broken["diverged_at"][1]) > 0 and int(broken["step"][1]) < 5
+    assert np.all(np.asarray(broken["diverged_at"])[[0, 2]] == -1)
+    for a, b in zip(jax.tree.leaves(healthy["params"]), jax.tree.leaves(broken["params"]), strict=True):
+        np.testing.assert_array_equal(np.asarray(a)[[0, 2]], np.asarray(b)[[0, 2]])
+        assert np.isfinite(np.asarray(b)[1]).all(), "the diverged candidate keeps its last finite state"
+
+
+def test_chunked_pool_matches_the_whole_pool(tiny_model_cfg):
+    tcfg = train.TrainConfig(steps=6, batch_size=2, warmup_steps=1)
+    batches = jax.random.randint(jax.random.key(3), (3, 3, 2, 9), 0, 256)
+    eval_batches = np.asarray(jax.random.randint(jax.random.key(4), (1, 2, 9), 0, 256))
+    results = []
+    for chunk in (0, 2):
+        state = pool_train.stack(_stacked_tiny(tiny_model_cfg, tcfg, 3))
+        pool_runner = pool_train.PoolRunner(tiny_model_cfg, tcfg, lambda i: np.asarray(batches[i]),
+                                            eval_batches, chunk_size=chunk)
+        state, _ = pool_runner.advance(state, 0, 3)
+        results.append(pool_runner.evaluate(state))
+    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
+
+
+def test_train_final_only_best_n(tmp_path, base_run):
+    pool_path = _pool_file(tmp_path, base_run, final_steps=6, strategies=["stack", "zero_top", "scratch"])
+    out = tmp_path / "out"
+    _ok("probe", pool_path, "--out", out)
+    _ok("train-final", out, "--only", 2)
+    final = json.loads((out / probe.FINAL_FILE).read_text())["candidates"]
+    assert {r["strategy"] for r in final} == {"stack", "zero_top"}  # scratch is last at k
+
+
+def _fails(args, expected, nothing_at=None):
+    result = runner.invoke(app, [str(a) for a in args])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and expected in lines[0], result.output
+    if nothing_at is not None:
+        assert not nothing_at.exists()
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"strategies": ["stack", "stak_middle"]}, "stack_middle"),
+    ({"target": {"n_layers": 2}}, "larger than the source"),
+    ({"target": {"n_layers": 1}}, "smaller than the source"),
+    ({"lag_steps": 20}, "lag_steps"),
+    ({"source": "/nonexistent/run"}, "does not exist"),
+    ({"learning_rate": 1}, "unknown key"),
+])
+def test_bad_pools_fail_with_one_line(tmp_path, base_run, changes, expected):
+    pool_path = _pool_file(tmp_path, base_run, **changes)
+    _fails(["probe", pool_path, "--out", tmp_path / "out"], expected, nothing_at=tmp_path / "out")
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "no staging left behind"
+
+
+def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):
+    _fails(["train-final", tmp_path], "holds no probe")
+    pool_path = _pool_file(tmp_path, base_run, final_steps=6, strategies=["stack", "zero_top", "scratch"])
+    out = tmp_path / "out"
+    _ok("probe", pool_path, "--out", out)
+    pool_path.write_text(pool_path.read_text().replace("lag_steps: 4", "lag_steps: 5"))
+    _fails(["train-final", out], "changed since the probe")
+    assert not (out / probe.FINAL_STATE).exists(), "nothing written"
+
+
+def test_carried_optimizer_state_trains(tmp_path, base_run):
+    pool_path = _pool_file(tmp_path, base_run, final_steps=6, optimizer_state="carry",
+                           strategies=["stack", "zero_top", "scratch"])
+    _ok("probe", pool_path, "--out", tmp_path / "out")
+    curves = runs.read_jsonl(tmp_path / "out" / probe.CURVES_FILE)
+    assert all(r["eval_loss"] is not None and np.isfinite(r["eval_loss"]) for r in curves)
+    assert growth.is_function_preserving("zero_top")
+    assert jnp.isfinite(jnp.asarray([r["eval_loss"] for r in curves])).all()
