@@ -18,6 +18,7 @@ from laggrow.growth.registry import (
     parse_strategy,
     strategies_markdown,
     strategies_table,
+    with_strategies_table,
 )
 from laggrow.growth.transform import grow, grow_opt_state, is_function_preserving, plan_stages
 
@@ -32,4 +33,5 @@ __all__ = [
     "plan_stages",
     "strategies_markdown",
     "strategies_table",
+    "with_strategies_table",
 ]

@@ -160,7 +160,7 @@ _register_plan(
     "interleave", plan_interleave, function_preserving=False,
     definition="each layer duplicated in place (f1 f1 f2 f2 ...); for non-multiples the lower "
                "layers take the extra copies",
-    reference="Wang et al. 2023, LiGO (ICLR), interlace; " + LLAMA_PRO.split(",")[0])
+    reference="Wang et al. 2023, LiGO (ICLR), interlace; Wu et al. 2024, LLaMA Pro")
 _register_plan(
     "random_top", plan_random_top, function_preserving=False,
     definition="new freshly initialised layers on top",

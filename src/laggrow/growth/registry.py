@@ -229,3 +229,16 @@ def strategies_markdown(strategies: Mapping[str, Strategy] | None = None) -> str
             flag += f" ({row['preserving_note']})"
         lines.append(f"| `{row['name']}` | {row['kind']} | {flag} | {row['definition']} | {row['reference']} |")
     return "\n".join(lines) + "\n"
+
+
+TABLE_START, TABLE_END = "<!-- strategies-table:start -->", "<!-- strategies-table:end -->"
+
+
+def with_strategies_table(text: str) -> str:
+    """`text` (README.md, docs/strategies.md) with the table between the markers
+    `<!-- strategies-table:start -->` and `<!-- strategies-table:end -->` re-rendered."""
+    head, sep, rest = text.partition(TABLE_START)
+    _, sep2, tail = rest.partition(TABLE_END)
+    if not (sep and sep2):
+        raise LaggrowError(f"strategies table: expected the markers {TABLE_START} ... {TABLE_END}")
+    return f"{head}{TABLE_START}\n{strategies_markdown()}{TABLE_END}{tail}"

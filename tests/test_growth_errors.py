@@ -1,0 +1,131 @@
+"""Bad growth requests end in one readable line; the registry's metadata and docs stay in step."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from laggrow import model
+from laggrow.config import ModelConfig
+from laggrow.errors import LaggrowError
+from laggrow.growth import (
+    STRATEGIES,
+    get_strategy,
+    grow,
+    strategies_markdown,
+    strategies_table,
+    with_strategies_table,
+)
+from laggrow.growth.layout import AXES, check_shapes, flatten, unflatten
+from test_growth import KEY, A, B, source_params
+
+WIDE = dataclasses.replace(A, d_model=64, n_heads=8, d_ff=128)
+DEEP = dataclasses.replace(A, n_layers=4)
+
+
+def fails(*args, **options) -> str:
+    with pytest.raises(LaggrowError) as info:
+        grow(*args, **options)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("dst,strategy,needle", [
+    (DEEP, "stack_midle", "did you mean 'stack_middle'"),
+    (DEEP, "hyperclone+stack", "did you mean 'hypercloning'"),
+    (DEEP, "zzzz", "laggrow strategies"),
+    (dataclasses.replace(A, n_layers=1), "stack", "model.n_layers: the target (1) is smaller than the source (2)"),
+    (dataclasses.replace(A, d_ff=32), "net2net", "model.d_ff: the target (32) is smaller"),
+    (dataclasses.replace(A, d_model=48, n_heads=6), "hypercloning",
+     "cannot grow d_model 32 -> 48; possible d_model: 32 (unchanged), 64, 96, 128, ..."),
+    (dataclasses.replace(A, d_ff=96), "hypercloning", "cannot grow d_ff 64 -> 96; possible d_ff: 64"),
+    (dataclasses.replace(A, d_model=96, n_heads=12, d_ff=192), "fusion", "possible d_model: 64"),
+    (dataclasses.replace(A, d_model=64, n_heads=4), "hypercloning", "keeps head_dim 8"),
+    (WIDE, "stack_middle", "compose a width strategy first, e.g. 'hypercloning+stack_middle'"),
+    (dataclasses.replace(WIDE, n_layers=3), "hypercloning", "compose a depth strategy after it"),
+    (dataclasses.replace(WIDE, n_layers=3), "stack+hypercloning", "one width strategy then one depth"),
+    (dataclasses.replace(A, vocab_size=128), "stack", "model.vocab_size: growth keeps it"),
+    (dataclasses.replace(A, max_seq_len=32), "stack", "learned position table"),
+    (dataclasses.replace(A, tie_embeddings=True), "stack", "model.tie_embeddings"),
+])
+def test_bad_targets_and_names(dst, strategy, needle):
+    assert needle in fails(source_params(A), A, dst, strategy, KEY)
+
+
+def test_bad_options():
+    params = source_params(A)
+    assert "option block: not used by strategy 'stack' (it takes no options)" in fails(
+        params, A, DEEP, "stack", KEY, block=2)
+    assert "option noise: expected a number >= 0" in fails(params, A, DEEP, "stack_noise", KEY, noise=-1)
+    assert "option block: expected an integer >= 1" in fails(params, A, DEEP, "stack_middle", KEY, block=0)
+    other = source_params(B)
+    assert "fusion partner" in fails(params, A, WIDE, "fusion", KEY, partner=other)
+
+
+def test_source_params_of_the_wrong_shape_are_listed():
+    message = fails(source_params(B), A, DEEP, "stack", KEY)
+    assert message.startswith("source params")
+    assert "missing head/w" in message and "missing pos/embedding" in message
+
+
+def test_shape_check_lists_missing_extra_and_mismatched_paths():
+    want = model.param_shapes(A)
+    flat = dict(flatten(source_params(A)))
+    del flat["blocks/attn/w_out"]
+    flat["blocks/attn/bias"] = np.zeros(3, np.float32)
+    flat["head/w"] = np.zeros((32, 65), np.float32)
+    with pytest.raises(LaggrowError) as info:
+        check_shapes(unflatten(flat), want, "grown")
+    message = str(info.value)
+    assert "missing blocks/attn/w_out" in message and "extra blocks/attn/bias" in message
+    assert "mismatched head/w: (32, 65) float32, expected (32, 64) float32" in message
+
+
+@pytest.mark.parametrize("cfg", [A, B], ids=["learned.untied", "rope.tied"])
+def test_axis_table_describes_every_parameter(cfg):
+    shapes = flatten(model.param_shapes(cfg))
+    assert set(shapes) <= set(AXES)
+    sizes = {"L": cfg.n_layers, "V": cfg.vocab_size, "S": cfg.max_seq_len, "3": 3, "Dh": cfg.head_dim,
+             "D": cfg.d_model, "H": cfg.n_heads, "F": cfg.d_ff}
+    for path, spec in shapes.items():
+        assert tuple(sizes[name.rstrip("<")] for name in AXES[path]) == spec.shape, path
+
+
+def test_registry_metadata_is_complete():
+    for name, s in STRATEGIES.items():
+        assert s.name == name and s.kind in ("depth", "width")
+        for text in (s.definition, s.reference):
+            assert text and "\n" not in text
+        assert get_strategy(name) is s
+    rows = strategies_table()
+    assert [r["name"] for r in rows] == list(STRATEGIES)
+    table = strategies_markdown()
+    assert all(f"| `{name}` |" in table for name in STRATEGIES)
+
+
+def test_docs_table_is_the_registrys():
+    docs = Path(__file__).resolve().parent.parent / "docs" / "strategies.md"
+    text = docs.read_text(encoding="utf-8")
+    assert with_strategies_table(text) == text, \
+        "docs/strategies.md is stale: rewrite it with laggrow.growth.with_strategies_table"
+
+
+def test_scratch_is_the_models_own_init():
+    """The baseline must be what training from scratch starts from, not a look-alike."""
+    out = grow(source_params(A), A, DEEP, "scratch", KEY)
+    again = grow(source_params(B), B, dataclasses.replace(B, n_layers=4), "scratch", KEY)
+    w = np.asarray(out["blocks"]["mlp"]["w_in"])
+    assert abs(w.std() - 0.02) < 0.002  # model.py's init scale, not the source's 0.2
+    assert np.array_equal(np.asarray(out["blocks"]["ln1"]["scale"]), np.ones((4, 32), np.float32))
+    assert "head" not in again
+    assert isinstance(jax.tree.leaves(out)[0], jax.Array)
+
+
+def test_from_params_sees_the_target(tmp_path):
+    cfg = ModelConfig.from_params(grow(source_params(A), A, WIDE, "net2net", KEY), max_seq_len=16)
+    assert cfg == WIDE
