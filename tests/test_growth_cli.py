@@ -1,0 +1,112 @@
+"""`laggrow grow` and `laggrow strategies` from the command line."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from typer.testing import CliRunner
+
+from laggrow import runs
+from laggrow.cli import app
+from laggrow.growth import STRATEGIES
+
+runner = CliRunner()
+WIDE_DEEP = ["--set", "model.n_layers=3", "--set", "model.d_model=64", "--set", "model.n_heads=8"]
+
+
+def _ok(*args):
+    result = runner.invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="module")
+def base_run(tmp_path_factory, tiny_config_path):
+    out = tmp_path_factory.mktemp("grow") / "base"
+    _ok("train", tiny_config_path, "--out", out, "--set", "train.steps=6", "--set", "train.eval_every=6")
+    return out
+
+
+@pytest.fixture(scope="module")
+def grown_run(base_run):
+    out = base_run.parent / "grown"
+    result = _ok("grow", "--from", base_run, "--strategy", "hypercloning+copy_zero", *WIDE_DEEP,
+                 "--out", out, "--optimizer-state", "carry", "--seed", 3)
+    return out, result.output
+
+
+def test_grow_writes_a_loadable_run_and_growth_json(base_run, grown_run):
+    out, output = grown_run
+    record = json.loads((out / "growth.json").read_text())
+    assert record["strategy"] == "hypercloning+copy_zero" and record["function_preserving"] is True
+    assert record["source"] == str(base_run.absolute()) and record["optimizer_state"] == "carry"
+    assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
+    for name in ("function_preserving", "eval_loss_before", "eval_loss_after"):
+        assert name in output
+    loaded = runs.load_run(out)
+    assert (loaded.config.model.n_layers, loaded.config.model.d_model) == (3, 64)
+    assert int(loaded.state["step"]) == 0
+    mu = loaded.state["opt_state"][1][0].mu  # carried: the source's moments, tiled
+    source_mu = runs.load_run(base_run).state["opt_state"][1][0].mu
+    assert mu["blocks"]["mlp"]["w_in"].shape == (3, 64, 128)
+    assert float(abs(mu["blocks"]["mlp"]["w_in"][0, :32, :128] - source_mu["blocks"]["mlp"]["w_in"][0]).max()) == 0
+
+
+def test_grow_non_preserving_changes_the_loss(base_run):
+    out = base_run.parent / "stacked"
+    _ok("grow", "--from", base_run, "--strategy", "hypercloning+stack", *WIDE_DEEP, "--out", out)
+    record = json.loads((out / "growth.json").read_text())
+    assert record["function_preserving"] is False and record["optimizer_state"] == "reset"
+    assert abs(record["eval_loss_after"] - record["eval_loss_before"]) > 1e-4
+
+
+def test_strategies_table_and_json():
+    table = _ok("strategies").output
+    assert all(name in table for name in STRATEGIES)
+    rows = json.loads(_ok("strategies", "--json").output)
+    assert [r["name"] for r in rows] == list(STRATEGIES)
+    assert {"name", "kind", "function_preserving", "definition", "reference"} <= set(rows[0])
+
+
+def _fails(base_run, args, expected):
+    out = base_run.parent / "refused"
+    before = sorted(p.name for p in base_run.parent.iterdir())
+    result = runner.invoke(app, ["grow", *map(str, args), "--out", str(out)])
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.output
+    assert expected in lines[0], lines[0]
+    assert sorted(p.name for p in base_run.parent.iterdir()) == before, "nothing written"
+
+
+@pytest.mark.parametrize("args,expected", [
+    (["--strategy", "stack_midle", "--set", "model.n_layers=3"], "did you mean 'stack_middle'"),
+    (["--strategy", "stack", "--set", "model.n_layers=1"], "smaller than the source"),
+    (["--strategy", "hypercloning", "--set", "model.d_model=48", "--set", "model.n_heads=6"],
+     "possible d_model: 32 (unchanged), 64, 96, 128"),
+    (["--strategy", "fusion", "--set", "model.d_model=96", "--set", "model.n_heads=12"], "possible d_model: 64"),
+    (["--strategy", "stack", "--set", "model.n_layers=3", "--block", "2"], "option block: not used"),
+    (["--strategy", "stack", "--set", "model.n_layers=3", "--optimizer-state", "keep"], "--optimizer-state"),
+    (["--strategy", "stack", "--set", "model.n_layer=3"], "model.n_layer: unknown key"),
+])
+def test_bad_requests_are_one_line_and_write_nothing(base_run, args, expected):
+    _fails(base_run, ["--from", base_run, *args], expected)
+
+
+def test_bad_sources_and_partners(base_run, grown_run, tmp_path):
+    layers = ["--strategy", "stack", "--set", "model.n_layers=3"]
+    _fails(base_run, ["--from", base_run.parent / "nope", *layers], "does not exist")
+    (tmp_path / "empty").mkdir()
+    _fails(base_run, ["--from", tmp_path / "empty", *layers], "not a laggrow run")
+    wide = ["--strategy", "fusion", "--set", "model.d_model=64", "--set", "model.n_heads=8",
+            "--set", "model.d_ff=256"]
+    _fails(base_run, ["--from", base_run, *wide, "--partner", grown_run[0]], "fusion partner")
+    _fails(base_run, ["--from", base_run, *wide, "--partner", tmp_path / "empty"], "--partner")
+
+
+def test_existing_out_is_refused(base_run, grown_run):
+    result = runner.invoke(app, ["grow", "--from", str(base_run), "--strategy", "stack", "--set",
+                                 "model.n_layers=3", "--out", str(grown_run[0])])
+    assert result.exit_code == 2 and "already exists" in result.output
+    assert (grown_run[0] / "growth.json").is_file()
