@@ -108,11 +108,12 @@ def test_registry_metadata_is_complete():
     assert all(f"| `{name}` |" in table for name in STRATEGIES)
 
 
-def test_docs_table_is_the_registrys():
-    docs = Path(__file__).resolve().parent.parent / "docs" / "strategies.md"
-    text = docs.read_text(encoding="utf-8")
+@pytest.mark.parametrize("doc", ["docs/strategies.md", "README.md"])
+def test_docs_table_is_the_registrys(doc):
+    path = Path(__file__).resolve().parent.parent / doc
+    text = path.read_text(encoding="utf-8")
     assert with_strategies_table(text) == text, \
-        "docs/strategies.md is stale: rewrite it with laggrow.growth.with_strategies_table"
+        f"{doc} is stale: rewrite it with laggrow.growth.with_strategies_table"
 
 
 def test_scratch_is_the_models_own_init():
