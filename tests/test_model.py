@@ -91,3 +91,16 @@ def test_bfloat16_compute_stays_close_to_float32(tiny_model_cfg):
     bf16 = model.apply(params, tokens, dataclasses.replace(tiny_model_cfg, dtype="bfloat16"))
     assert bf16.dtype == jnp.float32
     np.testing.assert_allclose(np.asarray(bf16), np.asarray(f32), atol=0.05)
+
+
+def test_dropout_is_keyed_and_off_without_a_key(tiny_model_cfg):
+    params = model.init_params(tiny_model_cfg, jax.random.key(0))
+    tokens = _tokens(jax.random.key(1), tiny_model_cfg)
+    plain = model.apply(params, tokens, tiny_model_cfg)
+    a = model.apply(params, tokens, tiny_model_cfg, dropout=0.3, key=jax.random.key(7))
+    b = model.apply(params, tokens, tiny_model_cfg, dropout=0.3, key=jax.random.key(7))
+    c = model.apply(params, tokens, tiny_model_cfg, dropout=0.3, key=jax.random.key(8))
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert not np.allclose(np.asarray(a), np.asarray(c)) and not np.allclose(np.asarray(a), np.asarray(plain))
+    np.testing.assert_array_equal(np.asarray(model.apply(params, tokens, tiny_model_cfg, dropout=0.3)),
+                                  np.asarray(plain))

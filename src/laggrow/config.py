@@ -129,6 +129,7 @@ class TrainConfig:
     beta1: float = 0.9
     beta2: float = 0.95
     grad_clip: float = 1.0
+    dropout: float = 0.0  # residual dropout while training; its mask key is fold_in(key(seed), step)
     seed: int = 0
     eval_every: int = 50
     log_every: int = 10
@@ -146,6 +147,7 @@ class TrainConfig:
         _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2",
                  "numbers in [0, 1)", (self.beta1, self.beta2))
+        _require(0 <= self.dropout < 1, "train.dropout", "a rate in [0, 1)", self.dropout)
         _require(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables)", self.grad_clip)
         for name in ("eval_every", "log_every"):
             _require(getattr(self, name) >= 1, f"train.{name}", "an integer >= 1", getattr(self, name))

@@ -124,9 +124,11 @@ def _plain(tree) -> Params:
     return tree
 
 
-def apply(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Logits (B, T, V) in float32 for int tokens (B, T)."""
-    return forward(params, tokens, cfg)
+def apply(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
+          key: jax.Array | None = None) -> jax.Array:
+    """Logits (B, T, V) in float32 for int tokens (B, T). With `dropout` > 0 and a `key`,
+    residual dropout is applied to every attention and MLP output (training only)."""
+    return forward(params, tokens, cfg, dropout=dropout, key=key)
 
 
 def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> jax.Array:
@@ -150,7 +152,15 @@ def rope(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def forward(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None, layer: int, site: int) -> jax.Array:
+    if rate <= 0.0 or key is None:
+        return x
+    keep = jax.random.bernoulli(jax.random.fold_in(key, 2 * layer + site), 1.0 - rate, x.shape)
+    return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
+
+
+def forward(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
+            key: jax.Array | None = None) -> jax.Array:
     dtype = jnp.dtype(cfg.dtype)
     b, t = tokens.shape
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
@@ -171,11 +181,12 @@ def forward(params: Params, tokens: jax.Array, cfg: ModelConfig) -> jax.Array:
         if cfg.pos_emb == "rope":
             q, k = rope(q), rope(k)
         att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        x = x + att.reshape(b * t, h * dh) @ blocks["attn"]["w_out"][i].reshape(h * dh, d).astype(dtype)
+        att = att.reshape(b * t, h * dh) @ blocks["attn"]["w_out"][i].reshape(h * dh, d).astype(dtype)
+        x = x + _dropout(att, dropout, key, i, 0)
 
         y = layer_norm(x, blocks["ln2"]["scale"][i], blocks["ln2"]["bias"][i], cfg.ln_eps)
         y = jax.nn.gelu(y @ blocks["mlp"]["w_in"][i].astype(dtype))
-        x = x + y @ blocks["mlp"]["w_out"][i].astype(dtype)
+        x = x + _dropout(y @ blocks["mlp"]["w_out"][i].astype(dtype), dropout, key, i, 1)
 
     x = layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
     head = params["embed"]["tokens"].T if cfg.tie_embeddings else params["head"]["w"]

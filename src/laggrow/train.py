@@ -59,9 +59,11 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
-def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig) -> jax.Array:
-    """Mean next-token cross-entropy (nats) of int batch (B, T+1); the same for train and eval."""
-    logits = model.apply(params, batch[:, :-1], cfg)
+def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig, dropout: float = 0.0,
+            key: jax.Array | None = None) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of int batch (B, T+1); the same for train and eval
+    (eval passes no dropout)."""
+    logits = model.apply(params, batch[:, :-1], cfg, dropout=dropout, key=key)
     return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
 
 
@@ -75,8 +77,13 @@ def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
     optimizer = make_optimizer(train_cfg)
     schedule = make_schedule(train_cfg)
 
+    base_key = jax.random.key(train_cfg.seed)
+
     def step_fn(state: State, batch: jax.Array) -> tuple[State, dict]:
-        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, model_cfg)
+        # The step's randomness is a function of (seed, step): reproducible, and a resumed run
+        # draws exactly what the uninterrupted one would have.
+        key = jax.random.fold_in(base_key, state["step"])
+        loss, grads = jax.value_and_grad(loss_fn)(state["params"], batch, model_cfg, train_cfg.dropout, key)
         updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
         if "lr_scale" in state:  # a per-candidate learning-rate multiplier (pools)
             updates = jax.tree.map(lambda u: u * state["lr_scale"].astype(u.dtype), updates)
