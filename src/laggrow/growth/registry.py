@@ -171,6 +171,11 @@ def purpose_seed(key: jax.Array, purpose: str, *ints: int) -> list[int]:
     return key_words(key) + [zlib.crc32(purpose.encode())] + [int(i) for i in ints]
 
 
+def fresh_init_key(stage_key: jax.Array) -> jax.Array:
+    """The key `model.init_params` gets for a stage's fresh units (and for `scratch`)."""
+    return jax.random.fold_in(stage_key, zlib.crc32(b"fresh") & 0x7FFFFFFF)
+
+
 @dataclass
 class Context:
     """What a strategy needs besides the params: randomness, options, and the mode.
@@ -202,8 +207,7 @@ class Context:
             if self.moments:
                 tree = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), model.param_shapes(cfg))
             else:
-                seed = jax.random.fold_in(self.key, zlib.crc32(b"fresh") & 0x7FFFFFFF)
-                tree = jax.tree.map(np.asarray, model.init_params(cfg, seed))
+                tree = jax.tree.map(np.asarray, model.init_params(cfg, fresh_init_key(self.key)))
             self._fresh[cfg] = tree
         return self._fresh[cfg]
 
