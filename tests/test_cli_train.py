@@ -97,3 +97,20 @@ def test_help_imports_no_jax():
                            "assert 'train' in r.output; assert 'jax' not in sys.modules, 'jax imported'"],
                           capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+def test_scientific_notation_is_a_number_in_yaml_and_overrides(tmp_path):
+    from laggrow.config import load_run_config
+
+    cfg = load_run_config(_write(tmp_path, GOOD.replace("steps: 2,", "steps: 2, lr: 3e-4,")),
+                          ["model.ln_eps=1e-06"])
+    assert cfg.train.lr == 3e-4 and cfg.model.ln_eps == 1e-6
+
+
+def test_a_runs_config_json_is_a_valid_config(tmp_path):
+    out = tmp_path / "out"
+    config = _write(tmp_path, GOOD)
+    assert runner.invoke(app, ["train", str(config), "--out", str(out), "--until", "1"]).exit_code == 0
+    result = runner.invoke(app, ["train", str(out / "config.json"), "--out", str(out), "--resume"])
+    assert result.exit_code == 0, result.output
+    assert (out / "summary.json").is_file()

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import re
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -232,13 +233,33 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+class _Loader(yaml.SafeLoader):
+    """YAML 1.1 reads `1e-5` (no dot) as a string; scientific notation is common in configs
+    (`lr: 3e-4`, and `json.dumps` writes `1e-05`), so floats are resolved as YAML 1.2 does."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"""^(?:[-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+                |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+                |\.[0-9_]+(?:[eE][-+]?[0-9]+)?
+                |[-+]?\.(?:inf|Inf|INF)
+                |\.(?:nan|NaN|NAN))$""", re.X),
+    list("-+0123456789."),
+)
+
+
+def parse_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_Loader)
+
+
 def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     """Read a YAML mapping, with one-line errors for a missing file or malformed YAML."""
     path = Path(path)
     if not path.is_file():
         raise LaggrowError(f"{what} {path}: file not found (expected a YAML file)")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = parse_yaml(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         at = f" at line {mark.line + 1}" if mark is not None else ""
@@ -264,7 +285,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         if len(parts) != 2 or not all(parts):
             raise LaggrowError(f"--set {item!r}: expected section.key=value, e.g. model.n_layers=8")
         try:
-            value = yaml.safe_load(text)
+            value = parse_yaml(text)
         except yaml.YAMLError:
             value = text
         section = raw.setdefault(parts[0], {})

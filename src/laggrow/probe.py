@@ -40,19 +40,6 @@ OnEval = Callable[[int, list[dict]], None]
 # Candidates
 
 
-def _reset_schedule_counts(opt_state: Any) -> Any:
-    """A carried optimizer state keeps Adam's moments and their bias-correction count, but the
-    learning-rate schedule restarts at step 0 of the grown model's schedule."""
-    import optax
-
-    def reset(node: Any) -> Any:
-        if isinstance(node, optax.ScaleByScheduleState):
-            return optax.ScaleByScheduleState(count=np.zeros_like(node.count))
-        return node
-
-    return jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
-
-
 def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     """A fusion partner is named by the path of another run; growth wants its params."""
     options = dict(options)
@@ -71,7 +58,9 @@ def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[d
     candidates = pool.candidates()
     for c in candidates:
         growth.plan_stages(src, dst, c["name"])
-        options = {k: v for k, v in c["options"].items() if k != "partner"}
+        # Another run as fusion partner is loaded only when growing; an empty placeholder tells
+        # the registry that a partner other than the model itself is used.
+        options = {k: ({} if k == "partner" else v) for k, v in c["options"].items()}
         c["function_preserving"] = growth.is_function_preserving(c["name"], **options)
     return candidates
 
@@ -87,7 +76,7 @@ def grow_candidates(pool: PoolConfig, source: runs.LoadedRun, target: RunConfig,
         options = _resolve_options(c["options"])
         params = growth.grow(source.params, src, dst, c["name"], key, **options)
         if pool.optimizer_state == "carry":
-            opt_state = _reset_schedule_counts(
+            opt_state = train.restart_schedule(
                 growth.grow_opt_state(source.state["opt_state"], src, dst, c["name"], key, **options))
         else:
             opt_state = optimizer.init(params)

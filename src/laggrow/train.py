@@ -59,6 +59,18 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
     return optax.chain(*parts)
 
 
+def restart_schedule(opt_state: Any) -> Any:
+    """For an optimizer state carried through growth: Adam's moments keep their bias-correction
+    count, but the grown model starts at step 0, so its learning-rate schedule restarts too."""
+
+    def reset(node: Any) -> Any:
+        if isinstance(node, optax.ScaleByScheduleState):
+            return optax.ScaleByScheduleState(count=jnp.zeros_like(node.count))
+        return node
+
+    return jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+
+
 def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig, dropout: float = 0.0,
             key: jax.Array | None = None) -> jax.Array:
     """Mean next-token cross-entropy (nats) of int batch (B, T+1); the same for train and eval

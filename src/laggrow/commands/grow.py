@@ -35,21 +35,6 @@ HELP = (
 )
 
 
-def restart_schedule(opt_state: Any) -> Any:
-    """A carried optimizer state keeps Adam's moments and their bias-correction count, but the
-    grown run starts at step 0, so its learning-rate schedule restarts too."""
-    import jax
-    import numpy as np
-    import optax
-
-    def reset(node: Any) -> Any:
-        if isinstance(node, optax.ScaleByScheduleState):
-            return optax.ScaleByScheduleState(count=np.zeros_like(node.count))
-        return node
-
-    return jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
-
-
 def target_config(source, overrides: list[str] | None):
     """The source's run config with `--set` overrides applied and validated."""
     from laggrow.config import apply_overrides, run_config_from_dict
@@ -90,7 +75,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     key = jax.random.key(seed)
     params = growth.grow(source.params, source.config.model, target.model, strategy, key, **options)
     if optimizer_state == "carry":
-        opt_state = restart_schedule(growth.grow_opt_state(
+        opt_state = train.restart_schedule(growth.grow_opt_state(
             source.state["opt_state"], source.config.model, target.model, strategy, key, **options))
     else:
         opt_state = train.make_optimizer(target.train).init(params)
