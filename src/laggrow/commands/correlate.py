@@ -17,12 +17,15 @@ import os
 import uuid
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from laggrow.commands import user_errors
 from laggrow.errors import LaggrowError
+
+if TYPE_CHECKING:
+    from laggrow.curves import Curves
 
 CSV_COLUMNS = ("step", "n", "spearman", "spearman_lo", "spearman_hi", "kendall", "kendall_lo", "kendall_hi",
                "pearson", "pearson_lo", "pearson_hi", "top1", "top3", "regret", "regret_frac",
@@ -68,6 +71,20 @@ def _text_writer(text: str) -> Callable[[Path], None]:
     return lambda path: path.write_text(text, encoding="utf-8")
 
 
+def write_correlation(curves: Curves, result: dict, directory: Path) -> list[Path]:
+    """correlation.json/.csv and the figures correlation.png, curves.png, ranks.png, all or nothing.
+    Public so that `laggrow run` writes exactly what `laggrow correlate` writes."""
+    from laggrow import report
+
+    text = json.dumps(result, indent=2, allow_nan=False)
+    return write_outputs(directory, {
+        "correlation.json": _text_writer(text + "\n"),
+        "correlation.csv": _text_writer(_csv_text(result)),
+        "correlation.png": lambda p: report.plot_correlation(result, p),
+        "curves.png": lambda p: report.plot_curves(curves, p, last_step=result["final_step"]),
+        "ranks.png": lambda p: report.plot_ranks(result, p)})
+
+
 @user_errors
 def correlate_command(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="Pool directory holding curves.jsonl.")],
@@ -110,15 +127,9 @@ def correlate_command(
 
     result = analysis.correlate(curves, final_step=final_step, threshold=threshold,
                                 regret_tol=regret_tol, n_boot=n_boot, seed=seed).to_dict()
-    text = json.dumps(result, indent=2, allow_nan=False)
-    written = write_outputs(out_dir, {
-        "correlation.json": _text_writer(text + "\n"),
-        "correlation.csv": _text_writer(_csv_text(result)),
-        "correlation.png": lambda p: report.plot_correlation(result, p),
-        "curves.png": lambda p: report.plot_curves(curves, p, last_step=result["final_step"]),
-        "ranks.png": lambda p: report.plot_ranks(result, p)})
+    written = write_correlation(curves, result, out_dir)
     if as_json:
-        typer.echo(text)
+        typer.echo(json.dumps(result, indent=2, allow_nan=False))
         return
     console.print(report.correlation_table(result))
     spread = report.seed_spread_table(result)
