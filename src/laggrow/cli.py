@@ -26,7 +26,7 @@ def _root() -> None:
 
 
 # Order is the order of `laggrow --help`.
-COMMAND_MODULES = ["train", "grow", "strategies", "probe", "correlate"]
+COMMAND_MODULES = ["train", "grow", "strategies", "probe", "correlate", "run"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"laggrow.commands.{_name}").register(app)

@@ -1,0 +1,351 @@
+"""One LAG study from one file: train the base, probe the pool, train the finals, correlate, report.
+
+    # configs/demo.yaml
+    base: configs/small.yaml          # a run config (relative to the working directory)
+    base_set: [train.steps=600]       # optional `section.key=value` overrides of the base config
+    pool:                             # a pool exactly as pool_config.py reads it, without `source`
+      target: {n_layers: 8}
+      strategies: [stack, zero_top, copy_zero, scratch]
+      lag_steps: 32                   # k
+      final_steps: 320                # T
+    correlate: {threshold: 0.9, bootstrap: 1000, seed: 0}
+    out: runs/demo
+
+An experiment directory holds
+
+    OUT/experiment.json   the resolved experiment (what `laggrow report` reads back)
+    OUT/base/             the base run (laggrow train)          OUT/pool.yaml  the pool, source filled in
+    OUT/pool/             the pool (laggrow probe / train-final / correlate)
+    OUT/timings.json      seconds each stage took when it ran   OUT/report.md  written last
+
+Every stage is skipped when its record is on disk, so running the same experiment again redoes
+nothing and an interrupted one resumes: the base and the finals from their checkpoints, the probe
+from scratch (its output is staged and appears only when complete). Everything that can be wrong
+with the input is found before anything is written or trained. No rendering here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from laggrow import runs
+from laggrow.config import (
+    RunConfig,
+    apply_overrides,
+    build_dataclass,
+    read_yaml,
+    run_config_from_dict,
+    save_json,
+)
+from laggrow.errors import LaggrowError
+from laggrow.pool_config import PoolConfig, pool_config_from_dict
+from laggrow.train_run import PreparedRun
+
+EXPERIMENT_FILE, TIMINGS_FILE, REPORT_FILE, POOL_YAML = "experiment.json", "timings.json", "report.md", "pool.yaml"
+BASE_DIR, POOL_DIR, CORRELATION_FILE = "base", "pool", "correlation.json"
+STAGES = ("base", "probe", "finals", "correlate", "report")
+
+
+@dataclass(frozen=True)
+class CorrelateOptions:
+    """What `laggrow correlate` would be given: see analysis.correlate."""
+
+    threshold: float = 0.9
+    regret_tol: float | None = None
+    bootstrap: int = 1000
+    seed: int = 0
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    base: str
+    pool: dict[str, Any]
+    base_set: list[str] = field(default_factory=list)
+    correlate: dict[str, Any] = field(default_factory=dict)
+    out: str = ""
+
+
+@dataclass
+class Experiment:
+    """An experiment checked against its inputs and its directory, ready to run."""
+
+    path: Path
+    out: Path
+    config: ExperimentConfig
+    base: RunConfig  # with the vocabulary filled in from the tokenizer
+    pool: PoolConfig  # with `source` set to OUT/base
+    correlate: CorrelateOptions
+    base_run: PreparedRun  # the base checked against OUT/base, its corpus loaded
+
+    @property
+    def base_dir(self) -> Path:
+        return self.out / BASE_DIR
+
+    @property
+    def pool_dir(self) -> Path:
+        return self.out / POOL_DIR
+
+
+@dataclass(frozen=True)
+class StageResult:
+    stage: str
+    reused: bool
+    seconds: float = 0.0
+
+
+class Observer:
+    """What a display is told while an experiment runs; the default shows nothing."""
+
+    def stage_started(self, stage: str, detail: str, total_steps: int | None) -> None: ...
+    def base_record(self, record: dict) -> None: ...
+    def pool_eval(self, step: int, records: list[dict]) -> None: ...
+    def stage_finished(self, result: StageResult) -> None: ...
+
+
+# ---------------------------------------------------------------------------------------------
+# Reading and checking
+
+
+def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | None = None) -> Experiment:
+    """Read, resolve and check an experiment; raises LaggrowError (one line) and writes nothing."""
+    from laggrow import probe
+    from laggrow.train_run import prepare_run
+
+    path = Path(path)
+    where = f"experiment {path}"
+    raw = _apply_overrides(read_yaml(path, what="experiment"), overrides)
+    for key in ("base", "pool"):
+        if key not in raw:
+            raise LaggrowError(f"{where}: '{key}' missing (expected base, pool and optionally "
+                               "base_set, correlate, out)")
+    cfg = build_dataclass(ExperimentConfig, raw, where)
+    if not all(isinstance(item, str) for item in cfg.base_set):
+        raise LaggrowError(f"{where}.base_set: expected a list of section.key=value strings, got {cfg.base_set!r}")
+    options = build_dataclass(CorrelateOptions, cfg.correlate, f"{where} correlate")
+    if not -1 < options.threshold <= 1 or options.bootstrap < 0 or (options.regret_tol or 0) < 0:
+        raise LaggrowError(f"{where} correlate: expected threshold in (-1, 1], bootstrap >= 0 and "
+                           f"regret_tol >= 0, got {cfg.correlate}")
+    out = Path(out if out is not None else cfg.out or Path("runs") / path.stem).absolute()
+    _check_out(out)
+
+    base_raw = apply_overrides(read_yaml(cfg.base, what=f"{where} base"), list(cfg.base_set))
+    base_cfg = run_config_from_dict(base_raw, where=f"base {cfg.base}")
+    base_dir = out / BASE_DIR
+    try:  # the vocabulary comes from the tokenizer; an existing base run must match exactly
+        base_run = prepare_run(base_cfg, base_dir, resume=(base_dir / runs.CONFIG_FILE).is_file())
+    except LaggrowError as err:
+        raise LaggrowError(f"{where}: {err}; choose another out") from None
+    base_cfg = base_run.config
+
+    if not isinstance(cfg.pool, dict) or "source" in cfg.pool:
+        raise LaggrowError(f"{where} pool: expected a pool mapping without 'source' "
+                           "(laggrow run fills it with the base run)")
+    pool = pool_config_from_dict({**cfg.pool, "source": str(base_dir)}, where=f"{where} pool")
+    probe.check_pool(pool, base_cfg, pool.target_run_config(base_cfg))
+    experiment = Experiment(path, out, cfg, base_cfg, pool, options, base_run)
+    _check_probe_matches(experiment)
+    return experiment
+
+
+def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
+    """`--set key=value` for the experiment's own keys (`base_set=[train.steps=50]`), else
+    `section.key=value` into a mapping (`pool.seeds=[1]`), as config.apply_overrides does."""
+    nested = []
+    for item in overrides or []:
+        key, sep, text = item.partition("=")
+        if sep and key.strip() in {f.name for f in dataclasses.fields(ExperimentConfig)}:
+            try:
+                value = yaml.safe_load(text)
+            except yaml.YAMLError:
+                value = text  # left for build_dataclass to name the key and what it expected
+            raw = {**raw, key.strip(): value}
+        else:
+            nested.append(item)
+    return apply_overrides(raw, nested)
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise LaggrowError(f"out {out}: not a directory (expected a new or experiment directory)")
+    if out.is_dir() and any(out.iterdir()) and not (out / EXPERIMENT_FILE).is_file() \
+            and not (out / BASE_DIR).is_dir():
+        raise LaggrowError(f"out {out}: not empty and not a laggrow experiment (expected a new directory)")
+
+
+def _pool_without_source(pool: dict) -> dict:
+    return {k: v for k, v in pool.items() if k != "source"}
+
+
+def _check_probe_matches(experiment: Experiment) -> None:
+    """A probe on disk must be of this very pool: the finals and the statistics continue it."""
+    from laggrow import probe
+
+    meta_file = experiment.pool_dir / probe.POOL_FILE
+    if not meta_file.is_file():
+        return
+    probed = json.loads(meta_file.read_text(encoding="utf-8"))["pool"]
+    now = json.loads(json.dumps(experiment.pool.to_dict()))  # tuples as lists, as they were stored
+    changed = [k for k in sorted(set(probed) | set(now)) if k != "source" and probed.get(k) != now.get(k)]
+    if changed:
+        raise LaggrowError(f"experiment {experiment.path}: pool changed since the probe in "
+                           f"{experiment.pool_dir} ({', '.join(changed)}); choose another out")
+
+
+def pool_yaml_text(experiment: Experiment) -> str:
+    raw = json.loads(json.dumps(experiment.pool.to_dict()))
+    raw["strategies"] = [{"name": s["name"], "label": s["label"], "lr_scale": s["lr_scale"], **s["options"]}
+                         for s in raw["strategies"]]
+    return ("# written by laggrow run from " + str(experiment.path) + "; edit the experiment, not this\n"
+            + yaml.safe_dump(raw, sort_keys=False))
+
+
+def experiment_record(experiment: Experiment) -> dict[str, Any]:
+    given = experiment.path.as_posix()
+    out = experiment.out
+    with contextlib.suppress(ValueError):  # as a user would type it, when under the working directory
+        out = out.relative_to(Path.cwd())
+    return {"experiment_file": str(experiment.path.absolute()), "experiment_given": given,
+            "out_given": out.as_posix(), "config": dataclasses.asdict(experiment.config),
+            "correlate": dataclasses.asdict(experiment.correlate), "base_dir": BASE_DIR, "pool_dir": POOL_DIR}
+
+
+def read_experiment_dir(out: Path) -> dict[str, Any]:
+    out = Path(out)
+    record = out / EXPERIMENT_FILE
+    if not record.is_file():
+        raise LaggrowError(f"{out}: holds no experiment (expected a directory written by laggrow run)")
+    return json.loads(record.read_text(encoding="utf-8"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Stages
+
+
+def _write_if_changed(path: Path, text: str) -> None:
+    """Leave an identical file alone, so a rerun changes no mtime."""
+    if path.is_file() and path.read_text(encoding="utf-8") == text:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(path)
+
+
+def _timed(stage: str, out: Path, observer: Observer, work: Callable[[], None]) -> StageResult:
+    t0 = time.perf_counter()
+    work()
+    result = StageResult(stage, reused=False, seconds=time.perf_counter() - t0)
+    timings_file = out / TIMINGS_FILE
+    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.is_file() else {}
+    timings[stage] = round(result.seconds, 1)
+    save_json(timings_file, timings)
+    observer.stage_finished(result)
+    return result
+
+
+def _reused(stage: str, observer: Observer) -> StageResult:
+    result = StageResult(stage, reused=True)
+    observer.stage_finished(result)
+    return result
+
+
+def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
+    from laggrow.train_run import execute_run
+
+    if (ex.base_dir / runs.SUMMARY_FILE).is_file():
+        return _reused("base", observer)
+    run = ex.base_run
+    m = run.config.model
+    observer.stage_started("base", f"{m.n_params():,} params, {m.n_layers} layers x d={m.d_model}, "
+                           f"{run.config.train.steps} steps", run.config.train.steps)
+    return _timed("base", ex.out, observer, lambda: execute_run(run, on_record=observer.base_record))
+
+
+def _stage_probe(ex: Experiment, observer: Observer) -> StageResult:
+    from laggrow import probe
+
+    if (ex.pool_dir / probe.PROBE_FILE).is_file():
+        return _reused("probe", observer)
+    # A probe killed outright (no Python cleanup) leaves its staging directory behind; it is ours.
+    for stale in ex.out.glob(f".{POOL_DIR}.*.partial"):
+        shutil.rmtree(stale, ignore_errors=True)
+    if ex.pool_dir.exists():  # a directory without probe.json is not a probe: nothing to keep
+        shutil.rmtree(ex.pool_dir)
+    n = len(ex.pool.candidates())
+    observer.stage_started("probe", f"{n} candidates, k={ex.pool.lag_steps} of T={ex.pool.final_steps}",
+                           ex.pool.lag_steps)
+    return _timed("probe", ex.out, observer,
+                  lambda: probe.probe(ex.out / POOL_YAML, ex.pool_dir, on_eval=observer.pool_eval))
+
+
+def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
+    from laggrow import probe
+
+    if (ex.pool_dir / probe.FINAL_FILE).is_file():
+        return _reused("finals", observer)
+    observer.stage_started("finals", f"{len(ex.pool.candidates())} candidates to T={ex.pool.final_steps}",
+                           ex.pool.final_steps)
+    return _timed("finals", ex.out, observer,
+                  lambda: probe.train_final(ex.pool_dir, on_eval=observer.pool_eval))
+
+
+def correlation_is_current(ex: Experiment) -> bool:
+    """correlation.json exists, is newer than the finals and was made with these options."""
+    from laggrow import probe
+
+    path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / probe.FINAL_FILE
+    if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
+        return False
+    made = json.loads(path.read_text(encoding="utf-8"))
+    lag, boot, opts = made["little_lag"], made["bootstrap"], ex.correlate
+    given = lag["regret_tol"] if lag["regret_tol_source"] == "given" else None
+    return (lag["threshold"], given, boot["n"], boot["seed"]) == \
+        (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed)
+
+
+def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
+    if correlation_is_current(ex):
+        return _reused("correlate", observer)
+
+    def work() -> None:
+        from laggrow import analysis
+        from laggrow.commands.correlate import write_correlation
+
+        curves = analysis.load_curves(ex.pool_dir)
+        o = ex.correlate
+        result = analysis.correlate(curves, threshold=o.threshold, regret_tol=o.regret_tol,
+                                    n_boot=o.bootstrap, seed=o.seed).to_dict()
+        write_correlation(curves, result, ex.pool_dir)
+
+    observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None)
+    return _timed("correlate", ex.out, observer, work)
+
+
+def _stage_report(ex: Experiment, observer: Observer, correlated: StageResult) -> StageResult:
+    from laggrow import report_md
+
+    if correlated.reused and (ex.out / REPORT_FILE).is_file():
+        return _reused("report", observer)
+    observer.stage_started("report", str(ex.out / REPORT_FILE), None)
+    return _timed("report", ex.out, observer, lambda: report_md.write_report(ex.out))
+
+
+def run_experiment(ex: Experiment, observer: Observer | None = None) -> list[StageResult]:
+    """Run every stage that has no record yet, in order; returns what each stage did."""
+    observer = observer or Observer()
+    ex.out.mkdir(parents=True, exist_ok=True)
+    _write_if_changed(ex.out / EXPERIMENT_FILE, json.dumps(experiment_record(ex), indent=2, sort_keys=True) + "\n")
+    _write_if_changed(ex.out / POOL_YAML, pool_yaml_text(ex))
+    results = [_stage_base(ex, observer), _stage_probe(ex, observer), _stage_finals(ex, observer)]
+    results.append(_stage_correlate(ex, observer))
+    results.append(_stage_report(ex, observer, results[-1]))
+    return results

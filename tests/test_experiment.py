@@ -1,0 +1,148 @@
+"""`laggrow run` end to end on the tiny experiment: records, report, idempotence, bad input."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from laggrow.cli import app
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny_experiment.yaml"
+STAGES = ("base", "probe", "finals", "correlate", "report")
+FIGURES = ("correlation.png", "curves.png", "ranks.png")
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+runner = CliRunner()
+
+
+def invoke(*args):
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the experiment names its base config relative to the working directory
+    try:
+        return runner.invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(cwd)
+
+
+def ok(*args):
+    result = invoke(*args)
+    assert result.exit_code == 0, result.output
+    return result
+
+
+def fails(args, expected: str, nothing_at: Path | None = None):
+    result = invoke(*args)
+    assert result.exit_code == 2, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and expected in lines[0], result.output
+    if nothing_at is not None:
+        assert not nothing_at.exists(), "nothing written"
+    return result
+
+
+def snapshot(directory: Path) -> dict[str, int]:
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def experiment(tmp_path_factory):
+    out = tmp_path_factory.mktemp("experiment") / "tiny"
+    first = ok("run", TINY, "--out", out)
+    return out, first
+
+
+def test_run_writes_every_record_and_the_report(experiment):
+    out, first = experiment
+    for stage in STAGES:
+        assert f"{stage}" in first.output
+    assert first.output.count("done in") == len(STAGES), first.output
+    assert f"report: {out / 'report.md'}" in " ".join(first.output.split())
+
+    summary = json.loads((out / "base" / "summary.json").read_text())
+    assert summary["complete"] and summary["steps"] == 10  # base_set applied
+    probe = json.loads((out / "pool" / "probe.json").read_text())
+    final = json.loads((out / "pool" / "final.json").read_text())
+    assert probe["lag_steps"] == 4 and final["final_steps"] == 12
+    assert {r["strategy"] for r in final["candidates"]} == {"stack", "zero_top", "copy_zero", "scratch"}
+    pool = yaml.safe_load((out / "pool.yaml").read_text())
+    assert pool["source"] == str(out / "base")
+    correlation = json.loads((out / "pool" / "correlation.json").read_text())
+    assert correlation["final_step"] == 12 and correlation["bootstrap"]["n"] == 50
+    for name in FIGURES:
+        assert (out / "pool" / name).read_bytes()[:8] == PNG_MAGIC, name
+    timings = json.loads((out / "timings.json").read_text())
+    assert set(timings) == set(STAGES)
+
+    report = (out / "report.md").read_text()
+    for heading in ("## The small model", "## The pool", "## Step 0 against step k", "## The little lag",
+                    "## The pick", "## Loss curves"):
+        assert heading in report, heading
+    for name in FIGURES:
+        assert f"(pool/{name})" in report, name
+    assert "42,304" in report and "loss at init" in report and "loss at k=4" in report
+    assert "| `zero_top` | yes |" in report and "| `scratch` | no |" in report
+    assert "step 0 (initialisation)" in report and "step k = 4 (the probe)" in report
+    assert "little lag:" in report and "LAG at k = 4 picks" in report
+
+
+def test_second_run_redoes_nothing(experiment):
+    out, _ = experiment
+    before = snapshot(out)
+    assert any(name.startswith("base/checkpoints/") for name in before)
+    assert any(name.startswith("pool/final_state/") for name in before)
+    again = ok("run", TINY, "--out", out)
+    for stage in STAGES:
+        assert f"{stage:<9} reused" in again.output, again.output
+    assert "done in" not in again.output
+    assert snapshot(out) == before, "no file written, rewritten or removed"
+
+
+def test_report_renders_again_from_the_records(experiment):
+    out, _ = experiment
+    text = (out / "report.md").read_text()
+    (out / "report.md").unlink()
+    result = ok("report", out)
+    assert str(out / "report.md") in result.output
+    assert (out / "report.md").read_text() == text
+
+
+def test_changed_experiment_is_refused_and_changes_nothing(experiment):
+    out, _ = experiment
+    before = snapshot(out)
+    changed = fails(["run", TINY, "--out", out, "--set", "pool.lag_steps=5"], "pool changed since the probe")
+    assert "(lag_steps)" in changed.output
+    fails(["run", TINY, "--out", out, "--set", "base_set=[train.steps=11]"], "holds a different run")
+    assert snapshot(out) == before
+
+
+def _experiment_file(tmp_path: Path, **changes) -> Path:
+    raw = yaml.safe_load(TINY.read_text())
+    raw.update(changes)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+@pytest.mark.parametrize("changes, expected", [
+    ({"lag": 4}, "experiment.yaml.lag: unknown key"),
+    ({"base": "configs/nowhere.yaml"}, "configs/nowhere.yaml: file not found"),
+    ({"pool": {"source": "runs/x", "target": {"n_layers": 3}, "strategies": ["stack"], "lag_steps": 1,
+               "final_steps": 2}}, "without 'source'"),
+    ({"pool": {"target": {"n_layers": 3}, "strategies": ["stack", "stak_top"], "lag_steps": 1,
+               "final_steps": 2}}, "stack_top"),
+    ({"correlate": {"threshold": 2}}, "threshold in (-1, 1]"),
+    ({"correlate": {"boot": 10}}, "correlate.boot: unknown key"),
+])
+def test_bad_experiments_fail_with_one_line_and_write_nothing(tmp_path, changes, expected):
+    path = _experiment_file(tmp_path, **changes)
+    fails(["run", path, "--out", tmp_path / "out"], expected, nothing_at=tmp_path / "out")
+
+
+def test_report_needs_an_experiment_directory(tmp_path):
+    fails(["report", tmp_path], "holds no experiment")
