@@ -22,24 +22,21 @@ from laggrow import model, train
 from laggrow.config import load_run_config
 
 
-def matmul_rate(m: int, k: int, n: int, reps: int = 20) -> float:
-    """fp32 GFLOP/s of a jitted (m, k) @ (k, n) product: best of `reps` timed calls."""
-    a = jax.random.normal(jax.random.key(0), (m, k), jnp.float32)
-    b = jax.random.normal(jax.random.key(1), (k, n), jnp.float32)
-    f = jax.jit(lambda x, y: x @ y)
-    f(a, b).block_until_ready()
-    times = []
+def timed(fn, reps: int) -> float:
+    """Best wall time of `reps` calls of `fn` (which blocks until its result is ready)."""
+    best = float("inf")
     for _ in range(reps):
         t = time.perf_counter()
-        f(a, b).block_until_ready()
-        times.append(time.perf_counter() - t)
-    return 2 * m * k * n / min(times) / 1e9
+        fn()
+        best = min(best, time.perf_counter() - t)
+    return best
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("config", nargs="?", default="configs/small.yaml")
-    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=5, help="timed steps per round")
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     args = parser.parse_args()
 
@@ -53,17 +50,30 @@ def main() -> None:
     state, metrics = step(state, batch)
     jax.block_until_ready(metrics)
     compile_s = time.perf_counter() - c
-    times = []
-    for _ in range(args.steps):
-        s = time.perf_counter()
-        state, metrics = step(state, batch)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - s)
-    step_s = statistics.median(times)
 
     tokens = t.batch_size * cfg.data.seq_len
-    model_gflops = m.train_flops_per_token(cfg.data.seq_len) * tokens / step_s / 1e9
-    mm = matmul_rate(tokens, m.d_model, m.d_ff)
+    a = jax.random.normal(jax.random.key(0), (tokens, m.d_model), jnp.float32)
+    b = jax.random.normal(jax.random.key(1), (m.d_model, m.d_ff), jnp.float32)
+    matmul = jax.jit(lambda x, y: x @ y)
+    matmul(a, b).block_until_ready()
+    holder = {"state": state}
+
+    def one_step():
+        holder["state"], out = step(holder["state"], batch)
+        jax.block_until_ready(out)
+
+    # These machines are shared: their speed drifts by 2x within minutes. Step and matmul are
+    # timed in alternating rounds and compared round by round, so a ratio never mixes two speeds.
+    rounds = []
+    for _ in range(args.rounds):
+        mm_s = timed(lambda: matmul(a, b).block_until_ready(), 10)
+        step_s = timed(one_step, args.steps)
+        rounds.append((step_s, 2 * tokens * m.d_model * m.d_ff / mm_s / 1e9))
+    flops_per_step = m.train_flops_per_token(cfg.data.seq_len) * tokens
+    ratios = sorted(flops_per_step / s / 1e9 / mm for s, mm in rounds)
+    step_s = statistics.median(s for s, _ in rounds)
+    mm = statistics.median(mm for _, mm in rounds)
+    model_gflops = flops_per_step / step_s / 1e9
     peak_mib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
     print(f"config            {args.config} {' '.join(args.overrides)}")
@@ -71,11 +81,12 @@ def main() -> None:
           f"{m.n_params():,} params; batch {t.batch_size} x seq {cfg.data.seq_len}")
     print(f"devices           {jax.devices()}")
     print(f"compile           {compile_s:.2f} s")
-    print(f"step              {step_s * 1e3:.1f} ms (median of {args.steps}; min {min(times) * 1e3:.1f})")
+    print(f"step              {step_s * 1e3:.1f} ms (median over {args.rounds} rounds of the best of {args.steps})")
     print(f"tokens/s          {tokens / step_s:,.0f}")
     print(f"model GFLOP/s     {model_gflops:.1f}")
-    print(f"matmul GFLOP/s    {mm:.1f}  ({tokens}x{m.d_model} @ {m.d_model}x{m.d_ff}, fp32, same process)")
-    print(f"model / matmul    {model_gflops / mm:.1%}")
+    print(f"matmul GFLOP/s    {mm:.1f}  ({tokens}x{m.d_model} @ {m.d_model}x{m.d_ff}, fp32, median of rounds)")
+    print(f"model / matmul    {statistics.median(ratios):.1%} (median of per-round ratios; range "
+          f"{ratios[0]:.1%} to {ratios[-1]:.1%})")
     print(f"peak RSS          {peak_mib:,.0f} MiB")
 
 
