@@ -15,9 +15,10 @@ $(STAMP): pyproject.toml
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
+# The whole LAG study (configs/demo.yaml); rerunning reuses every finished stage.
 demo: $(STAMP)
-	$(BIN)/laggrow train configs/small.yaml --out runs/demo/base
-	@echo "demo run written to runs/demo/base (metrics.jsonl, summary.json)"
+	$(BIN)/laggrow run configs/demo.yaml
+	@echo "report: runs/demo/report.md (figures: runs/demo/pool/correlation.png, curves.png, ranks.png)"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

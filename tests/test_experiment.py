@@ -146,3 +146,20 @@ def test_bad_experiments_fail_with_one_line_and_write_nothing(tmp_path, changes,
 
 def test_report_needs_an_experiment_directory(tmp_path):
     fails(["report", tmp_path], "holds no experiment")
+
+
+def test_an_interrupted_base_is_resumed_not_restarted(tmp_path):
+    out = tmp_path / "tiny"
+    ok("train", REPO / "configs" / "tiny.yaml", "--out", out / "base", "--set", "train.steps=10",
+       "--set", "train.eval_every=10", "--until", "5")
+    assert not (out / "base" / "summary.json").exists()
+    paused = (out / "base" / "metrics.jsonl").read_text()
+    result = ok("run", TINY, "--out", out)
+    assert "base      done in" in result.output
+    resumed = (out / "base" / "metrics.jsonl").read_text()
+    # the records up to step 5 are the first process's own (their tokens/s would differ if redone)
+    assert resumed.startswith(paused) and resumed != paused
+    steps = [json.loads(line)["step"] for line in resumed.splitlines()]
+    assert steps == sorted(set(steps)) and steps[-1] == 10
+    assert json.loads((out / "base" / "summary.json").read_text())["steps"] == 10
+    assert (out / "report.md").is_file()

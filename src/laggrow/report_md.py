@@ -48,6 +48,10 @@ def _table(header: list[str], rows: list[list[str]], align: str = "") -> str:
     return "\n".join(lines)
 
 
+def _seeds(seeds: list[int]) -> str:
+    return f"seed {seeds[0]}" if len(seeds) == 1 else f"seeds {', '.join(map(str, seeds))}"
+
+
 def _rho(row: dict) -> str:
     ci = row["spearman_ci"]
     return _num(row["spearman"], ".2f") + (f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "")
@@ -77,17 +81,19 @@ def _pool_section(out: Path, result: dict) -> list[str]:
     meta = _read(out / POOL_DIR / "pool.json", "pool record")
     target = runs.read_run_config(out / POOL_DIR, what="grown model")
     pool, m = meta["pool"], target.model
+    base_loss = _read(out / BASE_DIR / runs.SUMMARY_FILE, "base run's summary")["final_eval_loss"]
     k, final = result["lag_steps"], result["final_step"]
     steps = result["steps"]
     at = {s: steps.index(s) for s in (0, k, final) if s in steps}
     lines = ["## The pool", "",
              f"Every strategy grows the small model to {m.n_layers} layers x d_model {m.d_model} "
              f"({m.n_params():,} parameters). All {len(meta['candidates'])} candidates "
-             f"({len(pool['strategies'])} strategies x seeds {', '.join(map(str, pool['seeds']))}) train "
+             f"({len(pool['strategies'])} strategies x {_seeds(pool['seeds'])}) train "
              f"together on identical batches (batch {target.train.batch_size}) under one learning-rate "
              f"schedule over T = {final} steps (lr {target.train.lr:g}, {target.train.schedule}, optimizer "
              f"state {pool['optimizer_state']}), so the probe of k = {k} steps is exactly the prefix of the "
-             "final run. Loss is the held-out loss in nats/token, seeds averaged; ranks are 1 = lowest.", ""]
+             "final run. Loss is the held-out loss in nats/token on the small model's held-out set "
+             f"(where the small model ends at {base_loss:.4f}), seeds averaged; ranks are 1 = lowest.", ""]
     header = ["strategy", "preserving", "loss at init", f"loss at k={k}", f"loss at T={final}",
               "rank at init", "rank at k", "rank at T"]
     rows = []
