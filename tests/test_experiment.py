@@ -83,8 +83,9 @@ def test_run_writes_every_record_and_the_report(experiment):
     for heading in ("## The small model", "## The pool", "## Step 0 against step k", "## The little lag",
                     "## The pick", "## Loss curves"):
         assert heading in report, heading
-    for name in FIGURES:
+    for name in (*FIGURES, "curves-growth.png"):
         assert f"(pool/{name})" in report, name
+    assert (out / "pool" / "curves-growth.png").read_bytes()[:8] == PNG_MAGIC  # the pool without scratch
     assert "42,304" in report and "loss at init" in report and "loss at k=4" in report
     assert "| `zero_top` | yes |" in report and "| `scratch` | no |" in report
     assert "step 0 (initialisation)" in report and "step k = 4 (the probe)" in report

@@ -8,6 +8,7 @@ correlate` draws into OUT/pool/, linked relatively so the report can be moved wi
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,8 @@ from laggrow.experiment import (
     TIMINGS_FILE,
     read_experiment_dir,
 )
+
+GROWTH_CURVES = "curves-growth.png"
 
 
 def _read(path: Path, what: str) -> Any:
@@ -179,9 +182,30 @@ def _lag_section(out: Path, result: dict) -> list[str]:
     return lines
 
 
-def _curves_section(result: dict) -> list[str]:
-    lines = ["## Loss curves", "", "![Held-out loss of every candidate](pool/curves.png)", "",
-             "![Rank of each strategy by step](pool/ranks.png)", ""]
+def _plot_growth_curves(out: Path, result: dict) -> bool:
+    """curves.png again without `scratch`, whose loss sets the y-range of the full figure and
+    flattens the growth strategies into one line; drawn by report.plot_curves. False if no scratch."""
+    from laggrow.curves import load_curves
+
+    curves = load_curves(out / POOL_DIR)
+    keep = [i for i, c in enumerate(curves.candidates) if c.strategy != "scratch"]
+    if len(keep) == len(curves.candidates) or not keep:
+        return False
+    grown = dataclasses.replace(curves, candidates=[curves.candidates[i] for i in keep], loss=curves.loss[keep],
+                                flops=curves.flops[keep], tokens=curves.tokens[keep])
+    path = out / POOL_DIR / GROWTH_CURVES
+    tmp = path.with_name(f".{path.name}.tmp")
+    report.plot_curves(grown, tmp, last_step=result["final_step"])
+    tmp.replace(path)
+    return True
+
+
+def _curves_section(out: Path, result: dict) -> list[str]:
+    lines = ["## Loss curves", "", "![Held-out loss of every candidate](pool/curves.png)", ""]
+    if _plot_growth_curves(out, result):
+        lines += ["The same without `scratch`, so that the growth strategies can be told apart:", "",
+                  f"![Held-out loss of the grown candidates](pool/{GROWTH_CURVES})", ""]
+    lines += ["![Rank of each strategy by step](pool/ranks.png)", ""]
     spread = [s for s in result["strategies"] if s.get("final_loss_sd") is not None]
     if spread:
         lines += ["Final loss over seeds (mean, sd):", "",
@@ -211,7 +235,8 @@ def _footer(out: Path, record: dict, result: dict) -> list[str]:
 
 
 def render(out: Path) -> str:
-    """The whole report.md text of the experiment directory `out`."""
+    """The whole report.md text of the experiment directory `out` (and its one figure of its own,
+    curves-growth.png)."""
     out = Path(out)
     record = read_experiment_dir(out)
     result = _read(out / POOL_DIR / CORRELATION_FILE, "correlation")
@@ -225,7 +250,7 @@ def render(out: Path) -> str:
     lines += _pool_section(out, result)
     lines += _correlation_section(result)
     lines += _lag_section(out, result)
-    lines += _curves_section(result)
+    lines += _curves_section(out, result)
     lines += _footer(out, record, result)
     return "\n".join(lines)
 
