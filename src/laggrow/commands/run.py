@@ -86,7 +86,8 @@ def run_command(
     console = Console(stderr=True)
     ex = exp.load_experiment(experiment, out, overrides)
     console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
-                  f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} seeds, "
+                  f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} "
+                  f"seed{'s' if len(ex.pool.seeds) > 1 else ''}, "
                   f"k={ex.pool.lag_steps}, T={ex.pool.final_steps}", highlight=False)
     observer = _observer(console)
     with observer.progress:
