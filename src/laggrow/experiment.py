@@ -106,7 +106,7 @@ class StageResult:
 class Observer:
     """What a display is told while an experiment runs; the default shows nothing."""
 
-    def stage_started(self, stage: str, detail: str, total_steps: int | None) -> None: ...
+    def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0) -> None: ...
     def base_record(self, record: dict) -> None: ...
     def pool_eval(self, step: int, records: list[dict]) -> None: ...
     def stage_finished(self, result: StageResult) -> None: ...
@@ -180,10 +180,6 @@ def _check_out(out: Path) -> None:
     if out.is_dir() and any(out.iterdir()) and not (out / EXPERIMENT_FILE).is_file() \
             and not (out / BASE_DIR).is_dir():
         raise LaggrowError(f"out {out}: not empty and not a laggrow experiment (expected a new directory)")
-
-
-def _pool_without_source(pool: dict) -> dict:
-    return {k: v for k, v in pool.items() if k != "source"}
 
 
 def _check_probe_matches(experiment: Experiment) -> None:
@@ -292,8 +288,9 @@ def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
 
     if (ex.pool_dir / probe.FINAL_FILE).is_file():
         return _reused("finals", observer)
+    # the finals continue the probe (or their own last checkpoint), so the bar starts at k
     observer.stage_started("finals", f"{len(ex.pool.candidates())} candidates to T={ex.pool.final_steps}",
-                           ex.pool.final_steps)
+                           ex.pool.final_steps, done_steps=ex.pool.lag_steps)
     return _timed("finals", ex.out, observer,
                   lambda: probe.train_final(ex.pool_dir, on_eval=observer.pool_eval))
 

@@ -36,9 +36,9 @@ def _observer(console: Console):
                                      TimeRemainingColumn(), console=console)
             self.task, self.total = None, 1
 
-        def stage_started(self, stage: str, detail: str, total_steps: int | None) -> None:
+        def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0) -> None:
             self.progress.console.print(f"[bold]{stage:<9}[/] {detail}", highlight=False)
-            self.task = self.progress.add_task(stage, total=total_steps, info="")
+            self.task = self.progress.add_task(stage, total=total_steps, completed=done_steps, info="")
             self.total = total_steps or 1
 
         def base_record(self, record: dict) -> None:
