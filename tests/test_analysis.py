@@ -218,8 +218,12 @@ def test_seeds_are_averaged_and_their_spread_reported(tmp_path):
     for seed in (0, 1):  # within each seed, against that seed's own final losses
         want = stats.spearmanr([SEEDED[(s, seed)][0] for s in "ABCD"], [SEEDED[(s, seed)][2] for s in "ABCD"])[0]
         assert row(result, 0).spearman_by_seed[str(seed)] == pytest.approx(want)
-    # pooled sd over 4 strategies x 2 seeds (4 dof); the standard error of a difference of 2-seed means
-    pooled = math.sqrt(sum((SEEDED[(s, 0)][2] - SEEDED[(s, 1)][2]) ** 2 / 2 for s in "ABCD") / 4)
+    # each seed's mean over strategies removed (a shift shared by a seed's candidates does not
+    # reorder them), then the pooled sd over 4 strategies x 2 seeds (4 dof); the standard error
+    # of a difference of 2-seed means
+    shift = {seed: sum(SEEDED[(s, seed)][2] for s in "ABCD") / 4 for seed in (0, 1)}
+    resid = {(s, seed): SEEDED[(s, seed)][2] - shift[seed] for s in "ABCD" for seed in (0, 1)}
+    pooled = math.sqrt(sum((resid[(s, 0)] - resid[(s, 1)]) ** 2 / 2 for s in "ABCD") / 4)
     assert result.little_lag["regret_tol"] == pytest.approx(pooled * math.sqrt(2 / 2))
     assert result.little_lag["regret_tol_source"].startswith("seed noise")
 
@@ -336,3 +340,17 @@ def test_ranking_stability_between_successive_steps(tmp_path):
     assert [r["leader_changed"] for r in result.rows] == [None, True, False]
     assert result.rows[0]["spearman_vs_last"] == pytest.approx(0.4)
     assert "train-final" in result.notes[-1]
+
+
+def test_a_shift_shared_by_all_candidates_of_a_seed_is_not_seed_noise(tmp_path):
+    """Seed 1 adds the same 0.5 to every strategy: the ranking within each seed is identical, so
+    the measured seed noise (and the default regret tolerance) must be that of the residuals."""
+    final = {"A": 1.0, "B": 1.1, "C": 1.2, "D": 1.3}
+    records = []
+    for i, (name, seed) in enumerate((n, s) for n in final for s in (0, 1)):
+        for step, loss in ((0, 3.0), (10, final[name] + 0.5 * seed + 0.2), (20, final[name] + 0.5 * seed)):
+            records.append({"candidate": i, "strategy": name, "seed": seed, "step": step, "eval_loss": loss,
+                            "train_loss": None, "tokens": step, "flops": float(step), "diverged": False})
+    (tmp_path / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    result = correlate(load_curves(tmp_path), n_boot=50)
+    assert result.little_lag["regret_tol"] < 0.05  # counted as noise, the shift would give 0.35

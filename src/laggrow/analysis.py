@@ -13,7 +13,9 @@ also stated in the output:
   strategies tie exactly, and a ranking by step-0 loss cannot tell them apart.
 - Regret tolerance, unless given: with several seeds, one standard error of the difference between
   two strategies' mean final losses (pooled seed sd x sqrt(2 / seeds per strategy)): a regret
-  below it cannot be told from seed noise. With one seed, a tenth of the spread of final losses.
+  below it cannot be told from seed noise. The sd is taken after removing each seed's mean over
+  strategies: candidates of a seed share batches, and the shift that gives all of them does not
+  reorder them. With one seed, a tenth of the spread of final losses.
 - Bootstrap intervals (95%, percentile) resample strategies and, within each, its seeds.
 - Little lag: the smallest evaluated step k before the final step such that at k and at every later
   step before the final, Spearman rho >= threshold and regret <= the regret tolerance.
@@ -275,7 +277,15 @@ def _bootstrap(curves: Curves, pool: _Pool, n_boot: int, seed: int) -> list[dict
 def _regret_tolerance(curves: Curves, pool: _Pool, spread: float) -> tuple[float, str]:
     """Seed noise when there is some (see the module docstring); else a tenth of the spread."""
     fi = pool.loss.shape[1] - 1
-    groups = [curves.loss[m, fi] for m in pool.members if len(m) >= 2]
+    final = curves.loss[:, fi].astype(float)
+    # Candidates of one seed share their batches, so a seed's data order shifts every strategy
+    # alike; that common shift does not move the ranking and is removed before measuring noise.
+    seeds = np.array([c.seed for c in curves.candidates])
+    ranked = np.concatenate([np.asarray(m) for m in pool.members])
+    for seed in np.unique(seeds[ranked]):
+        same = ranked[seeds[ranked] == seed]
+        final[same] -= final[same].mean()
+    groups = [final[m] for m in pool.members if len(m) >= 2]
     dof = sum(len(g) - 1 for g in groups)
     pooled_sd = math.sqrt(sum(((g - g.mean()) ** 2).sum() for g in groups) / dof) if dof else 0.0
     if pooled_sd > 0:
