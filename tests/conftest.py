@@ -29,3 +29,23 @@ def tiny_model_cfg():
 @pytest.fixture(scope="session")
 def tiny_config_path() -> Path:
     return CONFIGS / "tiny.yaml"
+
+
+def invoke_ok(*args):
+    """Run `laggrow ARGS` in-process and insist that it succeeds."""
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    assert result.exit_code == 0, result.output
+    return result
+
+
+@pytest.fixture(scope="session")
+def tiny_base_run(tmp_path_factory, tiny_config_path) -> Path:
+    """A real 10-step run of configs/tiny.yaml, trained once and shared: the source that growth
+    and probe tests grow from. Tests must not write into it."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    invoke_ok("train", tiny_config_path, "--out", out, "--set", "train.steps=10", "--set", "train.eval_every=10")
+    return out

@@ -7,6 +7,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
+from conftest import invoke_ok
 from laggrow import runs
 from laggrow.cli import app
 from laggrow.growth import STRATEGIES
@@ -15,23 +16,15 @@ runner = CliRunner()
 WIDE_DEEP = ["--set", "model.n_layers=3", "--set", "model.d_model=64", "--set", "model.n_heads=8"]
 
 
-def _ok(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory, tiny_config_path):
-    out = tmp_path_factory.mktemp("grow") / "base"
-    _ok("train", tiny_config_path, "--out", out, "--set", "train.steps=6", "--set", "train.eval_every=6")
-    return out
+def base_run(tiny_base_run):
+    return tiny_base_run
 
 
 @pytest.fixture(scope="module")
 def grown_run(base_run):
     out = base_run.parent / "grown"
-    result = _ok("grow", "--from", base_run, "--strategy", "hypercloning+copy_zero", *WIDE_DEEP,
+    result = invoke_ok("grow", "--from", base_run, "--strategy", "hypercloning+copy_zero", *WIDE_DEEP,
                  "--out", out, "--optimizer-state", "carry", "--seed", 3)
     return out, result.output
 
@@ -55,16 +48,16 @@ def test_grow_writes_a_loadable_run_and_growth_json(base_run, grown_run):
 
 def test_grow_non_preserving_changes_the_loss(base_run):
     out = base_run.parent / "stacked"
-    _ok("grow", "--from", base_run, "--strategy", "hypercloning+stack", *WIDE_DEEP, "--out", out)
+    invoke_ok("grow", "--from", base_run, "--strategy", "hypercloning+stack", *WIDE_DEEP, "--out", out)
     record = json.loads((out / "growth.json").read_text())
     assert record["function_preserving"] is False and record["optimizer_state"] == "reset"
     assert abs(record["eval_loss_after"] - record["eval_loss_before"]) > 1e-4
 
 
 def test_strategies_table_and_json():
-    table = _ok("strategies").output
+    table = invoke_ok("strategies").output
     assert all(name in table for name in STRATEGIES)
-    rows = json.loads(_ok("strategies", "--json").output)
+    rows = json.loads(invoke_ok("strategies", "--json").output)
     assert [r["name"] for r in rows] == list(STRATEGIES)
     assert {"name", "kind", "function_preserving", "definition", "reference"} <= set(rows[0])
 

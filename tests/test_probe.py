@@ -9,6 +9,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from conftest import invoke_ok
 from laggrow import growth, model, pool_train, probe, runs, train
 from laggrow.cli import app
 from laggrow.pool_config import load_pool_config
@@ -25,17 +26,9 @@ POOL = {
 }
 
 
-def _ok(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
-def base_run(tmp_path_factory, tiny_config_path):
-    out = tmp_path_factory.mktemp("base") / "run"
-    _ok("train", tiny_config_path, "--out", out, "--set", "train.steps=10", "--set", "train.eval_every=10")
-    return out
+def base_run(tiny_base_run):
+    return tiny_base_run
 
 
 def _pool_file(directory, base_run, **changes):
@@ -50,11 +43,11 @@ def probed(tmp_path_factory, base_run):
     directory = tmp_path_factory.mktemp("pool")
     pool_path = _pool_file(directory, base_run)
     out = directory / "out"
-    _ok("probe", pool_path, "--out", out)
+    invoke_ok("probe", pool_path, "--out", out)
     probe_curves = runs.read_jsonl(out / probe.CURVES_FILE)
-    result = _ok("train-final", out, "--steps", 7)
+    result = invoke_ok("train-final", out, "--steps", 7)
     assert "paused at step 7" in result.output
-    _ok("train-final", out)
+    invoke_ok("train-final", out)
     return out, pool_path, probe_curves
 
 
@@ -177,8 +170,8 @@ def test_chunked_pool_matches_the_whole_pool(tiny_model_cfg):
 def test_train_final_only_best_n(tmp_path, base_run):
     pool_path = _pool_file(tmp_path, base_run, final_steps=6, strategies=["stack", "zero_top", "scratch"])
     out = tmp_path / "out"
-    _ok("probe", pool_path, "--out", out)
-    _ok("train-final", out, "--only", 2)
+    invoke_ok("probe", pool_path, "--out", out)
+    invoke_ok("train-final", out, "--only", 2)
     final = json.loads((out / probe.FINAL_FILE).read_text())["candidates"]
     assert {r["strategy"] for r in final} == {"stack", "zero_top"}  # scratch is last at k
 
@@ -210,7 +203,7 @@ def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):
     _fails(["train-final", tmp_path], "holds no probe")
     pool_path = _pool_file(tmp_path, base_run, final_steps=6, strategies=["stack", "zero_top", "scratch"])
     out = tmp_path / "out"
-    _ok("probe", pool_path, "--out", out)
+    invoke_ok("probe", pool_path, "--out", out)
     pool_path.write_text(pool_path.read_text().replace("lag_steps: 4", "lag_steps: 5"))
     _fails(["train-final", out], "changed since the probe")
     assert not (out / probe.FINAL_STATE).exists(), "nothing written"
@@ -219,7 +212,7 @@ def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):
 def test_carried_optimizer_state_trains(tmp_path, base_run):
     pool_path = _pool_file(tmp_path, base_run, final_steps=6, optimizer_state="carry",
                            strategies=["stack", "zero_top", "scratch"])
-    _ok("probe", pool_path, "--out", tmp_path / "out")
+    invoke_ok("probe", pool_path, "--out", tmp_path / "out")
     curves = runs.read_jsonl(tmp_path / "out" / probe.CURVES_FILE)
     assert all(r["eval_loss"] is not None and np.isfinite(r["eval_loss"]) for r in curves)
     assert growth.is_function_preserving("zero_top")

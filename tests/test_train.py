@@ -9,23 +9,17 @@ import optax
 import pytest
 from typer.testing import CliRunner
 
+from conftest import invoke_ok
 from laggrow import checkpoint, model, runs, train
-from laggrow.cli import app
 from laggrow.config import TrainConfig, load_run_config
 
 runner = CliRunner()
 
 
-def _invoke(*args):
-    result = runner.invoke(app, [str(a) for a in args])
-    assert result.exit_code == 0, result.output
-    return result
-
-
 @pytest.fixture(scope="module")
 def tiny_run(tmp_path_factory, tiny_config_path):
     out = tmp_path_factory.mktemp("runs") / "tiny"
-    _invoke("train", tiny_config_path, "--out", out)
+    invoke_ok("train", tiny_config_path, "--out", out)
     return out
 
 
@@ -77,10 +71,10 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_model_cfg):
 
 def test_interrupted_then_resumed_run_reproduces_uninterrupted(tmp_path, tiny_run, tiny_config_path):
     out = tmp_path / "resumed"
-    _invoke("train", tiny_config_path, "--out", out, "--until", 15)
+    invoke_ok("train", tiny_config_path, "--out", out, "--until", 15)
     assert not (out / runs.SUMMARY_FILE).exists()
     assert checkpoint.has_checkpoint(out)
-    _invoke("train", tiny_config_path, "--out", out, "--resume")
+    invoke_ok("train", tiny_config_path, "--out", out, "--resume")
     def losses(d):
         return {r["step"]: (r["train_loss"], r.get("eval_loss")) for r in runs.read_jsonl(d / runs.METRICS_FILE)
                 if r["step"] % 5 == 0}
