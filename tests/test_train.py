@@ -7,13 +7,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from typer.testing import CliRunner
 
 from conftest import invoke_ok
 from laggrow import checkpoint, model, runs, train
 from laggrow.config import TrainConfig, load_run_config
-
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
