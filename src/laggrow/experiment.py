@@ -43,6 +43,7 @@ from laggrow.config import (
     RunConfig,
     apply_overrides,
     build_dataclass,
+    parse_yaml,
     read_yaml,
     run_config_from_dict,
     save_json,
@@ -165,7 +166,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[s
         key, sep, text = item.partition("=")
         if sep and key.strip() in {f.name for f in dataclasses.fields(ExperimentConfig)}:
             try:
-                value = yaml.safe_load(text)
+                value = parse_yaml(text)
             except yaml.YAMLError:
                 value = text  # left for build_dataclass to name the key and what it expected
             raw = {**raw, key.strip(): value}
