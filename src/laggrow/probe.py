@@ -278,8 +278,6 @@ def train_final(directory: Path, steps: int | None = None, only: int | None = No
                           checkpoint_every=pool.checkpoint_every)
     if stop < pool.final_steps:
         return None
-    for c in chosen:
-        c.setdefault("function_preserving", False)
     rows = ranking(chosen, runs.read_jsonl(directory / CURVES_FILE), pool.final_steps)
     save_json(directory / FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows})

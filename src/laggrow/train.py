@@ -172,7 +172,7 @@ def train_loop(
     flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
     history = History()
     start = int(state["step"])
-    t0, last_t, last_step = time.perf_counter(), time.perf_counter(), start
+    last_t, last_step = time.perf_counter(), start
     stop = train_cfg.steps if stop_at is None else stop_at
     for i in range(start, stop):
         state, metrics = step_fn(state, jnp.asarray(next_batch(i)))
@@ -201,5 +201,4 @@ def train_loop(
             is_last or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
         ):
             on_checkpoint(state)
-    history.seconds = time.perf_counter() - t0  # type: ignore[attr-defined]
     return state, history
