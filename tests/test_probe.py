@@ -217,3 +217,9 @@ def test_carried_optimizer_state_trains(tmp_path, base_run):
     assert all(r["eval_loss"] is not None and np.isfinite(r["eval_loss"]) for r in curves)
     assert growth.is_function_preserving("zero_top")
     assert jnp.isfinite(jnp.asarray([r["eval_loss"] for r in curves])).all()
+
+
+def test_train_final_refuses_bad_steps_and_only_in_one_line(probed):
+    out, _, _ = probed
+    _fails(["train-final", out, "--steps", 99999], "--steps: expected a step in [lag_steps=4, final_steps=12]")
+    _fails(["train-final", out, "--only", 1], "already continues 4 candidates")

@@ -75,9 +75,21 @@ def train_final_command(
     console = Console()
     pool, _, _ = probe.read_pool_dir(directory)
     stop = pool.final_steps if steps is None else steps
-    progress, on_eval = _progress(console, stop)
-    with progress:
+    progress, show = _progress(console, stop)
+
+    started = []
+
+    def on_eval(step: int, records: list[dict]) -> None:
+        if not started:  # shown from the first evaluation: a refused request prints one line only
+            progress.start()
+            started.append(True)
+        show(step, records)
+
+    try:
         rows = probe.train_final(directory, steps=steps, only=only, on_eval=on_eval)
+    finally:
+        if started:
+            progress.stop()
     if rows is None:
         console.print(f"paused at step {stop}; run laggrow train-final {directory} again to continue")
         return
