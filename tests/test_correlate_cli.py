@@ -141,7 +141,7 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make, args, message):
 
 
 def test_outputs_are_all_or_nothing(tmp_path):
-    from laggrow.commands.correlate import write_outputs
+    from laggrow.store import write_outputs
 
     def fail(path: Path) -> None:
         path.write_text("half")
@@ -164,7 +164,7 @@ def test_help_lists_the_options():
 def test_ranking_table_for_probe():
     from rich.console import Console
 
-    from laggrow.report import ranking_table
+    from laggrow.report.tables import ranking_table
 
     rows = [{"rank": 1, "strategy": "stack", "function_preserving": False, "eval_loss_init": 4.1,
              "eval_loss": 2.5, "gap": 0.0, "diverged": False},

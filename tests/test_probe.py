@@ -10,9 +10,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import invoke_ok
-from laggrow import growth, model, pool_train, probe, runs, train
+from laggrow import growth, model, runs, store, train
 from laggrow.cli import app
-from laggrow.pool_config import load_pool_config
+from laggrow.pool import probe
+from laggrow.pool import step as pool_train
+from laggrow.pool.config import load_pool_config
 
 runner = CliRunner()
 POOL = {
@@ -44,7 +46,7 @@ def probed(tmp_path_factory, base_run):
     pool_path = _pool_file(directory, base_run)
     out = directory / "out"
     invoke_ok("probe", pool_path, "--out", out)
-    probe_curves = runs.read_jsonl(out / probe.CURVES_FILE)
+    probe_curves = store.read_jsonl(out / store.CURVES_FILE, "records")
     result = invoke_ok("train-final", out, "--steps", 7)
     assert "paused at step 7" in result.output
     invoke_ok("train-final", out)
@@ -63,7 +65,7 @@ def test_probe_writes_records_ranking_and_state(probed):
     assert {"candidate", "strategy", "seed", "step", "eval_loss", "train_loss", "tokens", "flops"} <= set(first)
     at_k = [r for r in probe_curves if r["step"] == 4]
     assert all(r["tokens"] == 4 * 8 * 32 and r["flops"] > 0 for r in at_k)
-    ranking = json.loads((out / probe.PROBE_FILE).read_text())["candidates"]
+    ranking = json.loads((out / store.PROBE_FILE).read_text())["candidates"]
     assert [r["rank"] for r in ranking] == [1, 2, 3, 4]
     losses = [r["eval_loss"] for r in ranking]
     assert losses == sorted(losses)
@@ -73,7 +75,7 @@ def test_probe_writes_records_ranking_and_state(probed):
 
 def test_zero_top_starts_at_the_source_loss(probed, base_run):
     out, _, probe_curves = probed
-    source_loss = json.loads((base_run / runs.SUMMARY_FILE).read_text())["final_eval_loss"]
+    source_loss = json.loads((base_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]
     init = {r["strategy"]: r["eval_loss"] for r in probe_curves if r["step"] == 0}
     assert init["zero_top"] == pytest.approx(source_loss, abs=1e-5)
     assert init["scratch"] == pytest.approx(np.log(256), abs=0.05) and init["scratch"] > source_loss + 0.5
@@ -90,12 +92,12 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     pool_runner = probe._runner(pool, target, data, candidates)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)
-    curves = runs.read_jsonl(out / probe.CURVES_FILE)
+    curves = store.read_jsonl(out / store.CURVES_FILE, "records")
     resumed = _final_losses(curves, pool.final_steps)
     np.testing.assert_allclose([resumed[i] for i in range(4)], uninterrupted, rtol=0, atol=1e-5)
     steps = [(r["candidate"], r["step"]) for r in curves]
     assert len(steps) == len(set(steps)), "no record written twice after resuming"
-    final = json.loads((out / probe.FINAL_FILE).read_text())
+    final = json.loads((out / store.FINAL_FILE).read_text())
     assert final["final_steps"] == 12 and len(final["candidates"]) == 4
 
 
@@ -172,7 +174,7 @@ def test_train_final_only_best_n(tmp_path, base_run):
     out = tmp_path / "out"
     invoke_ok("probe", pool_path, "--out", out)
     invoke_ok("train-final", out, "--only", 2)
-    final = json.loads((out / probe.FINAL_FILE).read_text())["candidates"]
+    final = json.loads((out / store.FINAL_FILE).read_text())["candidates"]
     assert {r["strategy"] for r in final} == {"stack", "zero_top"}  # scratch is last at k
 
 
@@ -206,14 +208,14 @@ def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):
     invoke_ok("probe", pool_path, "--out", out)
     pool_path.write_text(pool_path.read_text().replace("lag_steps: 4", "lag_steps: 5"))
     _fails(["train-final", out], "changed since the probe")
-    assert not (out / probe.FINAL_STATE).exists(), "nothing written"
+    assert not (out / store.FINAL_STATE).exists(), "nothing written"
 
 
 def test_carried_optimizer_state_trains(tmp_path, base_run):
     pool_path = _pool_file(tmp_path, base_run, final_steps=6, optimizer_state="carry",
                            strategies=["stack", "zero_top", "scratch"])
     invoke_ok("probe", pool_path, "--out", tmp_path / "out")
-    curves = runs.read_jsonl(tmp_path / "out" / probe.CURVES_FILE)
+    curves = store.read_jsonl(tmp_path / "out" / store.CURVES_FILE, "records")
     assert all(r["eval_loss"] is not None and np.isfinite(r["eval_loss"]) for r in curves)
     assert growth.is_function_preserving("zero_top")
     assert jnp.isfinite(jnp.asarray([r["eval_loss"] for r in curves])).all()

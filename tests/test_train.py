@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import invoke_ok
-from laggrow import checkpoint, model, runs, train
+from laggrow import checkpoint, model, runs, store, train
 from laggrow.config import TrainConfig, load_run_config
 
 
@@ -37,8 +37,8 @@ def test_weight_decay_spares_layer_norms(tiny_model_cfg):
 
 
 def test_training_reduces_train_and_heldout_loss(tiny_run):
-    records = runs.read_jsonl(tiny_run / runs.METRICS_FILE)
-    summary = json.loads((tiny_run / runs.SUMMARY_FILE).read_text())
+    records = store.read_jsonl(tiny_run / store.METRICS_FILE, "records")
+    summary = json.loads((tiny_run / store.SUMMARY_FILE).read_text())
     assert records[0]["train_loss"] > records[-1]["train_loss"] + 1.0
     assert summary["final_eval_loss"] < np.log(256)  # far below a uniform guess
     assert {"final_eval_loss", "steps", "params", "tokens", "seconds"} <= set(summary)
@@ -69,15 +69,15 @@ def test_checkpoint_round_trip_is_exact(tmp_path, tiny_model_cfg):
 def test_interrupted_then_resumed_run_reproduces_uninterrupted(tmp_path, tiny_run, tiny_config_path):
     out = tmp_path / "resumed"
     invoke_ok("train", tiny_config_path, "--out", out, "--until", 15)
-    assert not (out / runs.SUMMARY_FILE).exists()
+    assert not (out / store.SUMMARY_FILE).exists()
     assert checkpoint.has_checkpoint(out)
     invoke_ok("train", tiny_config_path, "--out", out, "--resume")
     def losses(d):
-        return {r["step"]: (r["train_loss"], r.get("eval_loss")) for r in runs.read_jsonl(d / runs.METRICS_FILE)
-                if r["step"] % 5 == 0}
+        records = store.read_jsonl(d / store.METRICS_FILE, "records")
+        return {r["step"]: (r["train_loss"], r.get("eval_loss")) for r in records if r["step"] % 5 == 0}
     assert losses(out) == losses(tiny_run)
-    assert json.loads((out / runs.SUMMARY_FILE).read_text())["final_eval_loss"] == \
-        json.loads((tiny_run / runs.SUMMARY_FILE).read_text())["final_eval_loss"]
+    assert json.loads((out / store.SUMMARY_FILE).read_text())["final_eval_loss"] == \
+        json.loads((tiny_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]
 
 
 def test_load_run_restores_params_and_config(tiny_run, tiny_config_path):

@@ -15,7 +15,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-CHECKPOINT_DIR = "checkpoints"
+from laggrow.store import CHECKPOINT_DIR
 
 
 class Checkpointer:

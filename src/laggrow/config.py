@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import re
 import typing
 from dataclasses import dataclass, field
@@ -311,14 +310,3 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfi
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:
     raw = read_yaml(path) if path is not None else {}
     return run_config_from_dict(apply_overrides(raw, overrides), where=str(path or "config"))
-
-
-def save_json(path: Path, obj: Any) -> None:
-    """Write JSON atomically (tmp + rename) so a crash never leaves a half file."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    tmp.replace(path)
-
-
-def run_config_from_json(path: Path) -> RunConfig:
-    return run_config_from_dict(json.loads(path.read_text(encoding="utf-8")), where=str(path))

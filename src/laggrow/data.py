@@ -20,6 +20,7 @@ import numpy as np
 
 from laggrow.config import DataConfig
 from laggrow.errors import LaggrowError
+from laggrow.store import TOKENIZER_FILE
 
 # A corpus with fewer documents than this is cut into this many equal pieces, so that a small
 # held-out fraction still has whole "documents" to take.
@@ -170,9 +171,6 @@ class BPETokenizer:
 
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
-
-
-TOKENIZER_FILE = "tokenizer.json"
 
 
 def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None):

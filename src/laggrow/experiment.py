@@ -38,7 +38,7 @@ from typing import Any
 
 import yaml
 
-from laggrow import runs
+from laggrow import store
 from laggrow.config import (
     RunConfig,
     apply_overrides,
@@ -46,14 +46,12 @@ from laggrow.config import (
     parse_yaml,
     read_yaml,
     run_config_from_dict,
-    save_json,
 )
 from laggrow.errors import LaggrowError
-from laggrow.pool_config import PoolConfig, pool_config_from_dict
+from laggrow.pool.config import PoolConfig, pool_config_from_dict
+from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOL_YAML, REPORT_FILE, TIMINGS_FILE
 from laggrow.train_run import PreparedRun
 
-EXPERIMENT_FILE, TIMINGS_FILE, REPORT_FILE, POOL_YAML = "experiment.json", "timings.json", "report.md", "pool.yaml"
-BASE_DIR, POOL_DIR, CORRELATION_FILE = "base", "pool", "correlation.json"
 STAGES = ("base", "probe", "finals", "correlate", "report")
 
 
@@ -119,7 +117,7 @@ class Observer:
 
 def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read, resolve and check an experiment; raises LaggrowError (one line) and writes nothing."""
-    from laggrow import probe
+    from laggrow.pool import probe
     from laggrow.train_run import prepare_run
 
     path = Path(path)
@@ -143,7 +141,7 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     base_cfg = run_config_from_dict(base_raw, where=f"base {cfg.base}")
     base_dir = out / BASE_DIR
     try:  # the vocabulary comes from the tokenizer; an existing base run must match exactly
-        base_run = prepare_run(base_cfg, base_dir, resume=(base_dir / runs.CONFIG_FILE).is_file())
+        base_run = prepare_run(base_cfg, base_dir, resume=(base_dir / store.CONFIG_FILE).is_file())
     except LaggrowError as err:
         raise LaggrowError(f"{where}: {err}; choose another out") from None
     base_cfg = base_run.config
@@ -185,9 +183,7 @@ def _check_out(out: Path) -> None:
 
 def _check_probe_matches(experiment: Experiment) -> None:
     """A probe on disk must be of this very pool: the finals and the statistics continue it."""
-    from laggrow import probe
-
-    meta_file = experiment.pool_dir / probe.POOL_FILE
+    meta_file = experiment.pool_dir / store.POOL_FILE
     if not meta_file.is_file():
         return
     probed = json.loads(meta_file.read_text(encoding="utf-8"))["pool"]
@@ -216,25 +212,8 @@ def experiment_record(experiment: Experiment) -> dict[str, Any]:
             "correlate": dataclasses.asdict(experiment.correlate), "base_dir": BASE_DIR, "pool_dir": POOL_DIR}
 
 
-def read_experiment_dir(out: Path) -> dict[str, Any]:
-    out = Path(out)
-    record = out / EXPERIMENT_FILE
-    if not record.is_file():
-        raise LaggrowError(f"{out}: holds no experiment (expected a directory written by laggrow run)")
-    return json.loads(record.read_text(encoding="utf-8"))
-
-
 # ---------------------------------------------------------------------------------------------
 # Stages
-
-
-def _write_if_changed(path: Path, text: str) -> None:
-    """Leave an identical file alone, so a rerun changes no mtime."""
-    if path.is_file() and path.read_text(encoding="utf-8") == text:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    tmp.replace(path)
 
 
 def _timed(stage: str, out: Path, observer: Observer, work: Callable[[], None]) -> StageResult:
@@ -242,9 +221,9 @@ def _timed(stage: str, out: Path, observer: Observer, work: Callable[[], None]) 
     work()
     result = StageResult(stage, reused=False, seconds=time.perf_counter() - t0)
     timings_file = out / TIMINGS_FILE
-    timings = json.loads(timings_file.read_text(encoding="utf-8")) if timings_file.is_file() else {}
+    timings = store.read_json(timings_file, "stage timings") if timings_file.is_file() else {}
     timings[stage] = round(result.seconds, 1)
-    save_json(timings_file, timings)
+    store.write_json(timings_file, timings)
     observer.stage_finished(result)
     return result
 
@@ -258,7 +237,7 @@ def _reused(stage: str, observer: Observer) -> StageResult:
 def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
     from laggrow.train_run import execute_run
 
-    if (ex.base_dir / runs.SUMMARY_FILE).is_file():
+    if (ex.base_dir / store.SUMMARY_FILE).is_file():
         return _reused("base", observer)
     run = ex.base_run
     m = run.config.model
@@ -268,9 +247,9 @@ def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
 
 
 def _stage_probe(ex: Experiment, observer: Observer) -> StageResult:
-    from laggrow import probe
+    from laggrow.pool import probe
 
-    if (ex.pool_dir / probe.PROBE_FILE).is_file():
+    if (ex.pool_dir / store.PROBE_FILE).is_file():
         return _reused("probe", observer)
     # A probe killed outright (no Python cleanup) leaves its staging directory behind; it is ours.
     for stale in ex.out.glob(f".{POOL_DIR}.*.partial"):
@@ -281,13 +260,14 @@ def _stage_probe(ex: Experiment, observer: Observer) -> StageResult:
     observer.stage_started("probe", f"{n} candidates, k={ex.pool.lag_steps} of T={ex.pool.final_steps}",
                            ex.pool.lag_steps)
     return _timed("probe", ex.out, observer,
-                  lambda: probe.probe(ex.out / POOL_YAML, ex.pool_dir, on_eval=observer.pool_eval))
+                  lambda: probe.probe(ex.pool, ex.pool_dir, pool_file=ex.out / POOL_YAML,
+                                      on_eval=observer.pool_eval))
 
 
 def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
-    from laggrow import probe
+    from laggrow.pool import probe
 
-    if (ex.pool_dir / probe.FINAL_FILE).is_file():
+    if (ex.pool_dir / store.FINAL_FILE).is_file():
         return _reused("finals", observer)
     # the finals continue the probe (or their own last checkpoint), so the bar starts at k
     observer.stage_started("finals", f"{len(ex.pool.candidates())} candidates to T={ex.pool.final_steps}",
@@ -298,9 +278,8 @@ def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
 
 def correlation_is_current(ex: Experiment) -> bool:
     """correlation.json exists, is newer than the finals and was made with these options."""
-    from laggrow import probe
 
-    path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / probe.FINAL_FILE
+    path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / store.FINAL_FILE
     if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
         return False
     made = json.loads(path.read_text(encoding="utf-8"))
@@ -316,7 +295,7 @@ def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
 
     def work() -> None:
         from laggrow import analysis
-        from laggrow.commands.correlate import write_correlation
+        from laggrow.report.writer import write_correlation
 
         curves = analysis.load_curves(ex.pool_dir)
         o = ex.correlate
@@ -329,20 +308,20 @@ def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
 
 
 def _stage_report(ex: Experiment, observer: Observer, correlated: StageResult) -> StageResult:
-    from laggrow import report_md
+    from laggrow.report.writer import write_report
 
     if correlated.reused and (ex.out / REPORT_FILE).is_file():
         return _reused("report", observer)
     observer.stage_started("report", str(ex.out / REPORT_FILE), None)
-    return _timed("report", ex.out, observer, lambda: report_md.write_report(ex.out))
+    return _timed("report", ex.out, observer, lambda: write_report(ex.out))
 
 
 def run_experiment(ex: Experiment, observer: Observer | None = None) -> list[StageResult]:
     """Run every stage that has no record yet, in order; returns what each stage did."""
     observer = observer or Observer()
     ex.out.mkdir(parents=True, exist_ok=True)
-    _write_if_changed(ex.out / EXPERIMENT_FILE, json.dumps(experiment_record(ex), indent=2, sort_keys=True) + "\n")
-    _write_if_changed(ex.out / POOL_YAML, pool_yaml_text(ex))
+    store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
+    store.write_text(ex.out / POOL_YAML, pool_yaml_text(ex), if_changed=True)
     results = [_stage_base(ex, observer), _stage_probe(ex, observer), _stage_finals(ex, observer)]
     results.append(_stage_correlate(ex, observer))
     results.append(_stage_report(ex, observer, results[-1]))

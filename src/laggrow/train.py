@@ -114,14 +114,20 @@ def jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
     return jax.jit(make_train_step(model_cfg, train_cfg), donate_argnums=0)
 
 
-@functools.lru_cache(maxsize=16)
-def jit_eval(model_cfg: ModelConfig) -> Callable:
-    """Mean loss over a stack of batches (n, B, T+1), one compiled program for the whole set."""
+def make_eval(model_cfg: ModelConfig) -> Callable:
+    """The pure `(params, batches (n, B, T+1)) -> mean loss` over a stack of batches; jitted for
+    one model by `jit_eval` and vmapped over candidates by the pool."""
 
     def evaluate(params: dict, batches: jax.Array) -> jax.Array:
         return jax.lax.map(lambda b: loss_fn(params, b, model_cfg), batches).mean()
 
-    return jax.jit(evaluate)
+    return evaluate
+
+
+@functools.lru_cache(maxsize=16)
+def jit_eval(model_cfg: ModelConfig) -> Callable:
+    """Mean loss over a stack of batches (n, B, T+1), one compiled program for the whole set."""
+    return jax.jit(make_eval(model_cfg))
 
 
 def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray) -> float:

@@ -8,16 +8,15 @@ anything is written.
 from __future__ import annotations
 
 import dataclasses
-import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow import runs
-from laggrow.config import RunConfig, save_json
-from laggrow.data import TOKENIZER_FILE, BPETokenizer, Dataset, load_dataset
+from laggrow import runs, store
+from laggrow.config import RunConfig
+from laggrow.data import BPETokenizer, Dataset, load_dataset
 from laggrow.errors import LaggrowError
 
 
@@ -43,7 +42,7 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     """Load the corpus, fill the vocabulary from the tokenizer and check `out` against `cfg`."""
     out = Path(out).absolute()
-    existing = out / runs.CONFIG_FILE
+    existing = out / store.CONFIG_FILE
     if out.exists() and not existing.is_file() and any(out.iterdir()):
         raise LaggrowError(f"--out {out}: not empty and not a laggrow run (expected a new or empty directory)")
     if resume and not existing.is_file():
@@ -58,7 +57,7 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
         diffs = _differences(cfg.to_dict(), previous.to_dict())
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different run ({'; '.join(diffs[:3])})")
-        finished = (out / runs.SUMMARY_FILE).is_file()
+        finished = (out / store.SUMMARY_FILE).is_file()
         if not resume:
             state = "a finished" if finished else "an unfinished"
             hint = "choose another --out" if finished else "pass --resume to continue it"
@@ -87,18 +86,19 @@ def execute_run(
 
     cfg, out, data = run.config, run.out, run.dataset
     out.mkdir(parents=True, exist_ok=True)
-    save_json(out / runs.CONFIG_FILE, cfg.to_dict())
-    if isinstance(data.tokenizer, BPETokenizer) and not (out / TOKENIZER_FILE).is_file():
-        data.tokenizer.save(out / TOKENIZER_FILE)
+    store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
+    if isinstance(data.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
+        data.tokenizer.save(out / store.TOKENIZER_FILE)
 
-    metrics_path = out / runs.METRICS_FILE
+    metrics_path = out / store.METRICS_FILE
     ckpt = checkpoint.Checkpointer(out)
     state = _fresh_state(cfg)
     if run.resume and ckpt.latest_step() is not None:
         state, _ = ckpt.restore(state)
     start = int(state["step"])
     # Records past the checkpoint were made by the interrupted process; they are made again.
-    runs.write_jsonl(metrics_path, [r for r in runs.read_jsonl(metrics_path) if r["step"] <= start])
+    store.rewrite_jsonl(metrics_path, [r for r in store.read_jsonl(metrics_path, "training records", repair=True)
+                                       if r["step"] <= start])
 
     stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
     eval_batches = data.eval_batches(cfg.data.eval_batches, cfg.data.eval_batch_size)
@@ -107,8 +107,7 @@ def execute_run(
         return data.train_batch(position, cfg.train.batch_size, cfg.train.seed)
 
     def record(r: dict) -> None:
-        with metrics_path.open("a", encoding="utf-8") as fh:
-            fh.write(json.dumps(r) + "\n")
+        store.append_jsonl(metrics_path, [r])
         if on_record is not None:
             on_record(r)
 
@@ -123,7 +122,7 @@ def execute_run(
         ckpt.close()
     seconds = time.perf_counter() - t0
 
-    records = runs.read_jsonl(metrics_path)
+    records = store.read_jsonl(metrics_path, "training records")
     evals = [r for r in records if "eval_loss" in r]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     steps = int(state["step"])
@@ -139,5 +138,5 @@ def execute_run(
         "heldout_unigram_entropy": data.unigram_entropy(),
     }
     if summary["complete"]:
-        save_json(out / runs.SUMMARY_FILE, summary)
+        store.write_json(out / store.SUMMARY_FILE, summary)
     return summary

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from laggrow.commands import user_errors
+from laggrow.cli.errors import user_errors
 
 
 @user_errors
@@ -23,8 +23,8 @@ def train_command(
     """Train a model from CONFIG and write config.json, metrics.jsonl, checkpoints and summary.json."""
     from rich.console import Console
 
+    from laggrow.cli.progress import TrainProgress
     from laggrow.config import load_run_config
-    from laggrow.report_progress import TrainProgress
     from laggrow.train_run import execute_run, prepare_run
 
     console = Console(stderr=True)

@@ -55,11 +55,7 @@ def pool_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
 @functools.lru_cache(maxsize=8)
 def pool_eval(model_cfg: ModelConfig) -> Callable:
     """Held-out loss of every candidate on the same fixed batches: (N,) losses."""
-
-    def evaluate(params: dict, batches: jax.Array) -> jax.Array:
-        return jax.lax.map(lambda b: train.loss_fn(params, b, model_cfg), batches).mean()
-
-    return jax.jit(jax.vmap(evaluate, in_axes=(0, None)))
+    return jax.jit(jax.vmap(train.make_eval(model_cfg), in_axes=(0, None)))
 
 
 def candidate_state(params: dict, opt_state, lr_scale: float) -> State:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from laggrow.commands import user_errors
+from laggrow.cli.errors import user_errors
 
 
 @user_errors

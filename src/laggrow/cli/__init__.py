@@ -1,6 +1,7 @@
 """The `laggrow` command line: a Typer app with one thin command per verb.
 
-The verbs live in `laggrow.commands.<verb>`; each registers itself on the app. Heavy imports
+The verbs live in `laggrow.cli.<verb>`, each a thin shell over library code that registers itself
+on the app; `laggrow.cli.errors` is the one error boundary and `laggrow.cli.progress` the display. Heavy imports
 (jax, flax, orbax, matplotlib) happen inside the commands, so `--help` is instant.
 """
 
@@ -19,7 +20,6 @@ app = typer.Typer(
 )
 
 
-
 @app.callback()
 def _root() -> None:
     """Grow Transformer LMs and choose the growth strategy with Landscape-Aware Growing (LAG)."""
@@ -29,7 +29,7 @@ def _root() -> None:
 COMMAND_MODULES = ["train", "grow", "strategies", "probe", "correlate", "run"]
 
 for _name in COMMAND_MODULES:
-    importlib.import_module(f"laggrow.commands.{_name}").register(app)
+    importlib.import_module(f"laggrow.cli.{_name}").register(app)
 
 
 def main() -> None:

@@ -1,12 +1,10 @@
 """LAG itself: grow every candidate of a pool, probe them k steps together, continue to T.
 
-A pool directory holds:
-
-    DIR/pool.json          the resolved pool, its fingerprint, where it came from
-    DIR/config.json        the grown model's run config (train.steps = final_steps)
-    DIR/curves.jsonl       one record per candidate per evaluated step (see `make_records`)
-    DIR/probe.json         the ranking at k                 DIR/probe_state/  all states at k
-    DIR/final.json         the ranking at T                 DIR/final_state/  train-final checkpoints
+A pool directory (names in `laggrow.store`) holds pool.json (the resolved pool, its
+fingerprint, where it came from), config.json (the grown model's run config, train.steps =
+final_steps), curves.jsonl (one record per candidate per evaluated step, see
+`records.make_records`), probe.json and probe_state/ (the ranking and every state at k), and
+final.json and final_state/ (the ranking at T and train-final's checkpoints).
 
 The probe is written into a staging directory renamed at the end, so an interrupted or rejected
 probe leaves nothing; train-final checkpoints as it goes and resumes from the last checkpoint.
@@ -22,16 +20,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, runs, train
+from laggrow import growth, runs, store, train
 from laggrow.checkpoint import Checkpointer
-from laggrow.config import RunConfig, save_json
+from laggrow.config import RunConfig
 from laggrow.data import Dataset, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.pool_config import PoolConfig, load_pool_config, pool_config_from_dict
-from laggrow.pool_train import PoolRunner, candidate_state, stack, take
-
-POOL_FILE, PROBE_FILE, FINAL_FILE, CURVES_FILE = "pool.json", "probe.json", "final.json", "curves.jsonl"
-PROBE_STATE, FINAL_STATE, SELECTION_FILE = "probe_state", "final_state", "selection.json"
+from laggrow.pool.config import PoolConfig, load_pool_config, pool_config_from_dict
+from laggrow.pool.records import make_records, ranking
+from laggrow.pool.step import PoolRunner, candidate_state, stack, take
 
 OnEval = Callable[[int, list[dict]], None]
 
@@ -98,47 +94,6 @@ def abstract_pool_state(target: RunConfig, n: int) -> dict:
 
 
 # ---------------------------------------------------------------------------------------------
-# Records and rankings
-
-
-def make_records(candidates: list[dict], step: int, eval_losses: np.ndarray, train_losses: np.ndarray,
-                 state: dict, flops_per_step: float, tokens_per_step: int) -> list[dict]:
-    """curves.jsonl records: tokens and flops count the steps each candidate really trained."""
-    trained = np.asarray(state["step"])
-    diverged = np.asarray(state["diverged_at"]) >= 0
-    out = []
-    for i, c in enumerate(candidates):
-        def num(x):
-            return None if not np.isfinite(x) else float(x)
-        out.append({
-            "candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"], "step": step,
-            "eval_loss": num(eval_losses[i]), "train_loss": None if step == 0 else num(train_losses[i]),
-            "tokens": int(trained[i]) * tokens_per_step, "flops": float(trained[i]) * flops_per_step,
-            "diverged": bool(diverged[i]),
-        })
-    return out
-
-
-def ranking(candidates: list[dict], records: list[dict], step: int) -> list[dict]:
-    """Candidates ranked by held-out loss at `step` (diverged last), with their loss at init."""
-    at = {(r["candidate"], r["step"]): r for r in records}
-    rows = []
-    for c in candidates:
-        rec, init = at.get((c["candidate"], step)), at.get((c["candidate"], 0))
-        loss = rec["eval_loss"] if rec else None
-        rows.append({"candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"],
-                     "function_preserving": c["function_preserving"],
-                     "eval_loss_init": init["eval_loss"] if init else None,
-                     "eval_loss": loss, "diverged": bool(rec["diverged"]) if rec else True})
-    rows.sort(key=lambda r: (r["diverged"] or r["eval_loss"] is None, r["eval_loss"] or 0.0))
-    best = rows[0]["eval_loss"] if rows and not rows[0]["diverged"] else None
-    for rank, row in enumerate(rows, start=1):
-        row["rank"] = rank
-        row["gap"] = None if best is None or row["eval_loss"] is None else row["eval_loss"] - best
-    return rows
-
-
-# ---------------------------------------------------------------------------------------------
 # The shared training segment loop
 
 
@@ -161,8 +116,7 @@ def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start
         if mark in eval_steps:
             records = make_records(candidates, mark, runner.evaluate(state), train_losses, state,
                                    flops_per_step, tokens_per_step)
-            with curves.open("a", encoding="utf-8") as fh:
-                fh.writelines(json.dumps(r) + "\n" for r in records)
+            store.append_jsonl(curves, records)
             if on_eval is not None:
                 on_eval(mark, records)
         if checkpoint is not None and mark in saves:
@@ -187,42 +141,43 @@ def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list
 # probe and train-final
 
 
-def probe(pool_path: Path, out: Path, on_eval: OnEval | None = None,
+def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: OnEval | None = None,
           on_start: Callable[[PoolConfig, list[dict]], None] | None = None) -> list[dict]:
-    """Grow every candidate and train them all `lag_steps` steps; returns the ranking at k."""
-    pool = load_pool_config(pool_path)
+    """Grow every candidate and train them all `lag_steps` steps; returns the ranking at k.
+    `pool_file` is the YAML the pool was read from, recorded so that train-final can tell when
+    it changed since."""
     source = runs.load_run(Path(pool.source), what="pool source")
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
     data = load_dataset(source.config.data, source.path)
     if on_start is not None:
         on_start(pool, candidates)
-    with runs.staged_output(out) as tmp:
-        save_json(tmp / POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
-                                    "pool_file": str(Path(pool_path).absolute()),
+    with store.staged_dir(out) as tmp:
+        store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
+                                    "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates})
-        save_json(tmp / runs.CONFIG_FILE, target.to_dict())
+        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
         runner = _runner(pool, target, data, candidates)
-        curves = tmp / CURVES_FILE
+        curves = tmp / store.CURVES_FILE
         state = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
                               curves, on_eval)
-        with Checkpointer(tmp / PROBE_STATE) as ckpt:
+        with Checkpointer(tmp / store.PROBE_STATE) as ckpt:
             ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
-        rows = ranking(candidates, runs.read_jsonl(curves), pool.lag_steps)
-        save_json(tmp / PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
+        rows = ranking(candidates, store.read_jsonl(curves, "pool records"), pool.lag_steps)
+        store.write_json(tmp / store.PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                      "candidates": rows})
     return rows
 
 
 def read_pool_dir(directory: Path) -> tuple[PoolConfig, dict, RunConfig]:
     directory = Path(directory)
-    if not (directory / POOL_FILE).is_file() or not (directory / PROBE_FILE).is_file():
+    if not (directory / store.POOL_FILE).is_file() or not (directory / store.PROBE_FILE).is_file():
         raise LaggrowError(f"{directory}: holds no probe (expected a directory written by laggrow probe)")
-    meta = json.loads((directory / POOL_FILE).read_text(encoding="utf-8"))
-    pool = pool_config_from_dict(meta["pool"], where=f"{directory / POOL_FILE}")
-    pool_file = Path(meta["pool_file"])
-    if pool_file.is_file():
+    meta = json.loads((directory / store.POOL_FILE).read_text(encoding="utf-8"))
+    pool = pool_config_from_dict(meta["pool"], where=f"{directory / store.POOL_FILE}")
+    pool_file = Path(meta["pool_file"]) if meta.get("pool_file") else None
+    if pool_file is not None and pool_file.is_file():
         current = load_pool_config(pool_file)
         if current.fingerprint() != meta["fingerprint"]:
             changed = [k for k, v in current.to_dict().items() if meta["pool"].get(k) != v]
@@ -242,8 +197,8 @@ def train_final(directory: Path, steps: int | None = None, only: int | None = No
         raise LaggrowError(f"--steps: expected a step in [lag_steps={pool.lag_steps}, "
                            f"final_steps={pool.final_steps}], got {stop}")
     candidates = meta["candidates"]
-    probe_rows = json.loads((directory / PROBE_FILE).read_text(encoding="utf-8"))["candidates"]
-    selection_file = directory / FINAL_STATE / SELECTION_FILE
+    probe_rows = json.loads((directory / store.PROBE_FILE).read_text(encoding="utf-8"))["candidates"]
+    selection_file = directory / store.FINAL_STATE / store.SELECTION_FILE
     if selection_file.is_file():
         selected = json.loads(selection_file.read_text(encoding="utf-8"))["candidates"]
         if only is not None and only != len(selected):
@@ -258,19 +213,19 @@ def train_final(directory: Path, steps: int | None = None, only: int | None = No
 
     source_cfg = runs.read_run_config(Path(meta["source"]), what="pool source")
     data = load_dataset(source_cfg.data, Path(meta["source"]))
-    (directory / FINAL_STATE).mkdir(exist_ok=True)
-    save_json(selection_file, {"candidates": selected})
-    with Checkpointer(directory / FINAL_STATE) as final_ckpt:
+    (directory / store.FINAL_STATE).mkdir(exist_ok=True)
+    store.write_json(selection_file, {"candidates": selected})
+    with Checkpointer(directory / store.FINAL_STATE) as final_ckpt:
         start = final_ckpt.latest_step()
         if start is None:
-            with Checkpointer(directory / PROBE_STATE) as probe_ckpt:
+            with Checkpointer(directory / store.PROBE_STATE) as probe_ckpt:
                 state, _ = probe_ckpt.restore(abstract_pool_state(target, len(candidates)), step=pool.lag_steps)
             state, start = take(state, selected), pool.lag_steps
         else:
             state, _ = final_ckpt.restore(abstract_pool_state(target, len(selected)))
         # Records past the restored step were written by an interrupted process: they are redone.
-        curves = directory / CURVES_FILE
-        runs.write_jsonl(curves, [r for r in runs.read_jsonl(curves) if r["step"] <= start])
+        curves = directory / store.CURVES_FILE
+        store.rewrite_jsonl(curves, [r for r in store.read_jsonl(curves, "pool records") if r["step"] <= start])
         if start < stop:
             runner = _runner(pool, target, data, chosen)
             _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target, curves, on_eval,
@@ -278,7 +233,7 @@ def train_final(directory: Path, steps: int | None = None, only: int | None = No
                           checkpoint_every=pool.checkpoint_every)
     if stop < pool.final_steps:
         return None
-    rows = ranking(chosen, runs.read_jsonl(directory / CURVES_FILE), pool.final_steps)
-    save_json(directory / FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
+    rows = ranking(chosen, store.read_jsonl(directory / store.CURVES_FILE, "pool records"), pool.final_steps)
+    store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows})
     return rows

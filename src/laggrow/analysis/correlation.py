@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 from scipy import stats
 
-from laggrow.curves import Curves, has_finals, load_curves, resolve_final_step, steps_with_loss
+from laggrow.analysis.curves import Curves, has_finals, load_curves, resolve_final_step, steps_with_loss
 from laggrow.errors import LaggrowError
 
 # Re-exported: a command needs only this module to go from a directory to a result.

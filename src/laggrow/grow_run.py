@@ -1,4 +1,4 @@
-"""`laggrow grow`: grow a trained run into a larger model and write it as a new run.
+"""Grow a trained run into a larger model and write it as a new run (`laggrow grow`).
 
     laggrow grow --from runs/small --strategy hypercloning+stack_middle \\
         --set model.n_layers=4 --set model.d_model=64 --set model.n_heads=8 --out runs/grown
@@ -14,25 +14,9 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Any
 
-import typer
-
-from laggrow.commands import user_errors
 from laggrow.errors import LaggrowError
-
-GROWTH_FILE = "growth.json"
-
-HELP = (
-    "Grow the trained run FROM with STRATEGY into a larger model, written as a new run in OUT.\n\n"
-    "The target is the source's config with --set overrides (model.n_layers, model.d_model, "
-    "model.n_heads, model.d_ff; train.* for later training).\n\n"
-    "Depth strategies reach any n_layers >= the source's. Width strategies keep head_dim, so "
-    "n_heads = d_model / head_dim: hypercloning needs integer factors of d_model and d_ff; net2net "
-    "integer factors of d_model and any d_ff; zero_pad and random_pad any sizes; fusion exactly 2x. "
-    "Compose width and depth as WIDTH+DEPTH, e.g. hypercloning+stack_middle. "
-    "`laggrow strategies` lists them all."
-)
 
 
 def target_config(source, overrides: list[str] | None):
@@ -45,7 +29,7 @@ def target_config(source, overrides: list[str] | None):
 def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | None = None,
              optimizer_state: str = "reset", seed: int = 0, options: dict[str, Any] | None = None) -> dict:
     """Grow `source_dir` into a new run at `out`; returns the growth.json record."""
-    from laggrow import growth, runs
+    from laggrow import growth, runs, store
 
     options = {k: v for k, v in (options or {}).items() if v is not None}
     out = Path(out).absolute()
@@ -66,8 +50,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
 
     from laggrow import train
     from laggrow.checkpoint import Checkpointer
-    from laggrow.config import save_json
-    from laggrow.data import TOKENIZER_FILE, load_dataset
+    from laggrow.data import load_dataset
 
     source = runs.load_run(Path(source_dir), what="--from")
     if partner_dir is not None:
@@ -97,47 +80,12 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         "params_after": target.model.n_params(),
         "eval_batches": [int(n) for n in batches.shape],
     }
-    with runs.staged_output(out) as tmp:
-        save_json(tmp / runs.CONFIG_FILE, target.to_dict())
-        if (source.path / TOKENIZER_FILE).is_file():
-            shutil.copyfile(source.path / TOKENIZER_FILE, tmp / TOKENIZER_FILE)
+    with store.staged_dir(out) as tmp:
+        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
+        if (source.path / store.TOKENIZER_FILE).is_file():
+            shutil.copyfile(source.path / store.TOKENIZER_FILE, tmp / store.TOKENIZER_FILE)
         state = {"params": params, "opt_state": opt_state, "step": jax.numpy.zeros((), jax.numpy.int32)}
         with Checkpointer(tmp) as ckpt:
             ckpt.save(state, data_position=0, step=0)
-        save_json(tmp / GROWTH_FILE, record)
+        store.write_json(tmp / store.GROWTH_FILE, record)
     return record
-
-
-@user_errors
-def grow_command(
-    source: Annotated[Path, typer.Option("--from", help="A trained laggrow run directory.")],
-    strategy: Annotated[str, typer.Option("--strategy", help="A strategy name, or WIDTH+DEPTH.")],
-    out: Annotated[Path, typer.Option("--out", help="The grown run's directory (must not exist).")],
-    overrides: Annotated[list[str] | None, typer.Option(
-        "--set", help="Target size and settings: section.key=value, e.g. model.n_layers=8 (repeatable).")] = None,
-    optimizer_state: Annotated[str, typer.Option(
-        "--optimizer-state", help="reset: a fresh AdamW state; carry: moments through the growth.")] = "reset",
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the growth's randomness.")] = 0,
-    noise: Annotated[float | None, typer.Option(
-        "--noise", help="Relative noise std (hypercloning, stack_noise).")] = None,
-    block: Annotated[int | None, typer.Option(
-        "--block", help="Layers per copied block (stack_top, stack_middle, stack_bottom, copy_zero).")] = None,
-    partner: Annotated[Path | None, typer.Option(
-        "--partner", help="fusion: a second run of the source's shape (default: a copy of the source).")] = None,
-) -> None:
-    """Grow the trained run FROM with STRATEGY into a larger model, written as a new run in OUT."""
-    from rich.console import Console
-
-    options = {"noise": noise, "block": block, "partner": str(partner) if partner is not None else None}
-    record = grow_run(source, strategy, out, overrides, optimizer_state, seed, options)
-    console = Console()
-    console.print(f"[bold]laggrow grow[/] {record['source']} -> {Path(out).absolute()}")
-    for name in ("strategy", "function_preserving", "eval_loss_before", "eval_loss_after", "optimizer_state"):
-        value = record[name]
-        console.print(f"  {name:20s} {value:.4f}" if isinstance(value, float) else f"  {name:20s} {value}")
-    console.print(f"  params {record['params_before']:,} -> {record['params_after']:,}; "
-                  f"written: config.json, checkpoints/, {GROWTH_FILE}")
-
-
-def register(app: typer.Typer) -> None:
-    app.command("grow", help=HELP)(grow_command)

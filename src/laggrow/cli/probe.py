@@ -7,26 +7,11 @@ from typing import Annotated
 
 import typer
 
-from laggrow.commands import user_errors
-
-
-def _progress(console, total_steps: int):
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("best {task.fields[best]}"), TimeElapsedColumn(), console=console)
-    task = progress.add_task("steps", total=total_steps, best="-")
-
-    def on_eval(step: int, records: list[dict]) -> None:
-        losses = [(r["eval_loss"], r["strategy"]) for r in records if r["eval_loss"] is not None]
-        best = f"{min(losses)[1]} {min(losses)[0]:.4f}" if losses else "-"
-        progress.update(task, completed=step, best=best)
-
-    return progress, on_eval
+from laggrow.cli.errors import user_errors
 
 
 def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
-    from laggrow.report import ranking_table
+    from laggrow.report.tables import ranking_table
 
     console.print(ranking_table(rows, title=f"{title} (held-out loss at step {step})"))
 
@@ -39,7 +24,9 @@ def probe_command(
     """Grow every candidate of POOL and train them all lag_steps steps in one vmapped program; rank them."""
     from rich.console import Console
 
-    from laggrow import probe
+    from laggrow.cli.progress import pool_progress
+    from laggrow.pool import probe
+    from laggrow.pool.config import load_pool_config
 
     console = Console()
     state = {}
@@ -48,12 +35,13 @@ def probe_command(
         console.print(f"[bold]laggrow probe[/] {pool}: {len(candidates)} candidates "
                       f"({len(cfg.strategies)} strategies x {len(cfg.seeds)} seeds), k={cfg.lag_steps}, "
                       f"T={cfg.final_steps}")
-        state["progress"], state["on_eval"] = _progress(console, cfg.lag_steps)
+        state["progress"], state["on_eval"] = pool_progress(console, cfg.lag_steps)
         state["progress"].start()
         state["k"] = cfg.lag_steps
 
     try:
-        rows = probe.probe(pool, out, on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
+        rows = probe.probe(load_pool_config(pool), out, pool_file=pool,
+                           on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
     finally:
         if "progress" in state:
             state["progress"].stop()
@@ -70,12 +58,13 @@ def train_final_command(
     """Continue the probed candidates to the full budget (resumable); rank them at T."""
     from rich.console import Console
 
-    from laggrow import probe
+    from laggrow.cli.progress import pool_progress
+    from laggrow.pool import probe
 
     console = Console()
     pool, _, _ = probe.read_pool_dir(directory)
     stop = pool.final_steps if steps is None else steps
-    progress, show = _progress(console, stop)
+    progress, show = pool_progress(console, stop)
 
     started = []
 

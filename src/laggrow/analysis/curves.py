@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from laggrow import store
 from laggrow.errors import LaggrowError
+from laggrow.store import CURVES_FILE
 
-CURVES_FILE = "curves.jsonl"
 REQUIRED_KEYS = ("candidate", "strategy", "seed", "step", "eval_loss")
 
 # ---- records ---------------------------------------------------------------------------------
@@ -88,20 +89,15 @@ def _parse_record(line: str, where: str) -> dict:
 def _read_meta(directory: Path) -> tuple[int | None, int | None, dict[int, bool]]:
     """lag_steps, final_steps and function_preserving from probe.json / final.json, if present."""
     lag, final, preserving = None, None, {}
-    for name in ("probe.json", "final.json"):  # final.json last: its final_steps is the one that ran
+    for name in (store.PROBE_FILE, store.FINAL_FILE):  # final.json last: its final_steps is the one that ran
         path = directory / name
         if not path.is_file():
             continue
-        try:
-            meta = json.loads(path.read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise LaggrowError(f"{path}: not valid JSON ({err}); expected the object laggrow wrote") from None
-        if not isinstance(meta, dict):
-            raise LaggrowError(f"{path}: expected a JSON object with lag_steps and final_steps")
+        meta = store.read_json(path, "ranking laggrow wrote (an object with lag_steps and final_steps)")
         for key in ("lag_steps", "final_steps"):
             if meta.get(key) is not None and not (isinstance(meta[key], int) and meta[key] >= 0):
                 raise LaggrowError(f"{path}: '{key}' must be a non-negative integer, got {meta[key]!r}")
-        lag = meta.get("lag_steps", lag) if name == "probe.json" else lag
+        lag = meta.get("lag_steps", lag) if name == store.PROBE_FILE else lag
         final = meta.get("final_steps") if meta.get("final_steps") is not None else final
         for entry in meta.get("candidates") or []:
             if isinstance(entry, dict) and isinstance(entry.get("function_preserving"), bool):

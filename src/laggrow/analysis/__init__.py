@@ -1,0 +1,25 @@
+"""Records to conclusions, with numpy and scipy only (no jax, no rendering): a pool's curves as
+arrays (`curves`), and rank correlations, regret, bootstrap intervals and the little lag
+(`correlation`). The public functions are re-exported here."""
+
+from laggrow.analysis.correlation import (  # noqa: F401
+    CorrelationResult,
+    StabilityResult,
+    batch_kendall,
+    batch_pearson,
+    batch_spearman,
+    choice_regret,
+    correlate,
+    hit_probability,
+    little_lag,
+    rank_correlations,
+    ranking_stability,
+)
+from laggrow.analysis.curves import (  # noqa: F401
+    Candidate,
+    Curves,
+    has_finals,
+    load_curves,
+    resolve_final_step,
+    steps_with_loss,
+)

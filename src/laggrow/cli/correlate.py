@@ -1,0 +1,80 @@
+"""`laggrow correlate DIR`: how early does the ranking of a pool's strategies settle?
+
+A thin shell over `analysis.correlate` and `report.writer`. Reads DIR/curves.jsonl (and probe.json /
+final.json when present), prints the table of rank correlations, top-k hits and regret by step,
+names the little lag, and writes DIR/correlation.json, DIR/correlation.csv and the figures
+correlation.png, curves.png, ranks.png. A pool with a probe but no finals gets the ranking's
+stability between successive steps instead (and curves.png, ranks.png). Every file is written to a
+temporary name and renamed only once all of them are ready, so a failure leaves no half-written
+output behind.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from laggrow.cli.errors import user_errors
+
+
+@user_errors
+def correlate_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="Pool directory holding curves.jsonl.")],
+    final_step: Annotated[int | None, typer.Option(
+        "--final-step", min=0,
+        help="Correlate against the loss at this step (default: the last step reached).")] = None,
+    threshold: Annotated[float, typer.Option(
+        "--threshold", help="Spearman rho the ranking must keep from the little lag on.")] = 0.9,
+    regret_tol: Annotated[float | None, typer.Option(
+        "--regret-tol", min=0.0, help="Regret allowed from the little lag on, in loss units "
+        "(default: seed noise with several seeds, else 0.1 x the spread of final losses).")] = None,
+    n_boot: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples (0: no intervals).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
+) -> None:
+    """How early the ranking settles: rank correlations with the final loss, regret, the little lag.
+
+    Writes correlation.json/.csv and PNG figures into DIR; probe-only pools get ranking stability.
+    """
+    from rich.console import Console
+
+    from laggrow import analysis
+    from laggrow.report import tables
+    from laggrow.report.writer import write_correlation, write_stability
+
+    curves = analysis.load_curves(directory)
+    out_dir = Path(curves.source).parent
+    console = Console()
+    if final_step is None and not analysis.has_finals(curves):
+        stability = analysis.ranking_stability(curves).to_dict()
+        written = write_stability(curves, stability, out_dir)
+        if as_json:
+            typer.echo(json.dumps(stability, indent=2, allow_nan=False))
+            return
+        console.print(tables.stability_table(stability))
+        for note in stability["notes"]:
+            console.print(note, highlight=False)
+        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+        return
+
+    result = analysis.correlate(curves, final_step=final_step, threshold=threshold,
+                                regret_tol=regret_tol, n_boot=n_boot, seed=seed).to_dict()
+    written = write_correlation(curves, result, out_dir)
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, allow_nan=False))
+        return
+    console.print(tables.correlation_table(result))
+    spread = tables.seed_spread_table(result)
+    if spread is not None:
+        console.print(spread)
+    for line in (tables.init_summary(result), tables.little_lag_summary(result), *result["notes"]):
+        if line:
+            console.print(line, highlight=False)
+    console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("correlate")(correlate_command)

@@ -1,0 +1,62 @@
+"""`laggrow run EXPERIMENT` (the whole LAG study, resumable) and `laggrow report DIR` (report.md again)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from laggrow.cli.errors import user_errors
+
+
+@user_errors
+def run_command(
+    experiment: Annotated[Path, typer.Argument(help="Experiment YAML: base, base_set, pool, correlate, out.")],
+    out: Annotated[Path | None, typer.Option(
+        "--out", help="Experiment directory [default: the file's `out`, else runs/<experiment name>].")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override an experiment value: section.key=value, e.g. pool.seeds=[1] (repeatable).")] = None,
+) -> None:
+    """Train the base model, probe the pool, train the finals, correlate and write report.md.
+
+    Every stage whose record is on disk is reused, so a second run redoes nothing and an
+    interrupted run resumes.
+    """
+    from rich.console import Console
+
+    from laggrow import experiment as exp
+    from laggrow import store
+    from laggrow.cli.progress import experiment_progress
+    from laggrow.report import tables
+
+    console = Console(stderr=True)
+    ex = exp.load_experiment(experiment, out, overrides)
+    console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
+                  f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} "
+                  f"seed{'s' if len(ex.pool.seeds) > 1 else ''}, "
+                  f"k={ex.pool.lag_steps}, T={ex.pool.final_steps}", highlight=False)
+    observer = experiment_progress(console)
+    with observer.progress:
+        exp.run_experiment(ex, observer)
+    result = store.read_json(ex.pool_dir / store.CORRELATION_FILE, "correlation")
+    for line in (tables.init_summary(result), tables.little_lag_summary(result)):
+        if line:
+            console.print(line, highlight=False)
+    console.print(f"report: {ex.out / store.REPORT_FILE}", highlight=False)
+
+
+@user_errors
+def report_command(
+    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An experiment directory written by laggrow run.")],
+) -> None:
+    """Render DIR/report.md again from the records on disk, without training."""
+    from laggrow.report.writer import write_report
+
+    path = write_report(directory)
+    typer.echo(f"report: {path}")
+
+
+def register(app: typer.Typer) -> None:
+    app.command("run")(run_command)
+    app.command("report")(report_command)

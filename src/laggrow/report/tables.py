@@ -1,0 +1,106 @@
+"""Pool results in the terminal: rich tables and one-line summaries.
+
+Nothing here computes a statistic. Tables and figures take the plain dicts of
+`CorrelationResult.to_dict()` / `StabilityResult.to_dict()` (what correlation.json holds), so a
+report can be re-rendered from the files on disk.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+from laggrow.report.format import NONE, num, pct, step_label
+
+
+def correlation_table(result: dict) -> Table:
+    """One row per evaluated step; step 0 (the view from initialisation) sits in its own section.
+    Rows from the little lag on, where the ranking has settled, are marked. Sized for 80 columns:
+    top-3 and the other intervals are in correlation.json / .csv."""
+    ci = round(100 * result["bootstrap"]["ci_level"])
+    table = Table(title=f"How early the ranking settles: {len(result['strategies'])} strategies against "
+                        f"the loss at step {result['final_step']}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption="regret: final loss of the leader at that step minus the best (share of the spread)\n"
+                          "cost: the pool's training compute so far over its final compute\n"
+                          "* settled: rho and regret within bounds from here to the final step",
+                  caption_justify="left")
+    for name in ("step", f"rho [{ci}% CI]", "tau", "r", "top-1", "regret", "cost"):
+        table.add_column(name, justify="left" if name.startswith("rho") else "right", no_wrap=True)
+    for row in result["rows"]:
+        interval = row["spearman_ci"]
+        rho = num(row["spearman"], ".2f") + (f" [{interval[0]:.2f},{interval[1]:.2f}]" if interval else "")
+        regret = f"{num(row['regret'], '.3g')} ({pct(row['regret_frac'])})" if row["regret"] is not None \
+            else NONE
+        table.add_row(
+            step_label(row["step"], result) + (" *" if row["settled"] else ""), rho, num(row["kendall"], ".2f"),
+            num(row["pearson"], ".2f"), num(row["top1"], ".2f"), regret, pct(row["compute_fraction"]),
+            style="green" if row["settled"] else None, end_section=row["step"] == 0)
+    return table
+
+
+def little_lag_summary(result: dict) -> str:
+    """The little lag in one sentence, with the rule and the tolerance it was found under."""
+    lag, final = result["little_lag"], result["final_step"]
+    rule = (f"rho >= {lag['threshold']:g} and regret <= {lag['regret_tol']:.3g} "
+            f"({lag['regret_tol_source']})")
+    if lag["step"] is None:
+        return f"little lag: none before the final step {final}; the ranking has not settled ({rule})"
+    cost = NONE if lag["compute_fraction"] is None else f"{100 * lag['compute_fraction']:.3g}%"
+    return (f"little lag: step {lag['step']}, costing {cost} of the pool's final training compute "
+            f"(by {lag['compute_basis']}); from there to step {final}, {rule}")
+
+
+def init_summary(result: dict) -> str | None:
+    """What choosing at initialisation would do: the step-0 line in words."""
+    init = result.get("init")
+    if not init:
+        return None
+    preserving = ", ".join(init["function_preserving"]) or "none known"
+    return (f"at initialisation (step 0): rho {num(init['spearman'], '.2f')}, top-1 {num(init['top1'], '.2f')}, "
+            f"regret {num(init['regret'], '.3g')}; leader(s) {', '.join(init['leaders'])}; "
+            f"function-preserving: {preserving}")
+
+
+def seed_spread_table(result: dict) -> Table | None:
+    """Final loss per strategy, mean and sd over its seeds; None when every strategy has one seed."""
+    strategies = result["strategies"]
+    if all(len(s["seeds"]) < 2 for s in strategies):
+        return None
+    table = Table(title="Final loss over seeds", title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("strategy", "seeds", "final loss", "sd"):
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for s in sorted(strategies, key=lambda s: s["final_loss"]):
+        table.add_row(s["strategy"], str(len(s["seeds"])), num(s["final_loss"], ".4f"),
+                      num(s["final_loss_sd"], ".4f"))
+    return table
+
+
+def stability_table(result: dict) -> Table:
+    """Probe-only pools: how much the ranking moves between successive evaluated steps."""
+    table = Table(title=f"Ranking stability up to step {result['last_step']} (no finals yet)",
+                  title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("step", "rho vs previous", "tau vs previous", f"rho vs step {result['last_step']}", "leader"):
+        table.add_column(name, justify="left" if name == "leader" else "right")
+    for row in result["rows"]:
+        leader = ", ".join(row["leaders"]) + (" (changed)" if row["leader_changed"] else "")
+        table.add_row(step_label(row["step"], result), num(row["spearman_vs_prev"], ".2f"),
+                      num(row["kendall_vs_prev"], ".2f"), num(row["spearman_vs_last"], ".2f"), leader)
+    return table
+
+
+def ranking_table(rows: list[dict[str, Any]], title: str = "Ranking") -> Table:
+    """Rows with rank, strategy, function_preserving, eval_loss_init, eval_loss, gap (to the best) and
+    optionally diverged, as the probe command prints them."""
+    table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD)
+    for name in ("rank", "strategy", "function-preserving", "loss at init", "loss", "gap to best"):
+        table.add_column(name, justify="left" if name == "strategy" else "right")
+    for row in rows:
+        preserving = row.get("function_preserving")
+        loss = "diverged" if row.get("diverged") else num(row.get("eval_loss"), ".4f")
+        table.add_row(str(row["rank"]), row["strategy"], NONE if preserving is None else
+                      ("yes" if preserving else "no"), num(row.get("eval_loss_init"), ".4f"),
+                      loss, num(row.get("gap"), "+.4f"), style="red" if row.get("diverged") else None)
+    return table

@@ -1,0 +1,128 @@
+"""The files presentation writes: correlation.{json,csv} with the figures, and report.md.
+
+Every group of outputs is written all or nothing through `store.write_outputs`, so a failure
+(a full disk, a damaged record found late) leaves the previous files or none, never a mix.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from laggrow import runs, store
+from laggrow.errors import LaggrowError
+from laggrow.report import figures
+from laggrow.report.markdown import ReportInputs, render
+
+if TYPE_CHECKING:
+    from laggrow.analysis.curves import Curves
+
+CSV_COLUMNS = ("step", "n", "spearman", "spearman_lo", "spearman_hi", "kendall", "kendall_lo", "kendall_hi",
+               "pearson", "pearson_lo", "pearson_hi", "top1", "top3", "regret", "regret_frac",
+               "compute_fraction", "settled", "leaders")
+
+# the stages whose time report.md shows, in order (the report's own is not known while it is written)
+TIMED_STAGES = ("base", "probe", "finals", "correlate")
+
+
+def correlation_csv(result: dict) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(CSV_COLUMNS)
+    for row in result["rows"]:
+        flat = dict(row)
+        for stat in ("spearman", "kendall", "pearson"):
+            flat[f"{stat}_lo"], flat[f"{stat}_hi"] = row[f"{stat}_ci"] or (None, None)
+        flat["leaders"] = ";".join(row["leaders"])
+        writer.writerow(["" if flat[c] is None else flat[c] for c in CSV_COLUMNS])
+    return buffer.getvalue()
+
+
+def _text(text: str):
+    return lambda path: path.write_text(text, encoding="utf-8")
+
+
+def write_correlation(curves: Curves, result: dict, directory: Path) -> list[Path]:
+    """correlation.json/.csv and the figures correlation.png, curves.png, ranks.png, all or
+    nothing: what `laggrow correlate` and `laggrow run` write."""
+    return store.write_outputs(directory, {
+        store.CORRELATION_FILE: _text(store.dumps(result) + "\n"),
+        store.CORRELATION_CSV: _text(correlation_csv(result)),
+        store.CORRELATION_PNG: lambda p: figures.plot_correlation(result, p),
+        store.CURVES_PNG: lambda p: figures.plot_curves(curves, p, last_step=result["final_step"]),
+        store.RANKS_PNG: lambda p: figures.plot_ranks(result, p)})
+
+
+def write_stability(curves: Curves, stability: dict, directory: Path) -> list[Path]:
+    """The figures of a pool with a probe but no finals: curves.png and ranks.png."""
+    return store.write_outputs(directory, {
+        store.CURVES_PNG: lambda p: figures.plot_curves(curves, p),
+        store.RANKS_PNG: lambda p: figures.plot_ranks(stability, p)})
+
+
+# ---- report.md ---------------------------------------------------------------------------------
+
+
+def read_experiment_record(out: Path) -> dict:
+    out = Path(out)
+    if not (out / store.EXPERIMENT_FILE).is_file():
+        raise LaggrowError(f"{out}: holds no experiment (expected a directory written by laggrow run)")
+    record = store.read_json(out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
+    return store.require_keys(record, ("experiment_file", "experiment_given", "out_given"),
+                              out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
+
+
+def read_inputs(out: Path, growth_figure: bool = False) -> ReportInputs:
+    """Read and check every record report.md is rendered from; one line for a missing or
+    damaged one."""
+    out = Path(out)
+    record = read_experiment_record(out)
+    pool_dir = out / store.POOL_DIR
+    summary_file = out / store.BASE_DIR / store.SUMMARY_FILE
+    summary = store.require_keys(
+        store.read_json(summary_file, "base run's summary (run laggrow run first)"),
+        ("params", "steps", "tokens", "final_eval_loss", "heldout_unigram_entropy", "seconds", "tokens_per_second"),
+        summary_file, "base run's summary")
+    meta = store.require_keys(store.read_json(pool_dir / store.POOL_FILE, "pool record"),
+                              ("pool", "candidates"), pool_dir / store.POOL_FILE, "pool record")
+    result = store.require_keys(
+        store.read_json(pool_dir / store.CORRELATION_FILE, "correlation (run laggrow run first)"),
+        ("rows", "strategies", "lag_steps", "final_step", "little_lag", "bootstrap", "notes", "excluded"),
+        pool_dir / store.CORRELATION_FILE, "correlation written by laggrow correlate")
+    timings = {}
+    if (out / store.TIMINGS_FILE).is_file():
+        raw = store.read_json(out / store.TIMINGS_FILE, "stage timings")
+        timings = {s: float(raw[s]) for s in TIMED_STAGES if isinstance(raw.get(s), int | float)}
+    return ReportInputs(record=record, base=runs.read_run_config(out / store.BASE_DIR, what="base run"),
+                        base_summary=summary, pool_meta=meta,
+                        target=runs.read_run_config(pool_dir, what="grown model"), result=result,
+                        timings=timings, growth_figure=growth_figure)
+
+
+def _write_growth_curves(out: Path, result: dict) -> bool:
+    """curves.png again without `scratch`, whose loss sets the y-range of the full figure and
+    flattens the growth strategies into one line. False (nothing drawn) without a scratch."""
+    from laggrow.analysis.curves import load_curves
+
+    curves = load_curves(out / store.POOL_DIR)
+    keep = [i for i, c in enumerate(curves.candidates) if c.strategy != "scratch"]
+    if len(keep) == len(curves.candidates) or not keep:
+        return False
+    grown = dataclasses.replace(curves, candidates=[curves.candidates[i] for i in keep], loss=curves.loss[keep],
+                                flops=curves.flops[keep], tokens=curves.tokens[keep])
+    store.write_outputs(out / store.POOL_DIR, {
+        store.GROWTH_CURVES_PNG: lambda p: figures.plot_curves(grown, p, last_step=result["final_step"])})
+    return True
+
+
+def write_report(out: Path) -> Path:
+    """Render OUT/report.md from the records (and draw its own figure); returns its path."""
+    out = Path(out)
+    inputs = read_inputs(out)
+    inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
+    path = out / store.REPORT_FILE
+    store.write_text(path, render(inputs))
+    return path

@@ -1,0 +1,418 @@
+"""Every on-disk name of laggrow, the one atomic writer, and the locks.
+
+A run, a pool and an experiment are directories; this module owns what they hold and how it is
+written, so that no other module spells a file name or opens a file for writing:
+
+    RUN/config.json      the full RunConfig              RUN/metrics.jsonl  one record per logged step
+    RUN/data.json        the fingerprint of the data     RUN/summary.json   written last: the run finished
+    RUN/tokenizer.json   the BPE tokenizer (bpe only)    RUN/checkpoints/   Orbax checkpoints
+    RUN/growth.json      how a grown run was made (laggrow grow)
+
+    POOL/pool.json       the resolved pool               POOL/config.json   the grown model's run config
+    POOL/curves.jsonl    one record per candidate per evaluated step
+    POOL/probe.json      the ranking at k                POOL/probe_state/  all states at k
+    POOL/final.json      the ranking at T                POOL/final_state/  train-final checkpoints
+    POOL/correlation.{json,csv,png}, curves.png, ranks.png   laggrow correlate
+
+    OUT/experiment.json  OUT/pool.yaml  OUT/timings.json  OUT/base/  OUT/pool/  OUT/report.md
+
+Guarantees, each relied on elsewhere:
+
+- A file is replaced whole or not at all (`write_text`, `write_json`): written beside its
+  target, fsynced, renamed. A crash leaves the old file or the new one, never half of one.
+- Records never hold the `NaN` or `Infinity` literals, which are not JSON: non-finite numbers
+  are written as null (`json_safe`).
+- A JSONL record file is only appended to; a torn last line (a process killed mid-write) is
+  dropped when the file is next opened for writing (`append_jsonl`, `read_jsonl(repair=True)`).
+- A directory being written is locked (`DirLock`, an flock that the kernel releases when its
+  process dies, so a killed process never leaves a stale lock); a second writer gets one line.
+- Outputs that only make sense together are staged and renamed into place together
+  (`staged_dir`, `write_outputs`); a staged directory is flocked, so leftovers of a killed
+  process are recognised and removed by the next one.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import fcntl
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+from laggrow.errors import LaggrowError
+
+# ---- names -------------------------------------------------------------------------------------
+
+# a run directory (laggrow train, laggrow grow)
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "summary.json"
+DATA_FILE = "data.json"
+TOKENIZER_FILE = "tokenizer.json"
+CHECKPOINT_DIR = "checkpoints"
+GROWTH_FILE = "growth.json"
+
+# a pool directory (laggrow probe, train-final, correlate); it also holds a CONFIG_FILE
+POOL_FILE = "pool.json"
+PROBE_FILE = "probe.json"
+FINAL_FILE = "final.json"
+CURVES_FILE = "curves.jsonl"
+PROBE_STATE = "probe_state"
+FINAL_STATE = "final_state"
+SELECTION_FILE = "selection.json"  # inside FINAL_STATE: which candidates train-final continues
+CORRELATION_FILE = "correlation.json"
+CORRELATION_CSV = "correlation.csv"
+CORRELATION_PNG = "correlation.png"
+CURVES_PNG = "curves.png"
+RANKS_PNG = "ranks.png"
+
+# an experiment directory (laggrow run, laggrow report)
+EXPERIMENT_FILE = "experiment.json"
+TIMINGS_FILE = "timings.json"
+REPORT_FILE = "report.md"
+POOL_YAML = "pool.yaml"
+BASE_DIR = "base"
+POOL_DIR = "pool"
+GROWTH_CURVES_PNG = "curves-growth.png"
+
+LOCK_FILE = ".laggrow.lock"
+_TMP_SUFFIX = ".tmp"
+_PARTIAL_SUFFIX = ".partial"
+
+
+# ---- values ------------------------------------------------------------------------------------
+
+
+def json_safe(obj: Any) -> Any:
+    """`obj` with every non-finite float replaced by None (recursively), so it is valid JSON."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [json_safe(v) for v in obj]
+    return obj
+
+
+def dumps(obj: Any, indent: int | None = 2) -> str:
+    """The one JSON encoding of laggrow's files: sorted keys, no NaN literal."""
+    return json.dumps(json_safe(obj), indent=indent, sort_keys=indent is not None, allow_nan=False)
+
+
+# ---- writing -----------------------------------------------------------------------------------
+
+
+def _tmp_path(path: Path) -> Path:
+    # Hidden, beside the target (same filesystem, so the rename is atomic), and fixed: a writer
+    # holds its directory's lock, so a leftover of this name is a dead writer's and is overwritten.
+    return path.with_name(f".{path.name}{_TMP_SUFFIX}")
+
+
+def _fsync_dir(directory: Path) -> None:
+    with contextlib.suppress(OSError):  # not every filesystem lets a directory be fsynced
+        fd = os.open(directory, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def write_file(path: Path, write: Callable[[Path], None]) -> None:
+    """Run `write(tmp)` on a temporary file beside `path`, then rename it onto `path`."""
+    path = Path(path)
+    tmp = _tmp_path(path)
+    try:
+        write(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def write_text(path: Path, text: str, *, if_changed: bool = False) -> bool:
+    """Replace `path` by `text` atomically. With `if_changed`, an identical file is left alone
+    (its mtime too). Returns whether the file was written."""
+    path = Path(path)
+    if if_changed and path.is_file():
+        with contextlib.suppress(OSError, UnicodeDecodeError):
+            if path.read_text(encoding="utf-8") == text:
+                return False
+    write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return True
+
+
+def write_json(path: Path, obj: Any, *, if_changed: bool = False) -> bool:
+    return write_text(path, dumps(obj) + "\n", if_changed=if_changed)
+
+
+def append_jsonl(path: Path, records: list[dict]) -> None:
+    """Append records, one JSON object a line, and flush them to disk. A torn last line left by
+    a killed writer is cut off first, so the file stays a sequence of whole records."""
+    path = Path(path)
+    if not records:
+        return
+    if path.is_file():
+        _truncate_torn_tail(path)
+    with path.open("a", encoding="utf-8") as fh:
+        fh.write("".join(dumps(r, indent=None) + "\n" for r in records))
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def rewrite_jsonl(path: Path, records: list[dict]) -> None:
+    """Replace a JSONL file whole (a resume dropping the records past its checkpoint)."""
+    write_text(path, "".join(dumps(r, indent=None) + "\n" for r in records))
+
+
+def write_outputs(directory: Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
+    """Run each writer on a temporary file in `directory`, then rename them all into place. If
+    any writer fails, every temporary file is removed and nothing is renamed."""
+    directory = Path(directory)
+    staged: list[tuple[Path, Path]] = []
+    try:
+        for name, write in writers.items():
+            final = directory / name
+            staged.append((_tmp_path(final), final))
+            write(_tmp_path(final))
+    except BaseException as err:
+        for tmp, _ in staged:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+        if isinstance(err, OSError):
+            raise LaggrowError(f"{directory}: cannot write {', '.join(writers)} ({err.strerror or err}); "
+                               "expected a writable directory") from None
+        raise
+    for tmp, final in staged:
+        os.replace(tmp, final)
+    _fsync_dir(directory)
+    return [final for _, final in staged]
+
+
+def remove_stale_temporaries(directory: Path) -> None:
+    """Remove the temporary files a killed writer left in `directory`. Call it holding the lock."""
+    directory = Path(directory)
+    if directory.is_dir():
+        for leftover in directory.glob(f".*{_TMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                leftover.unlink()
+
+
+# ---- reading -----------------------------------------------------------------------------------
+
+
+def read_json(path: Path, what: str, expect: type = dict) -> Any:
+    """A JSON file laggrow wrote, or one line naming it and what was wrong: missing, unreadable,
+    not UTF-8, not JSON, or not the expected type (a dict unless told)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise LaggrowError(f"{path}: not found (expected the {what})") from None
+    except UnicodeDecodeError:
+        raise LaggrowError(f"{path}: not UTF-8 text (expected the {what}, JSON)") from None
+    except OSError as err:
+        raise LaggrowError(f"{path}: cannot be read ({err.strerror}); expected the {what}") from None
+    try:
+        obj = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise LaggrowError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}); expected the {what}") from None
+    if not isinstance(obj, expect):
+        raise LaggrowError(f"{path}: expected the {what} (a JSON {expect.__name__}), got {type(obj).__name__}")
+    return obj
+
+
+def require_keys(obj: dict, keys: tuple[str, ...] | list[str], path: Path, what: str) -> dict:
+    """`obj` if it has every key, else one line naming the file and the missing keys."""
+    missing = [k for k in keys if k not in obj]
+    if missing:
+        raise LaggrowError(f"{path}: missing {', '.join(missing)} (expected the {what}; is it damaged?)")
+    return obj
+
+
+def _truncate_torn_tail(path: Path) -> None:
+    """Cut a JSONL file after its last newline: whatever follows is a record cut off mid-write."""
+    size = path.stat().st_size
+    if size == 0:
+        return
+    with path.open("rb+") as fh:
+        fh.seek(-1, os.SEEK_END)
+        if fh.read(1) == b"\n":
+            return
+        # walk back to the last newline (records are short; read in blocks from the end)
+        end, keep = size, 0
+        while end > 0:
+            start = max(0, end - 65536)
+            fh.seek(start)
+            block = fh.read(end - start)
+            cut = block.rfind(b"\n")
+            if cut >= 0:
+                keep = start + cut + 1
+                break
+            end = start
+        fh.truncate(keep)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
+    """The records of a JSONL file (none if it does not exist). A last line without its newline
+    was torn by a killed writer: it is skipped, and with `repair` cut from the file (do this
+    only holding the directory's lock). A malformed complete line is damage: one line names it."""
+    path = Path(path)
+    if not path.is_file():
+        return []
+    if repair:
+        _truncate_torn_tail(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as err:
+        raise LaggrowError(f"{path}: cannot be read ({err.strerror}); expected the {what}") from None
+    lines = raw.split(b"\n")
+    lines = lines[:-1]  # after the last newline: empty, or a torn record
+    records = []
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line.decode("utf-8"))
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            raise LaggrowError(f"{path} line {number}: malformed (expected the {what}, one JSON object a line; "
+                               "the file is damaged)") from None
+        if not isinstance(record, dict):
+            raise LaggrowError(f"{path} line {number}: expected a JSON object (the {what}), "
+                               f"got {type(record).__name__}")
+        records.append(record)
+    return records
+
+
+# ---- directories -------------------------------------------------------------------------------
+
+
+def ensure_dir(path: Path, what: str) -> Path:
+    """Create `path` (and its parents) or say in one line why it cannot be."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except FileExistsError:
+        raise LaggrowError(f"{what} {path}: exists and is not a directory (expected a directory)") from None
+    except OSError as err:
+        raise LaggrowError(f"{what} {path}: cannot be created ({err.strerror})") from None
+    if not path.is_dir():
+        raise LaggrowError(f"{what} {path}: exists and is not a directory (expected a directory)")
+    return path
+
+
+def check_writable_target(path: Path, what: str) -> None:
+    """Fail early, before any compute, when `path` could not be written: a file where a
+    directory is expected, or a nearest existing ancestor that is not a writable directory."""
+    path = Path(path).absolute()
+    if path.exists() and not path.is_dir():
+        raise LaggrowError(f"{what} {path}: exists and is not a directory (expected a directory)")
+    ancestor = path
+    while not ancestor.exists():
+        ancestor = ancestor.parent
+    if not ancestor.is_dir():
+        raise LaggrowError(f"{what} {path}: {ancestor} is a file, not a directory (expected a directory path)")
+    if not os.access(ancestor, os.W_OK | os.X_OK):
+        raise LaggrowError(f"{what} {path}: {ancestor} is not writable (expected a writable directory)")
+
+
+class DirLock:
+    """An exclusive lock on a directory that laggrow writes, held for the life of the process
+    (or the `with` block). The kernel drops an flock when its holder dies, so a SIGKILLed run
+    never leaves the directory locked; a second live writer gets one line and exit code 2."""
+
+    def __init__(self, directory: Path, what: str = "directory"):
+        self.directory = Path(directory)
+        self.what = what
+        self._fd: int | None = None
+
+    def acquire(self) -> DirLock:
+        ensure_dir(self.directory, self.what)
+        path = self.directory / LOCK_FILE
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as err:
+            os.close(fd)
+            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                holder = _read_pid(path)
+                by = f" (pid {holder})" if holder else ""
+                raise LaggrowError(f"{self.what} {self.directory}: in use by another laggrow process{by}; "
+                                   "wait for it to finish or stop it first") from None
+            raise
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self._fd = fd
+        remove_stale_temporaries(self.directory)
+        return self
+
+    def release(self) -> None:
+        if self._fd is not None:
+            fcntl.flock(self._fd, fcntl.LOCK_UN)
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> DirLock:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def _read_pid(path: Path) -> int | None:
+    with contextlib.suppress(OSError, ValueError):
+        return int(path.read_text().strip() or 0) or None
+    return None
+
+
+@contextlib.contextmanager
+def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
+    """A temporary directory beside `out`, renamed to `out` only if the block succeeds, so a
+    failure (bad input found late, a crash, Ctrl-C) leaves nothing at `out`. The staging
+    directory is flocked while in use: one left by a killed process is removed on the next try."""
+    out = Path(out).absolute()
+    if out.exists():
+        raise LaggrowError(f"{what} {out}: already exists (expected a new directory)")
+    check_writable_target(out, what)
+    ensure_dir(out.parent, what)
+    remove_stale_partials(out)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    lock = DirLock(tmp, what).acquire()
+    try:
+        yield tmp
+        (tmp / LOCK_FILE).unlink()
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    finally:
+        lock.release()
+
+
+def remove_stale_partials(out: Path) -> None:
+    """Remove staging directories of `out` whose process is gone (their flock is free)."""
+    out = Path(out).absolute()
+    if not out.parent.is_dir():
+        return
+    for partial in out.parent.glob(f".{out.name}.*{_PARTIAL_SUFFIX}"):
+        lock = DirLock(partial)
+        try:
+            lock.acquire()
+        except LaggrowError:
+            continue  # a live process is still writing it
+        except OSError:
+            continue
+        lock.release()
+        shutil.rmtree(partial, ignore_errors=True)
