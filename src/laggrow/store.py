@@ -173,16 +173,20 @@ def rewrite_jsonl(path: Path, records: list[dict]) -> None:
     write_text(path, "".join(dumps(r, indent=None) + "\n" for r in records))
 
 
-def write_outputs(directory: Path, writers: dict[str, Callable[[Path], None]]) -> list[Path]:
-    """Run each writer on a temporary file in `directory`, then rename them all into place. If
-    any writer fails, every temporary file is removed and nothing is renamed."""
+def write_outputs(directory: Path, writers: dict[str, str | Callable[[Path], None]]) -> list[Path]:
+    """Write each output (a text, or a function that writes the file it is given) to a temporary
+    file in `directory`, then rename them all into place. If any fails, every temporary file is
+    removed and nothing is renamed."""
     directory = Path(directory)
     staged: list[tuple[Path, Path]] = []
     try:
         for name, write in writers.items():
             final = directory / name
             staged.append((_tmp_path(final), final))
-            write(_tmp_path(final))
+            if isinstance(write, str):
+                _tmp_path(final).write_text(write, encoding="utf-8")
+            else:
+                write(_tmp_path(final))
     except BaseException as err:
         for tmp, _ in staged:
             with contextlib.suppress(OSError):

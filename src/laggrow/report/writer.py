@@ -41,16 +41,12 @@ def correlation_csv(result: dict) -> str:
     return buffer.getvalue()
 
 
-def _text(text: str):
-    return lambda path: path.write_text(text, encoding="utf-8")
-
-
 def write_correlation(curves: Curves, result: dict, directory: Path) -> list[Path]:
     """correlation.json/.csv and the figures correlation.png, curves.png, ranks.png, all or
     nothing: what `laggrow correlate` and `laggrow run` write."""
     return store.write_outputs(directory, {
-        store.CORRELATION_FILE: _text(store.dumps(result) + "\n"),
-        store.CORRELATION_CSV: _text(correlation_csv(result)),
+        store.CORRELATION_FILE: store.dumps(result) + "\n",
+        store.CORRELATION_CSV: correlation_csv(result),
         store.CORRELATION_PNG: lambda p: figures.plot_correlation(result, p),
         store.CURVES_PNG: lambda p: figures.plot_curves(curves, p, last_step=result["final_step"]),
         store.RANKS_PNG: lambda p: figures.plot_ranks(result, p)})

@@ -1,0 +1,99 @@
+"""The layout's rules, checked on the source: no import cycle, library code never imports the CLI,
+file names spelled only in the store, files written only through the store."""
+
+from __future__ import annotations
+
+import ast
+import re
+from pathlib import Path
+
+import pytest
+
+SRC = Path(__file__).resolve().parent.parent / "src" / "laggrow"
+
+
+def _module_name(path: Path) -> str:
+    parts = ("laggrow", *path.relative_to(SRC).with_suffix("").parts)
+    return ".".join(parts).removesuffix(".__init__")
+
+
+def _graph() -> dict[str, set[str]]:
+    """module -> the laggrow modules it imports (at any depth: lazy imports count too)."""
+    modules = {_module_name(f): f for f in SRC.rglob("*.py")}
+    graph = {}
+    for name, file in modules.items():
+        deps = set()
+        for node in ast.walk(ast.parse(file.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("laggrow"):
+                deps.add(node.module)
+                deps.update(f"{node.module}.{a.name}" for a in node.names)
+            elif isinstance(node, ast.Import):
+                deps.update(a.name for a in node.names if a.name.startswith("laggrow"))
+        graph[name] = {d for d in deps if d in modules and d != name}
+    return graph
+
+
+def _is_cli(module: str) -> bool:
+    return module in ("laggrow.cli", "laggrow.__main__") or module.startswith("laggrow.cli.")
+
+
+def test_the_graph_is_read():
+    graph = _graph()
+    # a few edges that must be seen, or the checks below would pass on an empty graph
+    assert "laggrow.store" in graph["laggrow.train_run"]
+    assert "laggrow.cli.errors" in graph["laggrow.cli.train"]
+    assert "laggrow.pool.step" in graph["laggrow.pool.probe"]
+
+
+def test_library_code_never_imports_the_cli():
+    offenders = [f"{m} -> {d}" for m, deps in _graph().items() if not _is_cli(m)
+                 for d in deps if _is_cli(d)]
+    assert offenders == []
+
+
+def test_no_import_cycles():
+    graph = _graph()
+    # a package's __init__ importing its own submodules is not a cycle of concerns
+    edges = {m: {d for d in deps if not d.startswith(m + ".")} for m, deps in graph.items()}
+    cycles, done, path = [], set(), []
+
+    def visit(m: str) -> None:
+        if m in path:
+            cycles.append(" -> ".join(path[path.index(m):] + [m]))
+            return
+        if m in done:
+            return
+        path.append(m)
+        for d in sorted(edges[m]):
+            visit(d)
+        path.pop()
+        done.add(m)
+
+    for m in sorted(edges):
+        visit(m)
+    assert cycles == []
+
+
+FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "tokenizer.json", "curves.jsonl", "probe.json",
+              "final.json", "pool.json", "experiment.json", "timings.json", "correlation.json", "growth.json")
+
+
+@pytest.mark.parametrize("file", sorted(p for p in SRC.rglob("*.py") if p.name != "store.py"),
+                         ids=lambda p: str(p.relative_to(SRC)))
+def test_only_the_store_names_files_and_writes_them(file: Path):
+    tree = ast.parse(file.read_text())
+    docstrings = {id(n.body[0].value) for n in ast.walk(tree)
+                  if isinstance(n, ast.Module | ast.FunctionDef | ast.ClassDef | ast.AsyncFunctionDef)
+                  and n.body and isinstance(n.body[0], ast.Expr) and isinstance(n.body[0].value, ast.Constant)}
+    for node in ast.walk(tree):
+        # a file name as a bare string literal (messages and docstrings may mention them in prose)
+        if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docstrings:
+            assert node.value not in FILE_NAMES, f"{file.name}:{node.lineno} spells {node.value!r}; use laggrow.store"
+        # writing a file other than through the store
+        if isinstance(node, ast.Attribute) and node.attr in ("write_text", "write_bytes") \
+                and not (isinstance(node.value, ast.Name) and node.value.id == "store"):
+            raise AssertionError(f"{file.name}:{node.lineno} writes with .{node.attr}(); use laggrow.store")
+        if isinstance(node, ast.Call) and getattr(node.func, "attr", None) == "open" and node.args:
+            mode = node.args[0] if isinstance(node.func, ast.Attribute) else (node.args[1:2] or [None])[0]
+            if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and re.search("[wax+]", mode.value):
+                raise AssertionError(f"{file.name}:{node.lineno} opens a file for writing; use laggrow.store")
