@@ -16,7 +16,7 @@ on a leading layer axis, so growing in depth is array surgery along axis 0:
 
 Heads keep their own axis in the stored weights (width growth clones heads), but the forward
 pass reshapes every weight to 2-D and runs the dense layers on (tokens, features) activations:
-measured on these CPUs, 3-D activations made the backward pass much slower (DESIGN.md).
+measured on these CPUs, 3-D activations made the backward pass much slower (docs/design.md).
 """
 
 from __future__ import annotations
