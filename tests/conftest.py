@@ -6,14 +6,21 @@ jitted steps are cached per config inside laggrow (functools.lru_cache) and on d
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
-import jax
-import pytest
+# Subprocesses that tests start (laggrow killed mid-run, a second writer) inherit these, so they
+# share the persistent compilation cache with the test process instead of compiling afresh.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+import jax  # noqa: E402  (after the environment it reads)
+import pytest  # noqa: E402
 
 jax.config.update("jax_numpy_rank_promotion", "raise")
-jax.config.update("jax_compilation_cache_dir", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.5)
+jax.config.update("jax_compilation_cache_dir", os.environ["JAX_COMPILATION_CACHE_DIR"])
+jax.config.update("jax_persistent_cache_min_compile_time_secs",
+                  float(os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"]))
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"
