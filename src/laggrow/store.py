@@ -420,3 +420,60 @@ def remove_stale_partials(out: Path) -> None:
             continue
         lock.release()
         shutil.rmtree(partial, ignore_errors=True)
+
+
+# ---- checkpoint manifests and probing a lock (appended for checkpoint integrity) ---------------
+
+# Inside each Orbax step directory: the sha256 and size of every file Orbax wrote there, and a
+# fingerprint of the config the state belongs to. Written after the save is finalised, so a step
+# without it was interrupted before laggrow could vouch for it.
+CHECKPOINT_MANIFEST = "laggrow-manifest.json"
+
+
+def file_digests(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:
+    """{relative posix path: {"sha256", "size"}} of every regular file under `directory`,
+    except the top-level names in `skip`."""
+    import hashlib
+
+    directory = Path(directory)
+    digests: dict[str, dict[str, Any]] = {}
+    for path in sorted(directory.rglob("*")):
+        if not path.is_file() or path.relative_to(directory).as_posix() in skip:
+            continue
+        sha = hashlib.sha256()
+        size = 0
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                sha.update(block)
+                size += len(block)
+        digests[path.relative_to(directory).as_posix()] = {"sha256": sha.hexdigest(), "size": size}
+    return digests
+
+
+def fingerprint(obj: Any) -> str:
+    """sha256 of `obj`'s canonical JSON: equal for equal configs, whatever their key order."""
+    import hashlib
+
+    text = obj if isinstance(obj, str) else json.dumps(json_safe(obj), sort_keys=True, allow_nan=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def check_unlocked(directory: Path, what: str = "directory") -> None:
+    """One line if a live process holds `directory`'s DirLock; creates and writes nothing (a
+    check made before the directory is known to be ours to write)."""
+    path = Path(directory) / LOCK_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return  # no lock file, or none we could read: nobody to wait for
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            holder = _read_pid(path)
+            by = f" (pid {holder})" if holder else ""
+            raise LaggrowError(f"{what} {Path(directory)}: in use by another laggrow process{by}; "
+                               "wait for it to finish or stop it first") from None
+        raise
+    finally:
+        os.close(fd)  # closing drops the probe's flock, if it got one
