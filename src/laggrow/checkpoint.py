@@ -1,13 +1,26 @@
-"""Orbax checkpoints of a train state: params, optimizer state, step and data position.
+"""Orbax checkpoints of a train state (params, optimizer state, step, data position), each
+vouched for by a manifest of what Orbax wrote.
 
-Pitfalls handled here (DESIGN.md): Orbax saves asynchronously, so every save is awaited before we
-return; paths must be absolute; a step directory only counts once Orbax has finalised it, so an
-interrupted save is never taken for a complete checkpoint; restoring needs a target tree so that
-optax's named-tuple states keep their types.
+Pitfalls handled here (docs/design.md): Orbax saves asynchronously, so every save is awaited
+before we return; paths must be absolute; a step directory only counts once Orbax has finalised
+it, so an interrupted save is never taken for a complete checkpoint; restoring needs a target
+tree so that optax's named-tuple states keep their types.
+
+Integrity: once Orbax has finalised step N, `store.CHECKPOINT_MANIFEST` is written into its
+directory with the sha256 and size of every file there and a fingerprint of the config the
+state belongs to. A restore verifies the manifest first. A checkpoint with no manifest (killed
+between Orbax's finalise and the manifest), a file changed, truncated or missing, a manifest for
+another config, or one Orbax fails to read is damaged: the restore warns in one line and falls
+back to the previous checkpoint (max_to_keep=2 keeps one), or raises one line when none is
+intact. Orbax would otherwise restore flipped bytes silently, and training would go on from them.
 """
 
 from __future__ import annotations
 
+import os
+import re
+import shutil
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,40 +28,166 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from laggrow.store import CHECKPOINT_DIR
+from laggrow import store
+from laggrow.errors import LaggrowError
+
+
+def warn(message: str) -> None:
+    """A warning is one line on stderr (a progress display, if any, prints it above itself)."""
+    print(" ".join(message.split("\n")), file=sys.stderr, flush=True)
+
+
+def _one_line(err: BaseException, limit: int = 160) -> str:
+    text = (str(err).strip().splitlines() or [type(err).__name__])[0]
+    return text if len(text) <= limit else text[:limit] + "..."
 
 
 class Checkpointer:
-    """Numbered checkpoints of one run in `run_dir/checkpoints/<step>`."""
+    """Numbered checkpoints in `run_dir/checkpoints/<step>`.
 
-    def __init__(self, run_dir: Path, max_to_keep: int = 2):
-        self.directory = (Path(run_dir) / CHECKPOINT_DIR).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=True),
-        )
+    `fingerprint` (any JSON value; for a run its RunConfig dict) is recorded with each save and
+    compared on restore, so a checkpoint is never restored into a config it was not saved for.
+    `read_only` opens someone else's checkpoints (a source run): nothing is created or cleaned.
+    """
 
-    def save(self, state: dict[str, Any], data_position: int, step: int | None = None) -> None:
-        """Save and wait. `step` numbers the checkpoint (default: the state's own step)."""
-        step = int(state["step"]) if step is None else step
+    def __init__(self, run_dir: Path, max_to_keep: int = 2, *, fingerprint: Any = None,
+                 read_only: bool = False):
+        self.directory = (Path(run_dir) / store.CHECKPOINT_DIR).absolute()
+        self.fingerprint = None if fingerprint is None else store.fingerprint(fingerprint)
+        self.read_only = read_only
+        self.restored_step: int | None = None  # the step the last restore returned
+        self.restored_meta: dict[str, Any] = {}  # and the `meta` saved with it
+        self.damaged: dict[int, str] = {}  # step -> why, found by the last restore
+        # A save killed mid-write leaves an Orbax temporary directory; only a writer, which
+        # holds the run's lock, may remove it. (Orbax's own read_only option logs warnings.)
+        options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
+                                               cleanup_tmp_directories=not read_only)
+        self._manager = ocp.CheckpointManager(self.directory, options=options)
+
+    # ---- saving --------------------------------------------------------------------------------
+
+    def save(self, state: dict[str, Any], data_position: int, step: int | None = None, *,
+             meta: dict[str, Any] | None = None) -> None:
+        """Save, wait until Orbax has finalised it, then write its manifest. `step` numbers the
+        checkpoint (default: the state's own step); `meta` (small JSON: a run's elapsed seconds)
+        is kept in the manifest and returned by a restore as `restored_meta`."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory}: opened read-only")  # a bug, not the user's
+        step = int(state["step"]) if step is None else int(step)
         item = dict(state, data_position=np.asarray(data_position, np.int64))
-        self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
-        self._manager.wait_until_finished()
+        try:
+            self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
+            self._manager.wait_until_finished()
+        except OSError:
+            raise
+        except Exception as err:
+            # Orbax writes through tensorstore, whose I/O failures (a full disk, a file size
+            # limit) arrive as ValueError/RuntimeError rather than OSError.
+            if not _looks_like_io_error(err):
+                raise
+            raise LaggrowError(f"checkpoint {step} in {self.directory}: cannot be written ({_io_reason(err)}); "
+                               "expected a writable directory with free space") from None
+        step_dir = self.step_dir(step)
+        store.write_json(step_dir / store.CHECKPOINT_MANIFEST, {
+            "step": step,
+            "config": self.fingerprint,
+            "meta": meta or {},
+            "files": store.file_digests(step_dir, skip=(store.CHECKPOINT_MANIFEST,)),
+        })
+
+    # ---- reading -------------------------------------------------------------------------------
+
+    def step_dir(self, step: int) -> Path:
+        return self.directory / str(step)
+
+    def steps(self) -> list[int]:
+        """Finalised steps, oldest first (intact or not: see `verify`)."""
+        return sorted(self._manager.all_steps())
 
     def latest_step(self) -> int | None:
+        """The newest finalised step, not yet verified."""
         return self._manager.latest_step()
 
-    def restore(self, target: dict[str, Any], step: int | None = None) -> tuple[dict[str, Any], int]:
+    def verify(self, step: int) -> str | None:
+        """None if checkpoint `step` is intact, else why it is not (a few words)."""
+        step_dir = self.step_dir(step)
+        manifest_file = step_dir / store.CHECKPOINT_MANIFEST
+        if not manifest_file.is_file():
+            return "no manifest: its save did not finish"
+        try:
+            manifest = store.read_json(manifest_file, "checkpoint manifest")
+        except LaggrowError:
+            return f"{store.CHECKPOINT_MANIFEST} unreadable"
+        files = manifest.get("files")
+        if not isinstance(files, dict) or not files:
+            return f"{store.CHECKPOINT_MANIFEST} malformed"
+        saved_for = manifest.get("config")
+        if self.fingerprint is not None and saved_for is not None and saved_for != self.fingerprint:
+            return f"saved for another config than {store.CONFIG_FILE} (was it replaced?)"
+        actual = store.file_digests(step_dir, skip=(store.CHECKPOINT_MANIFEST,))
+        for name, want in sorted(files.items()):
+            got = actual.get(name)
+            if got is None:
+                return f"{name} missing"
+            if not isinstance(want, dict) or got["size"] != want.get("size"):
+                return f"{name} is {got['size']} bytes, expected {want.get('size') if isinstance(want, dict) else '?'}"
+            if got["sha256"] != want.get("sha256"):
+                return f"{name} changed (sha256 differs)"
+        return None
+
+    def restore(self, target: dict[str, Any], step: int | None = None, *,
+                remove_damaged: bool = False) -> tuple[dict[str, Any], int]:
         """Restore into the structure of `target` (a state or its shapes); returns
-        (state, data_position)."""
-        step = self.latest_step() if step is None else step
-        if step is None:
-            raise FileNotFoundError(f"no finished checkpoint in {self.directory}")
+        (state, data_position), and sets `restored_step`.
+
+        Without `step`: the newest intact checkpoint, each damaged newer one reported in one
+        line on stderr. With `step`: that checkpoint, or one line if it is damaged. With
+        `remove_damaged` (a writer holding the run's lock), the damaged newer step directories
+        are deleted, so that Orbax can save those steps again."""
+        steps = sorted(self.steps(), reverse=True) if step is None else [int(step)]
+        if not steps:
+            raise LaggrowError(f"{self.directory}: no finished checkpoint (expected one saved by laggrow)")
+        if step is not None and step not in self.steps():
+            raise LaggrowError(f"{self.directory}: no finished checkpoint at step {step} "
+                               f"(have {', '.join(map(str, self.steps())) or 'none'})")
+        self.damaged = {}
+        for i, candidate in enumerate(steps):
+            reason = self.verify(candidate)
+            if reason is None:
+                try:
+                    item = self._restore_step(candidate, target)
+                except Exception as err:  # any failure to read it back: the checkpoint is unusable
+                    reason = f"Orbax cannot read it: {_one_line(err)}"
+            if reason is None:
+                if remove_damaged and self.damaged:
+                    self._remove(sorted(self.damaged))
+                self.restored_step = candidate
+                meta = store.read_json(self.step_dir(candidate) / store.CHECKPOINT_MANIFEST, "checkpoint manifest")
+                self.restored_meta = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
+                position = int(item.pop("data_position"))
+                return item, position
+            self.damaged[candidate] = reason
+            if step is not None:
+                raise LaggrowError(f"checkpoint {candidate} in {self.directory} is damaged ({reason}); "
+                                   "expected an intact checkpoint")
+            if i + 1 < len(steps):
+                warn(f"warning: checkpoint {candidate} in {self.directory} is damaged ({reason}); "
+                     f"falling back to checkpoint {steps[i + 1]}")
+        found = "; ".join(f"checkpoint {s}: {r}" for s, r in self.damaged.items())
+        raise LaggrowError(f"{self.directory}: no intact checkpoint ({found}); expected at least one "
+                           "complete checkpoint (train again into a new directory)")
+
+    def _restore_step(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
         abstract = dict(target, data_position=np.zeros((), np.int64))
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
-        item = self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
-        position = int(item.pop("data_position"))
-        return item, position
+        return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+    def _remove(self, steps: list[int]) -> None:
+        for step in steps:
+            shutil.rmtree(self.step_dir(step), ignore_errors=True)
+        self._manager.reload()
+
+    # ---- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
         self._manager.wait_until_finished()
@@ -61,9 +200,26 @@ class Checkpointer:
         self.close()
 
 
+_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+
+
+def _looks_like_io_error(err: BaseException) -> bool:
+    """Whether an exception from Orbax/tensorstore reports a failed write, not a bug."""
+    text = str(err).lower()
+    return bool(_OS_ERROR_CODE.search(text)) or any(word in text for word in (
+        "no space left", "file too large", "disk quota", "read-only file system", "permission denied",
+        "input/output error", "error writing", "failed to write", "failed writing"))
+
+
+def _io_reason(err: BaseException) -> str:
+    """The OS's reason ('file too large'), when tensorstore quotes its error code."""
+    code = _OS_ERROR_CODE.search(str(err))
+    return os.strerror(int(code.group(1))).lower() if code else _one_line(err)
+
+
 def has_checkpoint(run_dir: Path) -> bool:
-    directory = Path(run_dir) / CHECKPOINT_DIR
+    directory = Path(run_dir) / store.CHECKPOINT_DIR
     if not directory.is_dir():
         return False
-    with Checkpointer(run_dir) as ckpt:
+    with Checkpointer(run_dir, read_only=True) as ckpt:
         return ckpt.latest_step() is not None
