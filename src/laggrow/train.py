@@ -19,8 +19,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from laggrow import model
+from laggrow import interrupt, model
 from laggrow.config import ModelConfig, TrainConfig
+from laggrow.errors import LaggrowError
 
 State = dict
 
@@ -139,9 +140,21 @@ def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray) -> float
 # The loop
 
 
+class Diverged(LaggrowError):
+    """The train loss or the gradient norm became non-finite: training cannot go on from here."""
+
+    def __init__(self, step: int, quantity: str, value: float):
+        super().__init__(f"{quantity} became {value} at step {step}")
+        self.step, self.quantity, self.value = step, quantity, value
+
+
 @dataclass
 class History:
     records: list[dict] = field(default_factory=list)
+    seconds: float = 0.0  # wall time of this call of train_loop
+    # tokens/s from the end of the first step (its compile) to the end, evaluation and
+    # checkpoints included; None when this call ran fewer than two steps
+    steady_tokens_per_second: float | None = None
 
     @property
     def eval_losses(self) -> list[tuple[int, float]]:
@@ -151,6 +164,19 @@ class History:
     def final_eval_loss(self) -> float | None:
         losses = self.eval_losses
         return losses[-1][1] if losses else None
+
+
+def _check_finite(pending: list[tuple[int, dict]]) -> None:
+    """Raise Diverged at the first step whose loss or gradient norm is not finite."""
+    values = jax.device_get([(m["loss"], m["grad_norm"]) for _, m in pending])
+    for (step, _), (loss, grad_norm) in zip(pending, values, strict=True):
+        for quantity, value in (("train loss", loss), ("grad norm", grad_norm)):
+            if not np.isfinite(value):
+                raise Diverged(step, quantity, float(value))
+
+
+def _params_finite(params: dict) -> bool:
+    return bool(jax.device_get(jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))))
 
 
 def train_loop(
@@ -171,6 +197,14 @@ def train_loop(
     A record (step, train_loss, tokens, flops, and eval_loss at eval steps) is made every
     `log_every` steps, at eval steps and at the last step, and passed to `on_record`.
     `on_checkpoint(state)` is called every `checkpoint_every` steps and at the end.
+
+    Divergence: the loss and gradient norm of every step are checked (in one transfer, at each
+    record and before each checkpoint, so the loop keeps a single host sync per record); the
+    first non-finite one raises `Diverged` before it is recorded or saved, and a checkpoint is
+    never made of parameters that are not finite.
+
+    Interruption (inside `interrupt.deferred()`): after the step during which SIGINT/SIGTERM
+    arrived, the state is checkpointed (unless it just was) and `interrupt.Interrupted` raised.
     """
     step_fn = jit_train_step(model_cfg, train_cfg)
     seq_len = eval_batches.shape[-1] - 1
@@ -178,19 +212,33 @@ def train_loop(
     flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
     history = History()
     start = int(state["step"])
-    last_t, last_step = time.perf_counter(), start
+    t_start = time.perf_counter()
+    t_first: float | None = None  # when the first step (and its compile) had finished
+    last_t, last_step = t_start, start
     stop = train_cfg.steps if stop_at is None else stop_at
+    pending: list[tuple[int, dict]] = []  # steps whose metrics are not yet checked
+    saved = start  # the step a checkpoint holds (the restored state's, or the last saved)
     for i in range(start, stop):
         state, metrics = step_fn(state, jnp.asarray(next_batch(i)))
         step = i + 1
+        pending.append((step, metrics))
+        if t_first is None:
+            jax.block_until_ready(metrics["loss"])
+            t_first = time.perf_counter()
         is_last = step == stop
         do_eval = step % train_cfg.eval_every == 0 or step == train_cfg.steps
-        if step % train_cfg.log_every == 0 or do_eval or is_last:
-            loss = float(metrics["loss"])  # blocks: the only host sync of the loop
+        do_record = step % train_cfg.log_every == 0 or do_eval or is_last
+        do_save = on_checkpoint is not None and (
+            is_last or bool(train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0))
+        stopping = not is_last and interrupt.requested()
+        if do_record or do_save or stopping:
+            _check_finite(pending)  # blocks: the only host sync of the loop
+            pending.clear()
+        if do_record:
             now = time.perf_counter()
             record: dict[str, Any] = {
                 "step": step,
-                "train_loss": loss,
+                "train_loss": float(metrics["loss"]),
                 "lr": float(metrics["lr"]),
                 "grad_norm": float(metrics["grad_norm"]),
                 "tokens": step * tokens_per_step,
@@ -203,8 +251,17 @@ def train_loop(
             history.records.append(record)
             if on_record is not None:
                 on_record(record)
-        if on_checkpoint is not None and (
-            is_last or (train_cfg.checkpoint_every and step % train_cfg.checkpoint_every == 0)
-        ):
+        if on_checkpoint is not None and (do_save or (stopping and saved != step)):
+            if not _params_finite(state["params"]):
+                raise Diverged(step, "a parameter", float("nan"))
             on_checkpoint(state)
+            saved = step
+        if stopping:
+            raise interrupt.Interrupted(f"stopped after step {step} (checkpointed: step {saved})")
+    if pending:
+        _check_finite(pending)
+    t_end = time.perf_counter()
+    history.seconds = t_end - t_start
+    if t_first is not None and stop - start >= 2:
+        history.steady_tokens_per_second = (stop - start - 1) * tokens_per_step / max(t_end - t_first, 1e-9)
     return state, history
