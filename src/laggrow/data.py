@@ -179,7 +179,12 @@ def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None)
         return ByteTokenizer()
     cached = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cached is not None and cached.is_file():
-        return BPETokenizer.load(cached)
+        try:
+            return BPETokenizer.load(cached)
+        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise LaggrowError(f"{cached}: not a readable tokenizer ({reason}); expected the run's BPE "
+                               "tokenizer (is it damaged?)") from None
     return BPETokenizer.train(train_docs, cfg.bpe_vocab_size)
 
 
@@ -236,3 +241,32 @@ def load_dataset(cfg: DataConfig, run_dir: Path | None = None) -> Dataset:
             raise LaggrowError(f"corpus {cfg.corpus}: its {name} split has {len(stream)} tokens, shorter than "
                                f"one sequence (expected at least data.seq_len + 1 = {need})")
     return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len)
+
+
+def data_fingerprint(dataset: Dataset, cfg: DataConfig) -> dict:
+    """What a run's losses depend on in its data: the corpus named, the tokenizer, and the sha256
+    of the train and held-out token streams. Equal fingerprints mean equal batches."""
+    import hashlib
+
+    def digest(tokens: np.ndarray) -> str:
+        return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
+
+    return {
+        "corpus": str(cfg.corpus),
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": int(dataset.vocab_size),
+        "train_tokens": int(len(dataset.train)),
+        "train_sha256": digest(dataset.train),
+        "heldout_tokens": int(len(dataset.heldout)),
+        "heldout_sha256": digest(dataset.heldout),
+    }
+
+
+def fingerprint_differences(recorded: dict, now: dict) -> list[str]:
+    """The fingerprint entries that differ, as 'key: recorded there, now here' (hashes shortened)."""
+    def short(value):
+        return value[:12] if isinstance(value, str) and len(value) == 64 else value
+
+    return [f"{key} {short(recorded.get(key))!r} then, {short(now.get(key))!r} now"
+            for key in sorted(set(recorded) | set(now))
+            if key != "corpus" and recorded.get(key) != now.get(key)]

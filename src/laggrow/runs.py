@@ -1,19 +1,26 @@
-"""Reading a run directory back (names in `laggrow.store`): its config, and its latest
-checkpoint restored with the optimizer state.
+"""Reading a run directory back (names in `laggrow.store`): its config, its summary, its latest
+checkpoint restored with the optimizer state, and its dataset checked against the data it was
+trained on.
 
 Growth, probing and the CLI read runs through `load_run`, which fails with one line for a path
-that is missing, is not a laggrow run, or is damaged.
+that is missing, is not a laggrow run, is damaged, or (by default) has not finished training:
+growing from a run paused by `--until` or killed mid-way would silently grow the wrong model.
+The source's dataset is loaded through `load_source_dataset`, which refuses a corpus that has
+changed since the source was trained.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from laggrow import store
-from laggrow.config import RunConfig, run_config_from_dict
+from laggrow.config import SECTIONS, RunConfig, run_config_from_dict
 from laggrow.errors import LaggrowError
+
+if TYPE_CHECKING:
+    from laggrow.data import Dataset
 
 
 @dataclass
@@ -36,20 +43,91 @@ def read_run_config(path: Path, what: str = "run") -> RunConfig:
     if not path.is_dir() or not config_file.is_file():
         raise LaggrowError(f"{what} {path}: not a laggrow run (expected a directory with {store.CONFIG_FILE})")
     raw = store.read_json(config_file, f"{what}'s run config")
+    for section, value in raw.items():
+        if section in SECTIONS and not isinstance(value, dict):
+            raise LaggrowError(f"{config_file}: section '{section}' is a {type(value).__name__} "
+                               f"(expected a mapping of {section} keys; is the file damaged?)")
     return run_config_from_dict(raw, where=str(config_file))
 
 
-def load_run(path: Path, what: str = "run") -> LoadedRun:
-    """Config and latest finished checkpoint of a run, restored with its optimizer state."""
+def resume_command(path: Path) -> str:
+    """How a user continues the unfinished run in `path`."""
+    path = Path(path)
+    return f"laggrow train {path / store.CONFIG_FILE} --out {path} --resume"
+
+
+def read_summary(path: Path, what: str = "run") -> dict | None:
+    """The run's summary.json (None if it has none); one line if it is damaged."""
+    summary_file = Path(path) / store.SUMMARY_FILE
+    if not summary_file.is_file():
+        return None
+    summary = store.read_json(summary_file, f"{what}'s summary")
+    return store.require_keys(summary, ("complete", "steps"), summary_file, f"{what}'s summary")
+
+
+def require_finished(path: Path, what: str = "run") -> dict | None:
+    """The summary of a finished run; one line for a run that has not finished training. A run
+    freshly made by `laggrow grow` (never trained since) is a whole model too: None."""
+    path = Path(path)
+    summary = read_summary(path, what)
+    if summary is None and (path / store.GROWTH_FILE).is_file() and not (path / store.METRICS_FILE).is_file():
+        return None
+    if summary is None or summary["complete"] is not True:
+        why = f"no {store.SUMMARY_FILE}" if summary is None else f"{store.SUMMARY_FILE} says step {summary['steps']}"
+        raise LaggrowError(f"{what} {path}: is unfinished ({why}; expected a finished laggrow train run; "
+                           f"continue it with {resume_command(path)})")
+    return summary
+
+
+def load_run(path: Path, what: str = "run", *, require_finished: bool = True) -> LoadedRun:
+    """Config and checkpoint of a run, restored with its optimizer state. A finished run is
+    restored at its final step (a damaged final checkpoint is one line, not a silent fallback
+    to an earlier model); otherwise the newest intact checkpoint."""
     import jax
 
     from laggrow import checkpoint, model, train
 
+    path = Path(path)
     cfg = read_run_config(path, what)
+    summary = _require_finished(path, what) if require_finished else read_summary(path, what)
     if not checkpoint.has_checkpoint(path):
         raise LaggrowError(f"{what} {path}: has no finished checkpoint (expected a trained laggrow run)")
     optimizer = train.make_optimizer(cfg.train)
     target = jax.eval_shape(lambda p: train.init_state(p, optimizer), model.param_shapes(cfg.model))
-    with checkpoint.Checkpointer(path) as ckpt:
-        state, position = ckpt.restore(target)
-    return LoadedRun(path=Path(path), config=cfg, state=state, data_position=position)
+    final_step = int(summary["steps"]) if summary is not None and summary.get("complete") is True else None
+    with checkpoint.Checkpointer(path, fingerprint=cfg.to_dict(), read_only=True) as ckpt:
+        state, position = ckpt.restore(target, step=final_step)
+    return LoadedRun(path=path, config=cfg, state=state, data_position=position)
+
+
+_require_finished = require_finished  # the parameter of load_run shadows the function's name
+
+
+def check_data(run_dir: Path, cfg: RunConfig, dataset: Dataset) -> None:
+    """One line if `dataset` is not the data the run in `run_dir` started with (its data.json).
+    A run without data.json (made before laggrow recorded it) is accepted."""
+    from laggrow.data import data_fingerprint, fingerprint_differences
+
+    recorded_file = Path(run_dir) / store.DATA_FILE
+    if not recorded_file.is_file():
+        return
+    recorded = store.read_json(recorded_file, "data fingerprint")
+    changed = fingerprint_differences(recorded, data_fingerprint(dataset, cfg.data))
+    if changed:
+        raise LaggrowError(f"corpus {cfg.data.corpus} changed since the run started in {run_dir} "
+                           f"({'; '.join(changed[:2])}); expected the same data")
+
+
+def load_source_dataset(run: LoadedRun | Path, cfg: RunConfig | None = None) -> Dataset:
+    """The dataset a source run was trained on (its corpus, split and cached tokenizer), checked
+    against the run's data.json. Pass a LoadedRun, or a run directory (and its config, if read)."""
+    from laggrow.data import load_dataset
+
+    if isinstance(run, LoadedRun):
+        path, cfg = run.path, run.config
+    else:
+        path = Path(run)
+        cfg = cfg if cfg is not None else read_run_config(path)
+    dataset = load_dataset(cfg.data, path)
+    check_data(path, cfg, dataset)
+    return dataset
