@@ -1,13 +1,18 @@
 """A training run on disk: validate, set up or resume the run directory, train, checkpoint.
 
 `laggrow train` is a thin shell around `prepare_run` + `execute_run`. Everything that can be
-wrong with the user's input (config, corpus, output directory) is found by `prepare_run` before
-anything is written.
+wrong with the user's input (config, corpus, output directory, a changed corpus, another process
+on the directory) is found by `prepare_run` before anything is written.
+
+`execute_run` holds the directory's lock for the whole run, so a second process gets one line.
+A fresh run that fails before its first checkpoint (a divergence, an error, a second Ctrl-C)
+removes what it wrote, so the same command can simply be run again.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,8 +21,11 @@ from typing import Any
 
 from laggrow import runs, store
 from laggrow.config import RunConfig
-from laggrow.data import BPETokenizer, Dataset, load_dataset
+from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
+
+# What a fresh run writes into its directory (removed again if it fails before a checkpoint).
+_RUN_FILES = (store.CONFIG_FILE, store.DATA_FILE, store.TOKENIZER_FILE, store.METRICS_FILE)
 
 
 @dataclass
@@ -26,6 +34,7 @@ class PreparedRun:
     out: Path
     dataset: Dataset
     resume: bool  # True: continue from the checkpoint in `out`
+    finished: bool = False  # `out` holds this run, finished: nothing to train
 
 
 def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
@@ -42,8 +51,11 @@ def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     """Load the corpus, fill the vocabulary from the tokenizer and check `out` against `cfg`."""
     out = Path(out).absolute()
+    store.check_writable_target(out, "--out")
+    if out.is_dir():  # another process on it comes first: the hints below would be wrong then
+        store.check_unlocked(out, "--out")
     existing = out / store.CONFIG_FILE
-    if out.exists() and not existing.is_file() and any(out.iterdir()):
+    if out.is_dir() and not existing.is_file() and any(p.name != store.LOCK_FILE for p in out.iterdir()):
         raise LaggrowError(f"--out {out}: not empty and not a laggrow run (expected a new or empty directory)")
     if resume and not existing.is_file():
         raise LaggrowError(f"--resume: {out} holds no run to resume (expected a directory made by laggrow train)")
@@ -52,17 +64,20 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab_size))
     cfg.validate()
 
+    finished = False
     if existing.is_file():
         previous = runs.read_run_config(out, what="--out")
         diffs = _differences(cfg.to_dict(), previous.to_dict())
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different run ({'; '.join(diffs[:3])})")
-        finished = (out / store.SUMMARY_FILE).is_file()
+        summary = runs.read_summary(out, "--out")
+        finished = summary is not None and summary["complete"] is True
         if not resume:
             state = "a finished" if finished else "an unfinished"
             hint = "choose another --out" if finished else "pass --resume to continue it"
             raise LaggrowError(f"--out {out}: already holds {state} run of this config ({hint})")
-    return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume)
+        runs.check_data(out, cfg, dataset)
+    return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume, finished=finished)
 
 
 def _fresh_state(cfg: RunConfig) -> dict[str, Any]:
@@ -79,53 +94,117 @@ def execute_run(
     *,
     until: int | None = None,
     on_record: Callable[[dict], None] | None = None,
+    resume_command: str | None = None,
 ) -> dict[str, Any]:
     """Train (or continue) the prepared run to `train.steps`, or stop after step `until` with a
-    checkpoint. Returns the summary (also written to summary.json when the run is complete)."""
-    from laggrow import checkpoint, train
+    checkpoint. Returns the summary (also written to summary.json when the run is complete); a
+    run already finished is not trained again and its summary is returned as it is, with
+    `"already_finished": True`. `resume_command` is what an interruption tells the user to
+    run (default: `laggrow train OUT/config.json --out OUT --resume`)."""
+    from laggrow import interrupt
+
+    out = run.out
+    created = not out.exists()
+    # Signals are deferred from here: the lock is taken, files are written and the loop saves
+    # and stops cleanly on the first Ctrl-C instead of dying in the middle of an Orbax save.
+    with interrupt.deferred(), store.DirLock(out, "--out"):
+        if not run.resume and (out / store.CONFIG_FILE).is_file():
+            # another process made the run between prepare_run and this lock
+            raise LaggrowError(f"--out {out}: already holds a run (expected a new or empty directory)")
+        summary = runs.read_summary(out, "--out")
+        if run.resume and summary is not None and summary["complete"] is True:
+            return {**summary, "already_finished": True}
+        try:
+            return _train(run, until, on_record, resume_command or runs.resume_command(out))
+        except BaseException:
+            if not run.resume and not _has_checkpoint(out):
+                _discard(out, created)
+            raise
+
+
+def _has_checkpoint(out: Path) -> bool:
+    directory = out / store.CHECKPOINT_DIR
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def _discard(out: Path, created: bool) -> None:
+    """Remove what a fresh run wrote before it had anything worth keeping."""
+    for name in _RUN_FILES:
+        (out / name).unlink(missing_ok=True)
+    shutil.rmtree(out / store.CHECKPOINT_DIR, ignore_errors=True)
+    if created:  # the directory is ours too; the lock file goes with it (its fd stays valid)
+        (out / store.LOCK_FILE).unlink(missing_ok=True)
+        if not any(out.iterdir()):
+            out.rmdir()
+
+
+def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None] | None,
+           resume_command: str) -> dict[str, Any]:
+    from laggrow import checkpoint, interrupt, train
 
     cfg, out, data = run.config, run.out, run.dataset
-    out.mkdir(parents=True, exist_ok=True)
-    store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
+    store.write_json(out / store.CONFIG_FILE, cfg.to_dict(), if_changed=True)
+    if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
+        store.write_json(out / store.DATA_FILE, data_fingerprint(data, cfg.data))
     if isinstance(data.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
-        data.tokenizer.save(out / store.TOKENIZER_FILE)
+        store.write_file(out / store.TOKENIZER_FILE, data.tokenizer.save)
 
     metrics_path = out / store.METRICS_FILE
-    ckpt = checkpoint.Checkpointer(out)
-    state = _fresh_state(cfg)
-    if run.resume and ckpt.latest_step() is not None:
-        state, _ = ckpt.restore(state)
-    start = int(state["step"])
-    # Records past the checkpoint were made by the interrupted process; they are made again.
-    store.rewrite_jsonl(metrics_path, [r for r in store.read_jsonl(metrics_path, "training records", repair=True)
-                                       if r["step"] <= start])
-
-    stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
-    eval_batches = data.eval_batches(cfg.data.eval_batches, cfg.data.eval_batch_size)
-
-    def next_batch(position: int):
-        return data.train_batch(position, cfg.train.batch_size, cfg.train.seed)
-
-    def record(r: dict) -> None:
-        store.append_jsonl(metrics_path, [r])
-        if on_record is not None:
-            on_record(r)
-
-    t0 = time.perf_counter()
+    ckpt = checkpoint.Checkpointer(out, fingerprint=cfg.to_dict())
     try:
-        state, history = train.train_loop(
-            state, cfg.model, cfg.train, next_batch, eval_batches,
-            on_record=record, on_checkpoint=lambda s: ckpt.save(s, data_position=int(s["step"])),
-            stop_at=stop,
-        )
+        state = _fresh_state(cfg)
+        seconds_before = 0.0
+        if run.resume and ckpt.latest_step() is not None:
+            # the newest intact checkpoint; damaged newer ones are reported and removed
+            state, _ = ckpt.restore(state, remove_damaged=True)
+            seconds_before = float(ckpt.restored_meta.get("seconds") or 0.0)
+        start = int(state["step"])
+        # Records past the checkpoint were made by the interrupted process; they are made again.
+        records = store.read_jsonl(metrics_path, "training records", repair=True)
+        kept = [r for r in records if _record_step(r, metrics_path) <= start]
+        if kept != records:
+            store.rewrite_jsonl(metrics_path, kept)
+
+        stop = cfg.train.steps if until is None else min(until, cfg.train.steps)
+        eval_batches = data.eval_batches(cfg.data.eval_batches, cfg.data.eval_batch_size)
+
+        def next_batch(position: int):
+            return data.train_batch(position, cfg.train.batch_size, cfg.train.seed)
+
+        def record(r: dict) -> None:
+            store.append_jsonl(metrics_path, [r])
+            if on_record is not None:
+                on_record(r)
+
+        t0 = time.perf_counter()
+
+        def save(s: dict) -> None:
+            ckpt.save(s, data_position=int(s["step"]),
+                      meta={"seconds": seconds_before + time.perf_counter() - t0})
+
+        try:
+            state, history = train.train_loop(state, cfg.model, cfg.train, next_batch, eval_batches,
+                                              on_record=record, on_checkpoint=save, stop_at=stop)
+        except train.Diverged as err:
+            last = ckpt.latest_step()
+            good = f"step {last} in {out}" if last is not None else "none (nothing is kept)"
+            raise LaggrowError(f"{err}; last good checkpoint: {good} (lower train.lr?)") from None
+        except interrupt.Interrupted:
+            raise interrupt.Interrupted(f"saved step {ckpt.latest_step()} in {out}; continue with: "
+                                        f"{resume_command}") from None
     finally:
         ckpt.close()
-    seconds = time.perf_counter() - t0
 
     records = store.read_jsonl(metrics_path, "training records")
     evals = [r for r in records if "eval_loss" in r]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
     steps = int(state["step"])
+    seconds = seconds_before + history.seconds
+    # The steady rate of this process (its first step's compile left out); a process that ran
+    # fewer than two steps falls back to the whole run's average.
+    rate = history.steady_tokens_per_second
+    if rate is None:
+        rate = steps * tokens_per_step / max(seconds, 1e-9)
     summary = {
         "steps": steps,
         "complete": steps >= cfg.train.steps,
@@ -134,9 +213,17 @@ def execute_run(
         "tokens": steps * tokens_per_step,
         "flops": float(steps * tokens_per_step * cfg.model.train_flops_per_token(cfg.data.seq_len)),
         "seconds": seconds,
-        "tokens_per_second": (steps - start) * tokens_per_step / max(seconds, 1e-9),
+        "tokens_per_second": rate,
         "heldout_unigram_entropy": data.unigram_entropy(),
     }
     if summary["complete"]:
         store.write_json(out / store.SUMMARY_FILE, summary)
     return summary
+
+
+def _record_step(record: dict, path: Path) -> int:
+    step = record.get("step")
+    if not isinstance(step, int) or isinstance(step, bool):
+        raise LaggrowError(f"{path}: a record without an integer step ({str(record)[:60]}); "
+                           "expected the training records (is the file damaged?)")
+    return step

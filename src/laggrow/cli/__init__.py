@@ -33,4 +33,10 @@ for _name in COMMAND_MODULES:
 
 
 def main() -> None:
+    import logging
+
+    # Orbax logs each failed background write with its traceback (hundreds of lines for one full
+    # disk) and asyncio adds "Event loop is closed"; the error boundary says it in one line.
+    for name in ("absl", "asyncio"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     app()

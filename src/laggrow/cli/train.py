@@ -21,6 +21,8 @@ def train_command(
         "--until", min=1, help="Pause after this step (checkpointed); continue later with --resume.")] = None,
 ) -> None:
     """Train a model from CONFIG and write config.json, metrics.jsonl, checkpoints and summary.json."""
+    import shlex
+
     from rich.console import Console
 
     from laggrow.cli.progress import TrainProgress
@@ -32,13 +34,20 @@ def train_command(
     out = out if out is not None else Path("runs") / config.stem
     run = prepare_run(cfg, out, resume)
     cfg = run.config
+    if run.finished:
+        summary = execute_run(run)  # under the run's lock: reads the summary, trains nothing
+        console.print(f"{run.out}: already finished at step {summary['steps']} (held-out loss "
+                      f"{summary['final_eval_loss']}); nothing to do (choose another --out to train again)")
+        return
+    sets = [part for item in overrides or [] for part in ("--set", item)]
+    again = shlex.join(["laggrow", "train", str(config), "--out", str(out), *sets, "--resume"])
     console.print(
         f"[bold]laggrow train[/] {config} -> {run.out}: {cfg.model.n_params():,} params, "
         f"{cfg.model.n_layers} layers x d={cfg.model.d_model}, corpus {cfg.data.corpus} "
         f"({len(run.dataset.train):,} train tokens, {cfg.data.tokenizer} tokenizer)"
     )
     with TrainProgress(console, total=cfg.train.steps) as progress:
-        summary = execute_run(run, until=until, on_record=progress.update)
+        summary = execute_run(run, until=until, on_record=progress.update, resume_command=again)
     status = "finished" if summary["complete"] else f"paused at step {summary['steps']} (--resume continues)"
     loss = summary["final_eval_loss"]
     console.print(
