@@ -12,7 +12,6 @@ probe leaves nothing; train-final checkpoints as it goes and resumes from the la
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -20,11 +19,12 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, runs, store, train
+from laggrow import growth, interrupt, runs, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.config import RunConfig
 from laggrow.data import Dataset, load_dataset
 from laggrow.errors import LaggrowError
+from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.records import make_records, ranking
 from laggrow.pool.step import PoolRunner, candidate_state, stack, take
@@ -48,9 +48,7 @@ def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[d
     """Every check that needs no training: names, options, target size. Returns the candidates
     with their `function_preserving` flags."""
     src, dst = source.model, target.model
-    if all(getattr(dst, f) == getattr(src, f) for f in growth.transform.GROWN_FIELDS):
-        raise LaggrowError(f"pool target: expected a model larger than the source ({src.n_layers} layers, "
-                           f"d_model {src.d_model}, d_ff {src.d_ff}), got the same size")
+    growth.transform.check_grows(src, dst, "pool target")
     candidates = pool.candidates()
     for c in candidates:
         growth.plan_stages(src, dst, c["name"])
@@ -99,8 +97,11 @@ def abstract_pool_state(target: RunConfig, n: int) -> dict:
 
 def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start: int, stop: int,
                   eval_steps: list[int], target: RunConfig, curves: Path, on_eval: OnEval | None,
-                  checkpoint: Callable[[dict, int], None] | None = None, checkpoint_every: int = 0) -> dict:
-    """Advance from `start` to `stop`, evaluating at `eval_steps` and appending to curves.jsonl."""
+                  checkpoint: Callable[[dict, int], None] | None = None, checkpoint_every: int = 0,
+                  should_stop: Callable[[], bool] | None = None) -> tuple[dict, int]:
+    """Advance from `start` to `stop`, evaluating at `eval_steps` and appending to curves.jsonl.
+    Returns the state and the step it is at: `stop`, or earlier when `should_stop()` said so
+    (asked between steps; nothing is recorded for a step short of an evaluation)."""
     seq = target.data.seq_len
     tokens_per_step = target.train.batch_size * seq
     flops_per_step = float(target.model.train_flops_per_token(seq) * tokens_per_step)
@@ -111,17 +112,18 @@ def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start
     marks = {s for s in eval_steps if start < s <= stop or s == start == 0} | saves | {stop}
     position = start
     for mark in sorted(marks):
-        state, train_losses = runner.advance(state, position, mark)
-        position = mark
+        state, train_losses, position = runner.advance_until(state, position, mark, should_stop)
+        if position < mark:
+            return state, position
         if mark in eval_steps:
-            records = make_records(candidates, mark, runner.evaluate(state), train_losses, state,
-                                   flops_per_step, tokens_per_step)
-            store.append_jsonl(curves, records)
+            rows = make_records(candidates, mark, runner.evaluate(state), train_losses, state,
+                                flops_per_step, tokens_per_step)
+            store.append_jsonl(curves, rows)
             if on_eval is not None:
-                on_eval(mark, records)
+                on_eval(mark, rows)
         if checkpoint is not None and mark in saves:
             checkpoint(state, mark)
-    return state
+    return state, position
 
 
 def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict]) -> PoolRunner:
@@ -141,18 +143,31 @@ def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list
 # probe and train-final
 
 
+def check_probe_inputs(pool: PoolConfig, out: Path) -> None:
+    """What a probe can check before loading anything: its --out and its fusion partners."""
+    out = Path(out)
+    if out.exists() or out.is_symlink():
+        raise LaggrowError(f"--out {out.absolute()}: already exists (expected a new directory)")
+    store.check_writable_target(out, "--out")
+    for c in pool.candidates():
+        partner = c["options"].get("partner")
+        if isinstance(partner, str):
+            runs.read_run_config(Path(partner), what=f"fusion partner of {c['strategy']}")
+
+
 def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: OnEval | None = None,
           on_start: Callable[[PoolConfig, list[dict]], None] | None = None) -> list[dict]:
     """Grow every candidate and train them all `lag_steps` steps; returns the ranking at k.
     `pool_file` is the YAML the pool was read from, recorded so that train-final can tell when
-    it changed since."""
+    it changed since. Interrupted (Ctrl-C, SIGTERM), it writes nothing."""
+    check_probe_inputs(pool, out)
     source = runs.load_run(Path(pool.source), what="pool source")
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
     data = load_dataset(source.config.data, source.path)
     if on_start is not None:
         on_start(pool, candidates)
-    with store.staged_dir(out) as tmp:
+    with interrupt.deferred(), store.staged_dir(out) as tmp:
         store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates})
@@ -160,8 +175,10 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
         state = grow_candidates(pool, source, target, candidates)
         runner = _runner(pool, target, data, candidates)
         curves = tmp / store.CURVES_FILE
-        state = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
-                              curves, on_eval)
+        state, reached = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
+                                       curves, on_eval, should_stop=interrupt.requested)
+        if reached < pool.lag_steps:  # leaving the block removes the staging directory
+            raise interrupt.Interrupted("nothing written; run the probe again")
         with Checkpointer(tmp / store.PROBE_STATE) as ckpt:
             ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
         rows = ranking(candidates, store.read_jsonl(curves, "pool records"), pool.lag_steps)
@@ -171,36 +188,73 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
 
 
 def read_pool_dir(directory: Path) -> tuple[PoolConfig, dict, RunConfig]:
+    """The pool, pool.json and the grown model's run config of a probe directory, each checked:
+    a damaged file is one line. Refuses a pool file edited since the probe, naming what changed."""
     directory = Path(directory)
     if not (directory / store.POOL_FILE).is_file() or not (directory / store.PROBE_FILE).is_file():
         raise LaggrowError(f"{directory}: holds no probe (expected a directory written by laggrow probe)")
-    meta = json.loads((directory / store.POOL_FILE).read_text(encoding="utf-8"))
+    meta = records.read_pool_record(directory)
     pool = pool_config_from_dict(meta["pool"], where=f"{directory / store.POOL_FILE}")
+    if len(meta["candidates"]) != len(pool.candidates()):
+        raise LaggrowError(f"{directory / store.POOL_FILE}: {len(meta['candidates'])} candidates for a pool of "
+                           f"{len(pool.candidates())} (expected the pool record written by laggrow probe; "
+                           "is it damaged?)")
     pool_file = Path(meta["pool_file"]) if meta.get("pool_file") else None
     if pool_file is not None and pool_file.is_file():
-        current = load_pool_config(pool_file)
-        if current.fingerprint() != meta["fingerprint"]:
-            changed = [k for k, v in current.to_dict().items() if meta["pool"].get(k) != v]
+        changed = records.changed_keys(meta["pool"], load_pool_config(pool_file).to_dict())
+        if changed:
             raise LaggrowError(f"pool {pool_file}: changed since the probe in {directory} "
                                f"({', '.join(changed)}); probe again into a new --out")
-    return pool, meta, runs.read_run_config(directory)
+    return pool, meta, runs.read_run_config(directory, what="pool directory")
+
+
+def _restore(directory: Path, pool: PoolConfig, target: RunConfig, n: int, selected: list[int]) -> tuple[dict, int]:
+    """The state to continue: train-final's own last checkpoint, else the probe's at k. Reads
+    only (a Checkpointer is opened only on a directory that exists: it would create one)."""
+    final_dir = directory / store.FINAL_STATE
+    if (final_dir / store.CHECKPOINT_DIR).is_dir():
+        with Checkpointer(final_dir) as ckpt:
+            if ckpt.latest_step() is not None:
+                # the newest intact one; damaged newer ones are removed so their steps can be saved again
+                state, position = ckpt.restore(abstract_pool_state(target, len(selected)), remove_damaged=True)
+                return state, position
+    probe_dir = directory / store.PROBE_STATE
+    if not (probe_dir / store.CHECKPOINT_DIR).is_dir():
+        raise LaggrowError(f"{probe_dir}: missing (expected the probe's states at k={pool.lag_steps}, written "
+                           "by laggrow probe); probe again into a new --out")
+    with Checkpointer(probe_dir) as ckpt:
+        if ckpt.latest_step() != pool.lag_steps:
+            raise LaggrowError(f"{probe_dir}: no finished checkpoint at step k={pool.lag_steps} (expected the "
+                               "probe's states; is it damaged?); probe again into a new --out")
+        state, _ = ckpt.restore(abstract_pool_state(target, n), step=pool.lag_steps)
+    return take(state, selected), pool.lag_steps
 
 
 def train_final(directory: Path, steps: int | None = None, only: int | None = None,
                 on_eval: OnEval | None = None) -> list[dict] | None:
-    """Continue the probed candidates (or the best `only` at k) to T, resumably. Returns the
-    final ranking once T is reached, else None."""
+    """Continue the probed candidates (or the best `only` at k) to T, resumably, holding the
+    pool directory's lock. Returns the final ranking once T is reached, else None. Everything
+    is read and checked before anything is written; interrupted (Ctrl-C, SIGTERM), it saves a
+    checkpoint at the step it reached and raises `interrupt.Interrupted`."""
     directory = Path(directory).absolute()
+    if not (directory / store.POOL_FILE).is_file():  # the lock would create a missing directory
+        raise LaggrowError(f"{directory}: holds no probe (expected a directory written by laggrow probe)")
+    with store.DirLock(directory, "pool directory"):
+        return _train_final(directory, steps, only, on_eval)
+
+
+def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: OnEval | None) -> list[dict] | None:
     pool, meta, target = read_pool_dir(directory)
     stop = pool.final_steps if steps is None else steps
     if not pool.lag_steps <= stop <= pool.final_steps:
         raise LaggrowError(f"--steps: expected a step in [lag_steps={pool.lag_steps}, "
                            f"final_steps={pool.final_steps}], got {stop}")
     candidates = meta["candidates"]
-    probe_rows = json.loads((directory / store.PROBE_FILE).read_text(encoding="utf-8"))["candidates"]
+    probe_rows = records.read_ranking(directory / store.PROBE_FILE, len(candidates),
+                                      "ranking at k written by laggrow probe")["candidates"]
     selection_file = directory / store.FINAL_STATE / store.SELECTION_FILE
     if selection_file.is_file():
-        selected = json.loads(selection_file.read_text(encoding="utf-8"))["candidates"]
+        selected = records.read_selection(selection_file, len(candidates))
         if only is not None and only != len(selected):
             raise LaggrowError(f"--only {only}: train-final already continues {len(selected)} candidates "
                                f"in {directory} (expected --only {len(selected)} or none)")
@@ -210,30 +264,39 @@ def train_final(directory: Path, steps: int | None = None, only: int | None = No
         ranked = [r["candidate"] for r in probe_rows]
         selected = sorted(ranked[:only] if only is not None else ranked)
     chosen = [candidates[i] for i in selected]
-
-    source_cfg = runs.read_run_config(Path(meta["source"]), what="pool source")
-    data = load_dataset(source_cfg.data, Path(meta["source"]))
-    (directory / store.FINAL_STATE).mkdir(exist_ok=True)
-    store.write_json(selection_file, {"candidates": selected})
-    with Checkpointer(directory / store.FINAL_STATE) as final_ckpt:
-        start = final_ckpt.latest_step()
-        if start is None:
-            with Checkpointer(directory / store.PROBE_STATE) as probe_ckpt:
-                state, _ = probe_ckpt.restore(abstract_pool_state(target, len(candidates)), step=pool.lag_steps)
-            state, start = take(state, selected), pool.lag_steps
-        else:
-            state, _ = final_ckpt.restore(abstract_pool_state(target, len(selected)))
+    curves = directory / store.CURVES_FILE
+    existing = records.read_pool_curves(curves)
+    source = Path(meta["source"])
+    source_cfg = runs.read_run_config(source, what="pool source")
+    data = load_dataset(source_cfg.data, source)
+    with interrupt.deferred():
+        state, start = _restore(directory, pool, target, len(candidates), selected)
+        # Every check is behind us: from here on the directory is written.
+        store.ensure_dir(directory / store.FINAL_STATE, "pool directory")
+        store.write_json(selection_file, {"candidates": selected}, if_changed=True)
         # Records past the restored step were written by an interrupted process: they are redone.
-        curves = directory / store.CURVES_FILE
-        store.rewrite_jsonl(curves, [r for r in store.read_jsonl(curves, "pool records") if r["step"] <= start])
-        if start < stop:
-            runner = _runner(pool, target, data, chosen)
-            _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target, curves, on_eval,
-                          checkpoint=lambda s, step: final_ckpt.save(s, data_position=step, step=step),
-                          checkpoint_every=pool.checkpoint_every)
+        store.rewrite_jsonl(curves, [r for r in existing if r["step"] <= start])
+        with Checkpointer(directory / store.FINAL_STATE) as final_ckpt:
+            saved = {start}
+
+            def save(s: dict, step: int) -> None:
+                final_ckpt.save(s, data_position=step, step=step)
+                saved.add(step)
+
+            if start < stop:
+                runner = _runner(pool, target, data, chosen)
+                state, reached = _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
+                                               curves, on_eval, checkpoint=save,
+                                               checkpoint_every=pool.checkpoint_every,
+                                               should_stop=interrupt.requested)
+                if reached < stop:
+                    if reached not in saved or final_ckpt.latest_step() is None:
+                        save(state, reached)
+                    raise interrupt.Interrupted(f"saved step {reached} of {directory}; continue with: "
+                                                f"laggrow train-final {directory}")
     if stop < pool.final_steps:
         return None
-    rows = ranking(chosen, store.read_jsonl(directory / store.CURVES_FILE, "pool records"), pool.final_steps)
+    rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps)
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows})
     return rows

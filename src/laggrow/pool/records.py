@@ -1,9 +1,17 @@
-"""A pool's records: the curves.jsonl record of each candidate at an evaluated step, and the
-ranking of candidates by held-out loss at a step (probe.json, final.json)."""
+"""A pool's records: the curves.jsonl record of each candidate at an evaluated step, the
+ranking of candidates by held-out loss at a step (probe.json, final.json), and the checked
+reading of a pool directory's records back (no jax here)."""
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+from typing import Any
+
 import numpy as np
+
+from laggrow import store
+from laggrow.errors import LaggrowError
 
 
 def make_records(candidates: list[dict], step: int, eval_losses: np.ndarray, train_losses: np.ndarray,
@@ -41,3 +49,85 @@ def ranking(candidates: list[dict], records: list[dict], step: int) -> list[dict
         row["rank"] = rank
         row["gap"] = None if best is None or row["eval_loss"] is None else row["eval_loss"] - best
     return rows
+
+
+# ---- reading a pool directory back --------------------------------------------------------------
+# train-final, laggrow run and the report continue from these files, so each is checked on the
+# way in: a damaged one is one line naming it, found before anything is written.
+
+CANDIDATE_KEYS = ("candidate", "strategy", "seed", "name", "options", "lr_scale", "function_preserving")
+
+
+def as_json(obj: Any) -> Any:
+    """`obj` as it reads back from a JSON file (tuples as lists, non-finite numbers as null)."""
+    return json.loads(store.dumps(obj))
+
+
+def changed_keys(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
+    """The top-level keys whose values differ between a pool stored in pool.json and a pool's
+    `to_dict()`, both compared as JSON: a tuple and the list it was stored as are equal."""
+    a, b = as_json(stored), as_json(current)
+    return [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def read_pool_record(directory: Path) -> dict:
+    """pool.json: the resolved pool, its fingerprint, its source and its candidates."""
+    path = Path(directory) / store.POOL_FILE
+    what = "pool record written by laggrow probe"
+    meta = store.require_keys(store.read_json(path, what), ("pool", "candidates", "source"), path, what)
+    if not isinstance(meta["pool"], dict):
+        raise LaggrowError(f"{path}: 'pool' must be a mapping (the resolved pool), got {type(meta['pool']).__name__}")
+    if not isinstance(meta["source"], str) or not meta["source"]:
+        raise LaggrowError(f"{path}: 'source' must be the path of the source run, got {meta['source']!r}")
+    if meta.get("pool_file") is not None and not isinstance(meta["pool_file"], str):
+        raise LaggrowError(f"{path}: 'pool_file' must be a path or null, got {meta['pool_file']!r}")
+    candidates = meta["candidates"]
+    if not isinstance(candidates, list) or not candidates:
+        raise LaggrowError(f"{path}: 'candidates' must be a non-empty list, got {candidates!r:.60}")
+    for i, c in enumerate(candidates):
+        if not isinstance(c, dict):
+            raise LaggrowError(f"{path}: candidates[{i}] must be a mapping, got {c!r:.60}")
+        store.require_keys(c, CANDIDATE_KEYS, path, f"{what}, candidates[{i}]")
+        if c["candidate"] != i or not _is_int(c["seed"]) or not isinstance(c["strategy"], str) \
+                or not isinstance(c["options"], dict):
+            raise LaggrowError(f"{path}: candidates[{i}] is damaged (expected candidate {i} with an integer "
+                               "seed, a strategy name and options)")
+    return meta
+
+
+def read_ranking(path: Path, n_candidates: int, what: str) -> dict:
+    """probe.json or final.json: lag_steps, final_steps and the ranked candidates."""
+    meta = store.require_keys(store.read_json(path, what), ("lag_steps", "final_steps", "candidates"), path, what)
+    rows = meta["candidates"]
+    if not isinstance(rows, list) or not all(isinstance(r, dict) and _is_int(r.get("candidate"))
+                                             and 0 <= r["candidate"] < n_candidates for r in rows):
+        raise LaggrowError(f"{path}: 'candidates' must list ranked candidates 0..{n_candidates - 1} "
+                           f"(expected the {what}; is it damaged?)")
+    return meta
+
+
+def read_selection(path: Path, n_candidates: int) -> list[int]:
+    """final_state/selection.json: the candidates train-final continues."""
+    what = "candidates train-final continues"
+    selected = store.require_keys(store.read_json(path, what), ("candidates",), path, what)["candidates"]
+    if not isinstance(selected, list) or not selected or not all(_is_int(i) and 0 <= i < n_candidates
+                                                                 for i in selected) \
+            or len(set(selected)) != len(selected):
+        raise LaggrowError(f"{path}: 'candidates' must be distinct candidate indices in [0, {n_candidates}), "
+                           f"got {selected!r:.60}")
+    return selected
+
+
+def read_pool_curves(path: Path) -> list[dict]:
+    """curves.jsonl as records, each with an integer candidate and step (a torn last line, left
+    by a killed writer, is skipped)."""
+    records = store.read_jsonl(path, "pool records")
+    for number, r in enumerate(records, start=1):
+        if not (_is_int(r.get("candidate")) and _is_int(r.get("step"))):
+            raise LaggrowError(f"{path} record {number}: expected integer 'candidate' and 'step' "
+                               "(the file is damaged)")
+    return records

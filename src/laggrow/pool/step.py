@@ -4,9 +4,9 @@ The candidates' train states (params, optimizer state, step) are stacked on a le
 axis and advanced by `jax.vmap` of the very same `train.make_train_step` a single run uses, so a
 candidate trained in a pool follows the same arithmetic as one trained alone. Two pieces of
 bookkeeping ride in the stacked state: `lr_scale` (a per-candidate learning-rate multiplier) and
-`diverged_at` (-1 while healthy). A candidate whose loss or gradient becomes NaN or infinite is
-frozen at its last finite state and marked; vmap shares no arithmetic across candidates, so the
-others go on exactly as before.
+`diverged_at` (-1 while healthy). A candidate whose loss or gradient becomes NaN or infinite, or
+whose update would make its parameters so, is frozen at its last finite state and marked; vmap
+shares no arithmetic across candidates, so the others go on exactly as before.
 
 A pool too large for memory is trained in chunks of `chunk_size` candidates, each chunk padded to
 the same size so the program still compiles once.
@@ -28,15 +28,21 @@ from laggrow.config import ModelConfig, TrainConfig
 State = dict
 
 
+def _all_finite(tree) -> jax.Array:
+    """One boolean: every element of every leaf is finite (a reduction, cheap next to a step)."""
+    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]).all()
+
+
 def make_guarded_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
-    """One candidate's step with divergence isolation: a non-finite loss or gradient keeps the
-    previous state and records the step at which it happened."""
+    """One candidate's step with divergence isolation: a non-finite loss or gradient, or an
+    update that makes the parameters non-finite (a finite gradient times a huge learning rate),
+    keeps the previous state and records the step at which it happened."""
     step_fn = train.make_train_step(model_cfg, train_cfg)
 
     def guarded(state: State, batch: jax.Array) -> tuple[State, dict]:
         new, metrics = step_fn(state, batch)
         healthy = state["diverged_at"] < 0
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"])
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & _all_finite(new["params"])
         keep = healthy & finite
         new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)
         new["diverged_at"] = jnp.where(healthy & ~finite, state["step"] + 1, state["diverged_at"])
@@ -93,27 +99,40 @@ class PoolRunner:
     def advance(self, state: State, start: int, stop: int) -> tuple[State, np.ndarray]:
         """Train every candidate from step `start` to `stop`; returns the new state and each
         candidate's train loss at the last step (NaN where it diverged)."""
+        state, losses, _ = self.advance_until(state, start, stop)
+        return state, losses
+
+    def advance_until(self, state: State, start: int, stop: int,
+                      should_stop: Callable[[], bool] | None = None) -> tuple[State, np.ndarray, int]:
+        """`advance`, asking `should_stop()` before every step: returns (state, train losses,
+        the step reached), which is < `stop` when asked to stop. With chunks, the first chunk
+        decides where to stop and the others are trained to that same step, so every candidate
+        of the returned state is at one step."""
         n = int(state["step"].shape[0])
         chunks, size = self._chunks(n)
         step = pool_step(self.model_cfg, self.train_cfg)
-        if len(chunks) == 1:
-            losses = np.full(n, np.nan)
-            for i in range(start, stop):
-                state, metrics = step(state, jnp.asarray(self.batches(i)))
+
+        def run(chunk: State, select, until: int, ask: bool) -> tuple[State, np.ndarray, int]:
+            losses = np.full(size, np.nan)
+            i = start
+            while i < until and not (ask and should_stop is not None and should_stop()):
+                batch = self.batches(i)
+                chunk, metrics = step(chunk, jnp.asarray(batch if select is None else batch[select]))
                 losses = metrics["loss"]
-            return state, np.asarray(losses, dtype=np.float64)
-        parts, losses = [], []
-        for idx in chunks:
+                i += 1
+            return chunk, np.asarray(losses, dtype=np.float64), i
+
+        if len(chunks) == 1:
+            return run(state, None, stop, ask=True)
+        parts, losses, reached = [], [], stop
+        for c, idx in enumerate(chunks):
             padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])  # one compiled shape
-            chunk = take(state, padded)
-            chunk_losses = np.full(size, np.nan)
-            for i in range(start, stop):
-                chunk, metrics = step(chunk, jnp.asarray(self.batches(i)[padded]))
-                chunk_losses = metrics["loss"]
+            chunk, chunk_losses, at = run(take(state, padded), padded, reached, ask=c == 0)
+            reached = at if c == 0 else reached
             parts.append(jax.device_get(take(chunk, np.arange(len(idx)))))
-            losses.append(np.asarray(chunk_losses, dtype=np.float64)[: len(idx)])
+            losses.append(chunk_losses[: len(idx)])
         state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
-        return state, np.concatenate(losses)
+        return state, np.concatenate(losses), reached
 
     def evaluate(self, state: State) -> np.ndarray:
         n = int(state["step"].shape[0])
