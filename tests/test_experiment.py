@@ -10,6 +10,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
+from laggrow import store
 from laggrow.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,7 +48,9 @@ def fails(args, expected: str, nothing_at: Path | None = None):
 
 
 def snapshot(directory: Path) -> dict[str, int]:
-    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*") if p.is_file()}
+    # the lock file aside: every run takes the lock and writes its pid there, which is no record
+    return {str(p.relative_to(directory)): p.stat().st_mtime_ns for p in directory.rglob("*")
+            if p.is_file() and p.name != store.LOCK_FILE}
 
 
 @pytest.fixture(scope="module")
@@ -136,7 +139,7 @@ def _experiment_file(tmp_path: Path, **changes) -> Path:
     ({"pool": {"source": "runs/x", "target": {"n_layers": 3}, "strategies": ["stack"], "lag_steps": 1,
                "final_steps": 2}}, "without 'source'"),
     ({"pool": {"target": {"n_layers": 3}, "strategies": ["stack", "stak_top"], "lag_steps": 1,
-               "final_steps": 2}}, "stack_top"),
+               "final_steps": 2, "eval_points": 2}}, "stack_top"),
     ({"correlate": {"threshold": 2}}, "threshold in (-1, 1]"),
     ({"correlate": {"boot": 10}}, "correlate.boot: unknown key"),
 ])
@@ -150,12 +153,31 @@ def test_report_needs_an_experiment_directory(tmp_path):
 
 
 def test_an_interrupted_base_is_resumed_not_restarted(tmp_path):
+    from laggrow import experiment as exp
+
     out = tmp_path / "tiny"
-    ok("train", REPO / "configs" / "tiny.yaml", "--out", out / "base", "--set", "train.steps=10",
-       "--set", "train.eval_every=10", "--until", "5")
+    base_set = "base_set=[train.steps=10,train.eval_every=10,train.checkpoint_every=5]"
+
+    class Stop(Exception):
+        pass
+
+    class StopAfterStep5(exp.Observer):  # the run dies between its checkpoint at 5 and the end
+        def base_record(self, record: dict) -> None:
+            if record["step"] > 5:
+                raise Stop
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with pytest.raises(Stop):
+            exp.run_experiment(exp.load_experiment(TINY, out, [base_set]), StopAfterStep5())
+    finally:
+        os.chdir(cwd)
     assert not (out / "base" / "summary.json").exists()
-    paused = (out / "base" / "metrics.jsonl").read_text()
-    result = ok("run", TINY, "--out", out)
+    paused = "".join(line + "\n" for line in (out / "base" / "metrics.jsonl").read_text().splitlines()
+                     if json.loads(line)["step"] <= 5)
+    assert paused
+    result = ok("run", TINY, "--out", out, "--set", base_set)
     assert "base      done in" in result.output
     resumed = (out / "base" / "metrics.jsonl").read_text()
     # the records up to step 5 are the first process's own (their tokens/s would differ if redone)

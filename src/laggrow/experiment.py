@@ -28,8 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from laggrow import store
+from laggrow import interrupt, store
 from laggrow.config import (
     RunConfig,
     apply_overrides,
@@ -48,6 +46,7 @@ from laggrow.config import (
     run_config_from_dict,
 )
 from laggrow.errors import LaggrowError
+from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, pool_config_from_dict
 from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOL_YAML, REPORT_FILE, TIMINGS_FILE
 from laggrow.train_run import PreparedRun
@@ -174,28 +173,36 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[s
 
 
 def _check_out(out: Path) -> None:
+    """laggrow run writes only into a directory it made: experiment.json is written first of all,
+    so a non-empty directory without it is the user's. Hidden entries do not count (a lock left by
+    a run killed before it wrote experiment.json); nothing of the user's is ever removed anyway.
+    A pool/ without probe.json is not ours either: a probe appears only complete."""
     if out.exists() and not out.is_dir():
         raise LaggrowError(f"out {out}: not a directory (expected a new or experiment directory)")
-    if out.is_dir() and any(out.iterdir()) and not (out / EXPERIMENT_FILE).is_file() \
-            and not (out / BASE_DIR).is_dir():
-        raise LaggrowError(f"out {out}: not empty and not a laggrow experiment (expected a new directory)")
+    store.check_writable_target(out, "out")
+    if out.is_dir() and not (out / EXPERIMENT_FILE).is_file() \
+            and any(not entry.name.startswith(".") for entry in out.iterdir()):
+        raise LaggrowError(f"out {out}: not empty and holds no {EXPERIMENT_FILE} (expected a new directory "
+                           "or one written by laggrow run); choose another out")
+    pool_dir = out / POOL_DIR
+    if (pool_dir.exists() or pool_dir.is_symlink()) and not (pool_dir / store.PROBE_FILE).is_file():
+        raise LaggrowError(f"out {out}: {POOL_DIR}/ holds no {store.PROBE_FILE}, so laggrow run did not write it "
+                           "(a probe appears only complete); move it away or choose another out")
 
 
 def _check_probe_matches(experiment: Experiment) -> None:
     """A probe on disk must be of this very pool: the finals and the statistics continue it."""
-    meta_file = experiment.pool_dir / store.POOL_FILE
-    if not meta_file.is_file():
+    if not (experiment.pool_dir / store.PROBE_FILE).is_file():
         return
-    probed = json.loads(meta_file.read_text(encoding="utf-8"))["pool"]
-    now = json.loads(json.dumps(experiment.pool.to_dict()))  # tuples as lists, as they were stored
-    changed = [k for k in sorted(set(probed) | set(now)) if k != "source" and probed.get(k) != now.get(k)]
+    probed = records.read_pool_record(experiment.pool_dir)["pool"]
+    changed = records.changed_keys(probed, experiment.pool.to_dict(), ignore=("source",))
     if changed:
         raise LaggrowError(f"experiment {experiment.path}: pool changed since the probe in "
                            f"{experiment.pool_dir} ({', '.join(changed)}); choose another out")
 
 
 def pool_yaml_text(experiment: Experiment) -> str:
-    raw = json.loads(json.dumps(experiment.pool.to_dict()))
+    raw = records.as_json(experiment.pool.to_dict())
     raw["strategies"] = [{"name": s["name"], "label": s["label"], "lr_scale": s["lr_scale"], **s["options"]}
                          for s in raw["strategies"]]
     return ("# written by laggrow run from " + str(experiment.path) + "; edit the experiment, not this\n"
@@ -251,11 +258,9 @@ def _stage_probe(ex: Experiment, observer: Observer) -> StageResult:
 
     if (ex.pool_dir / store.PROBE_FILE).is_file():
         return _reused("probe", observer)
-    # A probe killed outright (no Python cleanup) leaves its staging directory behind; it is ours.
-    for stale in ex.out.glob(f".{POOL_DIR}.*.partial"):
-        shutil.rmtree(stale, ignore_errors=True)
-    if ex.pool_dir.exists():  # a directory without probe.json is not a probe: nothing to keep
-        shutil.rmtree(ex.pool_dir)
+    # Never removed: load_experiment refused it already, unless it appeared since. A probe killed
+    # outright leaves only its flocked staging directory, which the next probe removes.
+    _check_out(ex.out)
     n = len(ex.pool.candidates())
     observer.stage_started("probe", f"{n} candidates, k={ex.pool.lag_steps} of T={ex.pool.final_steps}",
                            ex.pool.lag_steps)
@@ -282,11 +287,15 @@ def correlation_is_current(ex: Experiment) -> bool:
     path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / store.FINAL_FILE
     if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
         return False
-    made = json.loads(path.read_text(encoding="utf-8"))
-    lag, boot, opts = made["little_lag"], made["bootstrap"], ex.correlate
-    given = lag["regret_tol"] if lag["regret_tol_source"] == "given" else None
-    return (lag["threshold"], given, boot["n"], boot["seed"]) == \
-        (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed)
+    opts = ex.correlate
+    try:  # a damaged correlation.json is made again, as a missing one would be
+        made = store.read_json(path, "correlation")
+        lag, boot = made["little_lag"], made["bootstrap"]
+        given = lag["regret_tol"] if lag["regret_tol_source"] == "given" else None
+        return (lag["threshold"], given, boot["n"], boot["seed"]) == \
+            (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed)
+    except (LaggrowError, KeyError, TypeError):
+        return False
 
 
 def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
@@ -297,11 +306,12 @@ def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
         from laggrow import analysis
         from laggrow.report.writer import write_correlation
 
-        curves = analysis.load_curves(ex.pool_dir)
-        o = ex.correlate
-        result = analysis.correlate(curves, threshold=o.threshold, regret_tol=o.regret_tol,
-                                    n_boot=o.bootstrap, seed=o.seed).to_dict()
-        write_correlation(curves, result, ex.pool_dir)
+        with store.DirLock(ex.pool_dir, "pool directory"):  # as laggrow correlate holds it
+            curves = analysis.load_curves(ex.pool_dir)
+            o = ex.correlate
+            result = analysis.correlate(curves, threshold=o.threshold, regret_tol=o.regret_tol,
+                                        n_boot=o.bootstrap, seed=o.seed).to_dict()
+            write_correlation(curves, result, ex.pool_dir)
 
     observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None)
     return _timed("correlate", ex.out, observer, work)
@@ -316,13 +326,28 @@ def _stage_report(ex: Experiment, observer: Observer, correlated: StageResult) -
     return _timed("report", ex.out, observer, lambda: write_report(ex.out))
 
 
+# What an interrupted stage leaves, for the one line that says how to continue.
+_KEPT = {"base": "the base run's last checkpoint is kept", "probe": "the probe will start again",
+         "finals": "the finals' last checkpoint is kept"}
+
+
 def run_experiment(ex: Experiment, observer: Observer | None = None) -> list[StageResult]:
-    """Run every stage that has no record yet, in order; returns what each stage did."""
+    """Run every stage that has no record yet, in order, holding OUT's lock; returns what each
+    stage did. A stop on request (Ctrl-C, SIGTERM) says how to continue the experiment."""
     observer = observer or Observer()
-    ex.out.mkdir(parents=True, exist_ok=True)
-    store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
-    store.write_text(ex.out / POOL_YAML, pool_yaml_text(ex), if_changed=True)
-    results = [_stage_base(ex, observer), _stage_probe(ex, observer), _stage_finals(ex, observer)]
-    results.append(_stage_correlate(ex, observer))
-    results.append(_stage_report(ex, observer, results[-1]))
+    with store.DirLock(ex.out, "experiment directory"):
+        store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
+        store.write_text(ex.out / POOL_YAML, pool_yaml_text(ex), if_changed=True)
+        results: list[StageResult] = []
+        stages = [("base", _stage_base), ("probe", _stage_probe), ("finals", _stage_finals),
+                  ("correlate", _stage_correlate)]
+        for name, stage in stages:
+            try:
+                results.append(stage(ex, observer))
+            except interrupt.Interrupted:
+                record = experiment_record(ex)
+                raise interrupt.Interrupted(
+                    f"stopped in the {name} stage, {_KEPT.get(name, 'nothing lost')}; continue with: "
+                    f"laggrow run {record['experiment_given']} --out {record['out_given']}") from None
+        results.append(_stage_report(ex, observer, results[-1]))
     return results

@@ -11,6 +11,7 @@ output behind.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -41,39 +42,45 @@ def correlate_command(
     """
     from rich.console import Console
 
-    from laggrow import analysis
+    from laggrow import analysis, store
     from laggrow.report import tables
     from laggrow.report.writer import write_correlation, write_stability
 
-    curves = analysis.load_curves(directory)
-    out_dir = Path(curves.source).parent
-    console = Console()
-    if final_step is None and not analysis.has_finals(curves):
-        stability = analysis.ranking_stability(curves).to_dict()
-        written = write_stability(curves, stability, out_dir)
-        if as_json:
-            typer.echo(json.dumps(stability, indent=2, allow_nan=False))
+    # The pool directory's lock, as train-final holds it: one writer at a time; taking it also
+    # removes the temporaries of a writer killed mid-write. Not on a missing path: it would create it.
+    pool_dir = directory if directory.is_dir() else directory.parent
+    with contextlib.ExitStack() as held:
+        if pool_dir.is_dir():
+            held.enter_context(store.DirLock(pool_dir, "pool directory"))
+        curves = analysis.load_curves(directory)
+        out_dir = Path(curves.source).parent
+        console = Console()
+        if final_step is None and not analysis.has_finals(curves):
+            stability = analysis.ranking_stability(curves).to_dict()
+            written = write_stability(curves, stability, out_dir)
+            if as_json:
+                typer.echo(json.dumps(stability, indent=2, allow_nan=False))
+                return
+            console.print(tables.stability_table(stability))
+            for note in stability["notes"]:
+                console.print(note, highlight=False)
+            console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
             return
-        console.print(tables.stability_table(stability))
-        for note in stability["notes"]:
-            console.print(note, highlight=False)
-        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
-        return
 
-    result = analysis.correlate(curves, final_step=final_step, threshold=threshold,
-                                regret_tol=regret_tol, n_boot=n_boot, seed=seed).to_dict()
-    written = write_correlation(curves, result, out_dir)
-    if as_json:
-        typer.echo(json.dumps(result, indent=2, allow_nan=False))
-        return
-    console.print(tables.correlation_table(result))
-    spread = tables.seed_spread_table(result)
-    if spread is not None:
-        console.print(spread)
-    for line in (tables.init_summary(result), tables.little_lag_summary(result), *result["notes"]):
-        if line:
-            console.print(line, highlight=False)
-    console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+        result = analysis.correlate(curves, final_step=final_step, threshold=threshold,
+                                    regret_tol=regret_tol, n_boot=n_boot, seed=seed).to_dict()
+        written = write_correlation(curves, result, out_dir)
+        if as_json:
+            typer.echo(json.dumps(result, indent=2, allow_nan=False))
+            return
+        console.print(tables.correlation_table(result))
+        spread = tables.seed_spread_table(result)
+        if spread is not None:
+            console.print(spread)
+        for line in (tables.init_summary(result), tables.little_lag_summary(result), *result["notes"]):
+            if line:
+                console.print(line, highlight=False)
+        console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

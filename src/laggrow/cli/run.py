@@ -51,9 +51,15 @@ def report_command(
     directory: Annotated[Path, typer.Argument(metavar="DIR", help="An experiment directory written by laggrow run.")],
 ) -> None:
     """Render DIR/report.md again from the records on disk, without training."""
+    import contextlib
+
+    from laggrow import store
     from laggrow.report.writer import write_report
 
-    path = write_report(directory)
+    with contextlib.ExitStack() as held:
+        if (directory / store.EXPERIMENT_FILE).is_file():  # not otherwise: the lock would create DIR
+            held.enter_context(store.DirLock(directory, "experiment directory"))
+        path = write_report(directory)
     typer.echo(f"report: {path}")
 
 

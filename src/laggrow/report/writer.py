@@ -114,11 +114,25 @@ def _write_growth_curves(out: Path, result: dict) -> bool:
     return True
 
 
+# What a record of the right keys but wrong contents (a string where a number belongs, a list
+# too short) raises when it is formatted or drawn.
+_DAMAGE = (TypeError, KeyError, ValueError, IndexError, AttributeError)
+
+
 def write_report(out: Path) -> Path:
-    """Render OUT/report.md from the records (and draw its own figure); returns its path."""
+    """Render OUT/report.md from the records (and draw its own figure); returns its path. A
+    record damaged inside (valid JSON, wrong contents) is one line naming the directory."""
     out = Path(out)
     inputs = read_inputs(out)
-    inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
+    try:
+        text = render(inputs)
+        inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
+        text = render(inputs)
+    except _DAMAGE as err:
+        names = (store.EXPERIMENT_FILE, f"{store.BASE_DIR}/{store.SUMMARY_FILE}",
+                 f"{store.POOL_DIR}/{store.POOL_FILE}", f"{store.POOL_DIR}/{store.CORRELATION_FILE}")
+        raise LaggrowError(f"{out}: a record is damaged ({type(err).__name__}: {err}); expected the records "
+                           f"laggrow run wrote ({', '.join(names)}); run laggrow run again into a new out") from None
     path = out / store.REPORT_FILE
-    store.write_text(path, render(inputs))
+    store.write_text(path, text)
     return path
