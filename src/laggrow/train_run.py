@@ -140,10 +140,13 @@ def _discard(out: Path, created: bool) -> None:
 
 def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None] | None,
            resume_command: str) -> dict[str, Any]:
+    import jax
+
     from laggrow import checkpoint, interrupt, train
 
     cfg, out, data = run.config, run.out, run.dataset
-    store.write_json(out / store.CONFIG_FILE, cfg.to_dict(), if_changed=True)
+    if not (out / store.CONFIG_FILE).is_file():  # a resumed run's was checked equal by prepare_run
+        store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
     if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
         store.write_json(out / store.DATA_FILE, data_fingerprint(data, cfg.data))
     if isinstance(data.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
@@ -152,12 +155,15 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     metrics_path = out / store.METRICS_FILE
     ckpt = checkpoint.Checkpointer(out, fingerprint=cfg.to_dict())
     try:
-        state = _fresh_state(cfg)
         seconds_before = 0.0
         if run.resume and ckpt.latest_step() is not None:
-            # the newest intact checkpoint; damaged newer ones are reported and removed
-            state, _ = ckpt.restore(state, remove_damaged=True)
+            # The newest intact checkpoint; damaged newer ones are reported and removed. Its
+            # target is abstract: initialising a model just for its shapes costs compiles.
+            target = jax.eval_shape(lambda: _fresh_state(cfg))
+            state, _ = ckpt.restore(target, remove_damaged=True)
             seconds_before = float(ckpt.restored_meta.get("seconds") or 0.0)
+        else:
+            state = _fresh_state(cfg)
         start = int(state["step"])
         # Records past the checkpoint were made by the interrupted process; they are made again.
         records = store.read_jsonl(metrics_path, "training records", repair=True)
