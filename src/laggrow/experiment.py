@@ -331,11 +331,15 @@ _KEPT = {"base": "the base run's last checkpoint is kept", "probe": "the probe w
          "finals": "the finals' last checkpoint is kept"}
 
 
-def run_experiment(ex: Experiment, observer: Observer | None = None) -> list[StageResult]:
+def run_experiment(ex: Experiment, observer: Observer | None = None,
+                   on_locked: Callable[[], None] | None = None) -> list[StageResult]:
     """Run every stage that has no record yet, in order, holding OUT's lock; returns what each
-    stage did. A stop on request (Ctrl-C, SIGTERM) says how to continue the experiment."""
+    stage did. `on_locked` is called once the lock is held (a display's header: a refused second
+    process prints only its one line). A stop on request (Ctrl-C, SIGTERM) says how to continue."""
     observer = observer or Observer()
     with store.DirLock(ex.out, "experiment directory"):
+        if on_locked is not None:
+            on_locked()
         store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
         store.write_text(ex.out / POOL_YAML, pool_yaml_text(ex), if_changed=True)
         results: list[StageResult] = []

@@ -32,13 +32,16 @@ def run_command(
 
     console = Console(stderr=True)
     ex = exp.load_experiment(experiment, out, overrides)
-    console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
-                  f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} "
-                  f"seed{'s' if len(ex.pool.seeds) > 1 else ''}, "
-                  f"k={ex.pool.lag_steps}, T={ex.pool.final_steps}", highlight=False)
+
+    def header() -> None:
+        console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
+                      f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} "
+                      f"seed{'s' if len(ex.pool.seeds) > 1 else ''}, "
+                      f"k={ex.pool.lag_steps}, T={ex.pool.final_steps}", highlight=False)
+
     observer = experiment_progress(console)
     with observer.progress:
-        exp.run_experiment(ex, observer)
+        exp.run_experiment(ex, observer, on_locked=header)
     result = store.read_json(ex.pool_dir / store.CORRELATION_FILE, "correlation")
     for line in (tables.init_summary(result), tables.little_lag_summary(result)):
         if line:
