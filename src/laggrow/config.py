@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import typing
 from dataclasses import dataclass, field
@@ -18,6 +19,7 @@ from typing import Any
 import yaml
 
 from laggrow.errors import LaggrowError
+from laggrow.resources import INT32_MAX, SEED_MAX, check_training_fits
 
 
 @dataclass(frozen=True)
@@ -40,8 +42,9 @@ class ModelConfig:
         return self.d_model // self.n_heads
 
     def validate(self) -> None:
+        _require_finite(self, "model")
         for name in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
-            _require(getattr(self, name) >= 1, f"model.{name}", "an integer >= 1", getattr(self, name))
+            _require_int(self, "model", name, 1)
         _require(self.d_model % self.n_heads == 0, "model.d_model",
                  f"a multiple of model.n_heads ({self.n_heads})", self.d_model)
         _require(self.pos_emb in ("learned", "rope"), "model.pos_emb", "'learned' or 'rope'", self.pos_emb)
@@ -105,14 +108,16 @@ class DataConfig:
     split_seed: int = 0
 
     def validate(self) -> None:
+        _require_finite(self, "data")
         _require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
         _require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
-        _require(self.bpe_vocab_size >= 260, "data.bpe_vocab_size", "an integer >= 260", self.bpe_vocab_size)
-        _require(self.seq_len >= 2, "data.seq_len", "an integer >= 2", self.seq_len)
+        _require_int(self, "data", "bpe_vocab_size", 260)
+        _require_int(self, "data", "seq_len", 2)
         _require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
                  "a fraction in [0.01, 0.5)", self.heldout_fraction)
-        _require(self.eval_batches >= 1, "data.eval_batches", "an integer >= 1", self.eval_batches)
-        _require(self.eval_batch_size >= 1, "data.eval_batch_size", "an integer >= 1", self.eval_batch_size)
+        _require_int(self, "data", "eval_batches", 1)
+        _require_int(self, "data", "eval_batch_size", 1)
+        _require_int(self, "data", "split_seed", 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -136,8 +141,9 @@ class TrainConfig:
     checkpoint_every: int = 0  # 0: only at the end
 
     def validate(self) -> None:
-        _require(self.steps >= 1, "train.steps", "an integer >= 1", self.steps)
-        _require(self.batch_size >= 1, "train.batch_size", "an integer >= 1", self.batch_size)
+        _require_finite(self, "train")
+        _require_int(self, "train", "steps", 1)
+        _require_int(self, "train", "batch_size", 1)
         _require(self.lr > 0, "train.lr", "a number > 0", self.lr)
         _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
                  "'cosine', 'linear' or 'constant'", self.schedule)
@@ -150,8 +156,9 @@ class TrainConfig:
         _require(0 <= self.dropout < 1, "train.dropout", "a rate in [0, 1)", self.dropout)
         _require(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables)", self.grad_clip)
         for name in ("eval_every", "log_every"):
-            _require(getattr(self, name) >= 1, f"train.{name}", "an integer >= 1", getattr(self, name))
-        _require(self.checkpoint_every >= 0, "train.checkpoint_every", "an integer >= 0", self.checkpoint_every)
+            _require_int(self, "train", name, 1)
+        _require_int(self, "train", "checkpoint_every", 0)
+        _require_int(self, "train", "seed", 0, SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -160,12 +167,16 @@ class RunConfig:
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
 
-    def validate(self) -> RunConfig:
+    def validate(self, where: str = "config", check_fits: bool = True) -> RunConfig:
+        """Check every value, then (unless `check_fits` is off, for a run only read back) that
+        training it fits in this machine's memory: a pure estimate, before anything is allocated."""
         self.model.validate()
         self.data.validate()
         self.train.validate()
         _require(self.model.max_seq_len >= self.data.seq_len, "model.max_seq_len",
                  f"at least data.seq_len ({self.data.seq_len})", self.model.max_seq_len)
+        if check_fits:
+            check_training_fits(self, where)
         return self
 
     def to_dict(self) -> dict[str, Any]:
@@ -177,7 +188,34 @@ SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 def _require(ok: bool, key: str, expected: str, got: Any) -> None:
     if not ok:
-        raise LaggrowError(f"{key}: expected {expected}, got {got!r}")
+        raise LaggrowError(f"{key}: expected {expected}, got {shown(got)}")
+
+
+def _require_int(obj: Any, section: str, name: str, low: int, high: int = INT32_MAX) -> None:
+    """An integer field in [low, high]; the default bound is int32, what step counters and
+    array sizes become on the device."""
+    value = getattr(obj, name)
+    _require(value >= low, f"{section}.{name}", f"an integer >= {low}", value)
+    top = {INT32_MAX: "2**31 - 1, an int32", SEED_MAX: "2**32 - 1, a uint32 seed"}.get(high, str(high))
+    _require(value <= high, f"{section}.{name}", f"an integer <= {top}", value)
+
+
+def _require_finite(obj: Any, section: str) -> None:
+    """No float field is inf or NaN, however the config was made (a NaN passes every `<` test)."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise LaggrowError(f"{section}.{f.name}: expected a finite number, got {shown(value)}")
+
+
+def shown(value: Any, limit: int = 80) -> str:
+    """`repr(value)` cut to `limit` characters, so a message stays one readable line (Python
+    refuses to print an int of more than 4300 digits at all)."""
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"an integer of about {int(value.bit_length() * 0.30103)} digits"
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
 
 
 def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -189,9 +227,10 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for key, value in values.items():
         if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
+            name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
+            near = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
-            raise LaggrowError(f"{where}.{key}: unknown key{hint}")
+            raise LaggrowError(f"{where}.{name}: unknown key{hint}")
         kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
     return cls(**kwargs)
 
@@ -212,23 +251,29 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     if typ is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
-        raise LaggrowError(f"{where}: expected an integer, got {value!r}")
+        raise LaggrowError(f"{where}: expected an integer, got {shown(value)}")
     if typ is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise LaggrowError(f"{where}: expected a number, got {value!r}")
+            try:
+                number = float(value)
+            except OverflowError:  # an int beyond the largest float
+                number = math.inf
+            if math.isfinite(number):
+                return number
+            raise LaggrowError(f"{where}: expected a finite number, got {shown(value)}")
+        raise LaggrowError(f"{where}: expected a number, got {shown(value)}")
     if typ is str:
         if isinstance(value, str):
             return value
-        raise LaggrowError(f"{where}: expected a string, got {value!r}")
+        raise LaggrowError(f"{where}: expected a string, got {shown(value)}")
     if origin in (list, tuple) or typ in (list, tuple):
         if isinstance(value, (list, tuple)):
             return tuple(value) if (origin is tuple or typ is tuple) else list(value)
-        raise LaggrowError(f"{where}: expected a list, got {value!r}")
+        raise LaggrowError(f"{where}: expected a list, got {shown(value)}")
     if origin is dict or typ is dict:
         if isinstance(value, dict):
             return value
-        raise LaggrowError(f"{where}: expected a mapping, got {value!r}")
+        raise LaggrowError(f"{where}: expected a mapping, got {shown(value)}")
     return value
 
 
@@ -249,7 +294,13 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    """YAML with the loader above. What PyYAML lets escape besides YAMLError (an integer of more
+    than 4300 digits, nesting deeper than the stack) is raised as a YAMLError too."""
+    try:
+        return yaml.load(text, Loader=_Loader)
+    except (ValueError, OverflowError, RecursionError) as err:
+        problem = str(err).split("\n")[0][:120] or type(err).__name__
+        raise yaml.constructor.ConstructorError(problem=problem) from None
 
 
 def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
@@ -287,24 +338,38 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
             value = parse_yaml(text)
         except yaml.YAMLError:
             value = text
-        section = raw.setdefault(parts[0], {})
+        if raw.get(parts[0]) is None:  # absent, or an empty `model:` in the file
+            raw[parts[0]] = {}
+        section = raw[parts[0]]
         if not isinstance(section, dict):
             raise LaggrowError(f"--set {item!r}: section '{parts[0]}' is not a mapping")
         section[parts[1]] = value
     return raw
 
 
-def run_config_from_dict(raw: dict[str, Any], where: str = "config") -> RunConfig:
-    """Build and validate a RunConfig; `data.seq_len` fills `model.max_seq_len` when absent."""
+def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits: bool = True) -> RunConfig:
+    """Build and validate a RunConfig; `data.seq_len` fills `model.max_seq_len` when absent.
+    `check_fits=False` skips the memory estimate, for a run that is only read back."""
+    if not isinstance(raw, dict):
+        raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train), got {shown(raw)}")
     for key in raw:
         if key not in SECTIONS:
-            raise LaggrowError(f"{where}: unknown section '{key}' (expected model, data, train)")
-    data = build_dataclass(DataConfig, raw.get("data") or {}, "data")
-    model_raw = dict(raw.get("model") or {})
+            raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train)")
+    sections = {}
+    for name in SECTIONS:
+        section = raw.get(name)
+        if section is None:  # absent, or an empty `model:`
+            section = {}
+        if not isinstance(section, dict):
+            raise LaggrowError(f"{where}: section '{name}' must be a mapping of keys to values, "
+                               f"got {shown(section)}")
+        sections[name] = section
+    data = build_dataclass(DataConfig, sections["data"], "data")
+    model_raw = dict(sections["model"])
     model_raw.setdefault("max_seq_len", data.seq_len)
     model = build_dataclass(ModelConfig, model_raw, "model")
-    train = build_dataclass(TrainConfig, raw.get("train") or {}, "train")
-    return RunConfig(model=model, data=data, train=train).validate()
+    train = build_dataclass(TrainConfig, sections["train"], "train")
+    return RunConfig(model=model, data=data, train=train).validate(where, check_fits)
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

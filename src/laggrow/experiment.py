@@ -63,6 +63,25 @@ class CorrelateOptions:
     bootstrap: int = 1000
     seed: int = 0
 
+    def validate(self, where: str) -> CorrelateOptions:
+        """The bounds `laggrow correlate` puts on its options (finite numbers come from coerce)."""
+        from laggrow.resources import SEED_MAX, check_bootstrap
+
+        if not -1 < self.threshold <= 1 or (self.regret_tol or 0) < 0:
+            raise LaggrowError(f"{where}: expected threshold in (-1, 1] and regret_tol >= 0, "
+                               f"got threshold {self.threshold}, regret_tol {self.regret_tol}")
+        if not 0 <= self.seed <= SEED_MAX:
+            raise LaggrowError(f"{where}.seed: expected an integer in [0, 2**32 - 1], got {self.seed}")
+        check_bootstrap(self.bootstrap, 0, 0, 0, what=f"{where}.bootstrap")
+        return self
+
+    def check_fits(self, pool: PoolConfig, where: str) -> None:
+        """The bootstrap's memory for this pool's strategies, seeds and evaluated steps."""
+        from laggrow.resources import check_bootstrap
+
+        check_bootstrap(self.bootstrap, len(pool.strategies), len(pool.eval_steps()), len(pool.seeds),
+                        what=f"{where}.bootstrap")
+
 
 @dataclass(frozen=True)
 class ExperimentConfig:
@@ -129,10 +148,7 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     cfg = build_dataclass(ExperimentConfig, raw, where)
     if not all(isinstance(item, str) for item in cfg.base_set):
         raise LaggrowError(f"{where}.base_set: expected a list of section.key=value strings, got {cfg.base_set!r}")
-    options = build_dataclass(CorrelateOptions, cfg.correlate, f"{where} correlate")
-    if not -1 < options.threshold <= 1 or options.bootstrap < 0 or (options.regret_tol or 0) < 0:
-        raise LaggrowError(f"{where} correlate: expected threshold in (-1, 1], bootstrap >= 0 and "
-                           f"regret_tol >= 0, got {cfg.correlate}")
+    options = build_dataclass(CorrelateOptions, cfg.correlate, f"{where} correlate").validate(f"{where} correlate")
     out = Path(out if out is not None else cfg.out or Path("runs") / path.stem).absolute()
     _check_out(out)
 
@@ -149,6 +165,7 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
         raise LaggrowError(f"{where} pool: expected a pool mapping without 'source' "
                            "(laggrow run fills it with the base run)")
     pool = pool_config_from_dict({**cfg.pool, "source": str(base_dir)}, where=f"{where} pool")
+    options.check_fits(pool, f"{where} correlate")
     probe.check_pool(pool, base_cfg, pool.target_run_config(base_cfg))
     experiment = Experiment(path, out, cfg, base_cfg, pool, options, base_run)
     _check_probe_matches(experiment)

@@ -29,17 +29,24 @@ def target_config(source, overrides: list[str] | None):
 def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | None = None,
              optimizer_state: str = "reset", seed: int = 0, options: dict[str, Any] | None = None) -> dict:
     """Grow `source_dir` into a new run at `out`; returns the growth.json record."""
-    from laggrow import growth, runs, store
+    from laggrow import runs, store
+    from laggrow.resources import SEED_MAX
 
     options = {k: v for k, v in (options or {}).items() if v is not None}
     out = Path(out).absolute()
-    if out.exists():
+    # Every check that needs no weights, corpus or jax work comes first, cheapest first.
+    if out.exists() or out.is_symlink():
         raise LaggrowError(f"--out {out}: already exists (expected a new directory)")
+    store.check_writable_target(out, "--out")
     if optimizer_state not in ("reset", "carry"):
         raise LaggrowError(f"--optimizer-state: expected 'reset' or 'carry', got {optimizer_state!r}")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise LaggrowError(f"--seed: expected an integer in [0, 2**32 - 1], got {seed!r}")
     source_cfg = runs.read_run_config(source_dir, what="--from")
-    target = target_config(source_cfg, overrides)
+    target = target_config(source_cfg, overrides)  # refuses a target that cannot fit in memory
+    from laggrow import growth  # imports jax: only once the cheap checks have passed
     growth.plan_stages(source_cfg.model, target.model, strategy)
+    growth.transform.check_grows(source_cfg.model, target.model, "target (--set)")
     partner_dir = options.pop("partner", None)
     # Checks the options now; a partner run stands in as an empty tree until it is loaded.
     preserving = growth.is_function_preserving(strategy, **options, **({"partner": {}} if partner_dir else {}))

@@ -47,7 +47,8 @@ def read_run_config(path: Path, what: str = "run") -> RunConfig:
         if section in SECTIONS and not isinstance(value, dict):
             raise LaggrowError(f"{config_file}: section '{section}' is a {type(value).__name__} "
                                f"(expected a mapping of {section} keys; is the file damaged?)")
-    return run_config_from_dict(raw, where=str(config_file))
+    # read back, not trained here: whether it fits this machine is for the command that trains it
+    return run_config_from_dict(raw, where=str(config_file), check_fits=False)
 
 
 def resume_command(path: Path) -> str:

@@ -32,6 +32,7 @@ from scipy import stats
 
 from laggrow.analysis.curves import Curves, has_finals, load_curves, resolve_final_step, steps_with_loss
 from laggrow.errors import LaggrowError
+from laggrow.resources import SEED_MAX, check_bootstrap
 
 # Re-exported: a command needs only this module to go from a directory to a result.
 __all__ = ["Curves", "load_curves", "has_finals", "resolve_final_step", "correlate", "ranking_stability"]
@@ -360,10 +361,16 @@ def correlate(curves: Curves, final_step: int | None = None, threshold: float = 
     final loss; and the little lag. Raises LaggrowError when nothing can be computed."""
     if not -1 < threshold <= 1:
         raise LaggrowError(f"threshold {threshold}: expected a correlation in (-1, 1]")
-    if n_boot < 0 or (regret_tol is not None and regret_tol < 0):
-        raise LaggrowError(f"bootstrap resamples ({n_boot}) and regret tolerance ({regret_tol}) must be >= 0")
+    if regret_tol is not None and not (math.isfinite(regret_tol) and regret_tol >= 0):
+        raise LaggrowError(f"regret tolerance {regret_tol}: expected a finite number >= 0")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
+        raise LaggrowError(f"bootstrap seed {seed!r}: expected an integer in [0, 2**32 - 1]")
+    check_bootstrap(n_boot, 0, 0, 0, what="bootstrap resamples")  # the count, before any work
     final_step = resolve_final_step(curves, final_step)
     pool = _pool(curves, final_step)
+    # what the bootstrap allocates, before it does
+    check_bootstrap(n_boot, len(pool.names), pool.loss.shape[1], max((len(m) for m in pool.members), default=0),
+                    what="bootstrap resamples")
     final = pool.loss[:, -1]
     spread = float(final.max() - final.min())
     tol, tol_source = (regret_tol, "given") if regret_tol is not None else \

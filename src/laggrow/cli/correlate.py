@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.resources import MAX_BOOTSTRAP, SEED_MAX
 
 
 @user_errors
@@ -32,8 +33,9 @@ def correlate_command(
     regret_tol: Annotated[float | None, typer.Option(
         "--regret-tol", min=0.0, help="Regret allowed from the little lag on, in loss units "
         "(default: seed noise with several seeds, else 0.1 x the spread of final losses).")] = None,
-    n_boot: Annotated[int, typer.Option("--bootstrap", min=0, help="Bootstrap resamples (0: no intervals).")] = 1000,
-    seed: Annotated[int, typer.Option("--seed", help="Seed of the bootstrap.")] = 0,
+    n_boot: Annotated[int, typer.Option(
+        "--bootstrap", min=0, help=f"Bootstrap resamples, at most {MAX_BOOTSTRAP:,} (0: no intervals).")] = 1000,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the bootstrap.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
 ) -> None:
     """How early the ranking settles: rank correlations with the final loss, regret, the little lag.

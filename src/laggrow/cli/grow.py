@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.resources import SEED_MAX
 
 HELP = (
     "Grow the trained run FROM with STRATEGY into a larger model, written as a new run in OUT.\n\n"
@@ -31,7 +32,7 @@ def grow_command(
         "--set", help="Target size and settings: section.key=value, e.g. model.n_layers=8 (repeatable).")] = None,
     optimizer_state: Annotated[str, typer.Option(
         "--optimizer-state", help="reset: a fresh AdamW state; carry: moments through the growth.")] = "reset",
-    seed: Annotated[int, typer.Option("--seed", min=0, help="Seed of the growth's randomness.")] = 0,
+    seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the growth's randomness.")] = 0,
     noise: Annotated[float | None, typer.Option(
         "--noise", help="Relative noise std (hypercloning, stack_noise).")] = None,
     block: Annotated[int | None, typer.Option(

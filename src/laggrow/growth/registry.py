@@ -14,6 +14,7 @@ Writing each strategy once keeps the two in step: a copy in the params is a copy
 from __future__ import annotations
 
 import difflib
+import math
 import zlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -22,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow.config import ModelConfig
+from laggrow.config import ModelConfig, shown
 from laggrow.errors import LaggrowError
 
 Params = dict
@@ -39,16 +40,23 @@ class Option:
 
 
 def non_negative_float(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-        raise LaggrowError(f"option {name}: expected a number >= 0, got {value!r}")
-    return float(value)
+    # NaN passes `value < 0`, and would then mean "no noise" here and a NaN in growth.json
+    number = math.nan
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        try:
+            number = float(value)
+        except OverflowError:
+            number = math.inf
+    if not math.isfinite(number) or number < 0:
+        raise LaggrowError(f"option {name}: expected a number >= 0 and finite, got {shown(value)}")
+    return number
 
 
 def positive_int_or_none(name: str, value: Any) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise LaggrowError(f"option {name}: expected an integer >= 1, got {value!r}")
+        raise LaggrowError(f"option {name}: expected an integer >= 1, got {shown(value)}")
     return value
 
 

@@ -49,6 +49,13 @@ def check_target(src: ModelConfig, dst: ModelConfig) -> None:
                            f"{dst.d_model} needs n_heads {need}, got {dst.n_heads}")
 
 
+def check_grows(src: ModelConfig, dst: ModelConfig, what: str = "target") -> None:
+    """A growth must grow something: the same size is refused (grow, probe and run share this)."""
+    if all(getattr(dst, f) == getattr(src, f) for f in GROWN_FIELDS):
+        raise LaggrowError(f"{what}: expected a model larger than the source ({src.n_layers} layers, "
+                           f"d_model {src.d_model}, d_ff {src.d_ff}), got the same size")
+
+
 def _changed(src: ModelConfig, dst: ModelConfig, fields: tuple[str, ...]) -> list[str]:
     return [f"{f} {getattr(src, f)} -> {getattr(dst, f)}" for f in fields if getattr(src, f) != getattr(dst, f)]
 

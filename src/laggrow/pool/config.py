@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,14 +30,17 @@ from typing import Any
 import numpy as np
 
 from laggrow.config import (
+    ModelConfig,
     RunConfig,
     TrainConfig,
     build_dataclass,
     coerce,
     read_yaml,
     run_config_from_dict,
+    shown,
 )
 from laggrow.errors import LaggrowError
+from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_training_fits
 
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
@@ -84,13 +88,22 @@ class PoolConfig:
 
     def target_run_config(self, source: RunConfig) -> RunConfig:
         """The grown model's run config: the source's, with the target's model and the pool's
-        training overrides, over `final_steps`."""
+        training overrides, over `final_steps`; checked to fit in memory with the candidates
+        trained together (all of them, or `chunk_size`) and the states of the whole pool."""
         raw = source.to_dict()
         raw["model"].update(self.target)
         raw["train"].update(self.train)
         raw["train"]["steps"] = self.final_steps
         raw["train"]["warmup_steps"] = min(raw["train"]["warmup_steps"], self.final_steps)
-        return run_config_from_dict(raw, where="pool target")
+        target = run_config_from_dict(raw, where="pool target")
+        for spec in self.strategies:
+            if not math.isfinite(target.train.lr * spec.lr_scale):
+                raise LaggrowError(f"pool strategy {spec.label}: lr_scale {spec.lr_scale:g} x train.lr "
+                                   f"{target.train.lr:g} is not a finite learning rate")
+        n = len(self.strategies) * len(self.seeds)
+        together = n if self.chunk_size <= 0 else min(self.chunk_size, n)
+        check_training_fits(target, "pool target", candidates=n, together=together)
+        return target
 
 
 def eval_schedule(lag: int, final: int, points: int) -> list[int]:
@@ -103,7 +116,9 @@ def _strategy_spec(entry: Any, where: str) -> StrategySpec:
     if isinstance(entry, str):
         return StrategySpec(name=entry)
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise LaggrowError(f"{where}: expected a strategy name or a mapping with 'name', got {entry!r}")
+        raise LaggrowError(f"{where}: expected a strategy name or a mapping with 'name', got {shown(entry)}")
+    if not all(isinstance(k, str) for k in entry):
+        raise LaggrowError(f"{where}: expected option names as strings, got {shown(list(entry))}")
     options = {k: v for k, v in entry.items() if k not in POOL_ENTRY_KEYS}
     lr_scale = coerce(entry.get("lr_scale", 1.0), float, f"{where}.lr_scale")
     if lr_scale <= 0:
@@ -132,6 +147,11 @@ def _labelled(specs: list[StrategySpec]) -> tuple[StrategySpec, ...]:
 
 
 def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfig:
+    """Build and check a pool: every key, and every value the source does not decide (the
+    target's keys and types, the training overrides over the defaults), so that `laggrow run`
+    finds a bad pool before it trains the base."""
+    if not isinstance(raw, dict):
+        raise LaggrowError(f"{where}: expected a mapping of pool keys, got {shown(raw)}")
     raw = dict(raw)
     for key in ("source", "strategies", "lag_steps", "final_steps"):
         if key not in raw:
@@ -151,19 +171,41 @@ def _validate(pool: PoolConfig, where: str) -> None:
         if not ok:
             raise LaggrowError(f"{where}.{key}: expected {expected}, got {got!r}")
 
-    require(pool.final_steps >= 1, "final_steps", "an integer >= 1", pool.final_steps)
+    require(1 <= pool.final_steps <= INT32_MAX, "final_steps", "an integer in [1, 2**31 - 1] (an int32 step)",
+            pool.final_steps)
     require(1 <= pool.lag_steps <= pool.final_steps, "lag_steps",
             f"an integer in [1, final_steps={pool.final_steps}]", pool.lag_steps)
     require(len(pool.seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) for s in pool.seeds)
             and len(set(pool.seeds)) == len(pool.seeds), "seeds", "a list of distinct integers", list(pool.seeds))
+    require(all(0 <= s <= SEED_MAX for s in pool.seeds), "seeds", "seeds in [0, 2**32 - 1] (uint32)",
+            list(pool.seeds))
     require(pool.optimizer_state in ("reset", "carry"), "optimizer_state", "'reset' or 'carry'",
             pool.optimizer_state)
-    require(pool.eval_points >= 2, "eval_points", "an integer >= 2", pool.eval_points)
-    require(pool.chunk_size >= 0, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
-    require(pool.checkpoint_every >= 0, "checkpoint_every", "an integer >= 0", pool.checkpoint_every)
+    # evaluations at distinct steps: at most one per step of [0, final_steps]
+    most = min(pool.final_steps + 1, MAX_EVAL_POINTS)
+    require(2 <= pool.eval_points <= most, "eval_points",
+            f"an integer in [2, {most}] (at most final_steps + 1 and {MAX_EVAL_POINTS})", pool.eval_points)
+    require(0 <= pool.chunk_size <= INT32_MAX, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
+    require(0 <= pool.checkpoint_every <= INT32_MAX, "checkpoint_every", "an integer in [0, 2**31 - 1]",
+            pool.checkpoint_every)
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps"}
     for key in pool.train:
-        require(key in known, f"train.{key}", f"a train setting ({', '.join(sorted(known))})", key)
+        name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
+        require(key in known, f"train.{name}", f"a train setting ({', '.join(sorted(known))})", key)
+    # The overrides' types and values, over the defaults: the source's own settings are checked
+    # with it, and the combination once more when the target is built.
+    overrides = dict(pool.train)
+    warmup = min(overrides.get("warmup_steps", TrainConfig.warmup_steps), pool.final_steps) \
+        if isinstance(overrides.get("warmup_steps", 0), int) else overrides["warmup_steps"]
+    train = build_dataclass(TrainConfig, {**overrides, "steps": pool.final_steps, "warmup_steps": warmup},
+                            f"{where}.train")
+    try:
+        train.validate()
+    except LaggrowError as err:
+        raise LaggrowError(f"{where}: {err}") from None
+    if not all(isinstance(k, str) for k in pool.target):
+        raise LaggrowError(f"{where}.target: expected model keys, got {shown(list(pool.target))}")
+    build_dataclass(ModelConfig, pool.target, f"{where}.target")  # keys and types; sizes need the source
 
 
 def load_pool_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PoolConfig:

@@ -1,0 +1,142 @@
+"""Bounds on what a config may ask of the machine, checked before anything is allocated.
+
+A typo (`model.n_layers=100000`, `train.batch_size=1000000000`, a bootstrap of 10^8 resamples)
+must cost one line, not the machine's memory or an hour of hanging. Everything here is integer
+arithmetic on the config: no jax, no numpy, so the checks cost nothing and run first.
+
+The estimates are deliberately lower bounds of what the computation must hold at once (the
+arrays the backward pass keeps, not XLA's temporaries): they refuse only what surely cannot fit,
+so a config near the limit is left to try. configs/gpu.yaml, meant for one accelerator, estimates
+about 18 GiB and so still passes on a 23 GiB CPU machine, where it would merely be slow.
+
+The memory compared with is the machine's physical memory, or a cgroup's limit when one is
+lower, or `LAGGROW_MEMORY` (bytes, or with a K/M/G/T suffix) when set: on a shared machine a user
+can say how much of it laggrow may count on. On an accelerator the host's memory is compared
+with, which is usually larger than the device's: the check catches typos, not near misses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from laggrow.errors import LaggrowError
+
+if TYPE_CHECKING:
+    from laggrow.config import RunConfig
+
+MEMORY_ENV = "LAGGROW_MEMORY"
+INT32_MAX = 2**31 - 1  # the train step counter is an int32
+SEED_MAX = 2**32 - 1  # jax.random.key and numpy's generators take uint32 seeds (2**32 wraps to 0)
+MAX_BOOTSTRAP = 100_000  # percentile intervals settle long before; a typo beyond is refused
+MAX_EVAL_POINTS = 100_000  # evaluations of a pool's curves (each one a pass over the eval set)
+
+_UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
+_CGROUP_LIMITS = (Path("/sys/fs/cgroup/memory.max"), Path("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+
+
+# ---- the machine ------------------------------------------------------------------------------
+
+
+def available_memory() -> int:
+    """Bytes laggrow may count on: LAGGROW_MEMORY, else the smaller of physical memory and a
+    cgroup limit."""
+    text = os.environ.get(MEMORY_ENV, "").strip()
+    if text:
+        match = re.fullmatch(r"(\d+)\s*([KMGT]?)i?B?", text, re.IGNORECASE)
+        if not match or int(match.group(1)) == 0:
+            raise LaggrowError(f"{MEMORY_ENV}={text!r}: expected a number of bytes > 0, e.g. 8G or 8589934592")
+        return int(match.group(1)) * _UNITS[match.group(2).upper()]
+    total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    for limit in _CGROUP_LIMITS:
+        try:
+            value = limit.read_text().strip()
+        except OSError:
+            continue
+        if value.isdigit() and 0 < int(value) < total:
+            total = int(value)
+    return total
+
+
+def _have(n_bytes: int) -> str:
+    if os.environ.get(MEMORY_ENV, "").strip():
+        return f"{MEMORY_ENV} allows {human(n_bytes)}"
+    return f"this machine has {human(n_bytes)}"
+
+
+def human(n_bytes: float) -> str:
+    """1.2 TiB, 23 GiB, 512 MiB: what a person reads at a glance."""
+    for unit, size in (("PiB", 2**50), ("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n_bytes >= size:
+            value = n_bytes / size
+            return f"{value:.1f} {unit}" if value < 10 else f"{value:,.0f} {unit}"
+    return f"{int(n_bytes)} B"
+
+
+# ---- a training run -----------------------------------------------------------------------------
+
+
+def training_bytes(cfg: RunConfig, candidates: int = 1, together: int = 1) -> tuple[int, int, int]:
+    """(total, state, activations) in bytes: a lower bound of what training `cfg` holds at once.
+
+    State: float32 params, AdamW's two moments (12 bytes a parameter) for every candidate, and
+    the gradients (4 more) of the `together` candidates in one step. Activations, per candidate
+    in the step: what the backward pass keeps of each layer (the residual stream, layer norms,
+    q/k/v, the attention output, the MLP's hidden units and their activation: ~ 8 d_model +
+    2 d_ff values a token) and the (batch, heads, T, T) attention probabilities, in the compute
+    dtype, plus the float32 logits and their gradient; the held-out windows and one evaluation
+    batch's logits.
+    """
+    m, d, t = cfg.model, cfg.data, cfg.train
+    width = 2 if m.dtype == "bfloat16" else 4
+    n_params = m.n_params()
+    tokens = t.batch_size * d.seq_len
+    per_layer = tokens * (8 * m.d_model + 2 * m.d_ff) * width + t.batch_size * m.n_heads * d.seq_len**2 * width
+    logits = tokens * m.vocab_size * (4 + 4)
+    eval_windows = d.eval_batches * d.eval_batch_size * (d.seq_len + 1) * (4 + 8)  # tokens, int64 index
+    eval_step = d.eval_batch_size * d.seq_len * m.vocab_size * 4 \
+        + d.eval_batch_size * m.n_heads * d.seq_len**2 * width
+    state = candidates * 12 * n_params + together * 4 * n_params
+    activations = together * (m.n_layers * per_layer + logits + eval_step) + eval_windows
+    return state + activations, state, activations
+
+
+def check_training_fits(cfg: RunConfig, where: str = "config", candidates: int = 1, together: int = 1) -> None:
+    """Refuse, in one line naming the sizes, a run (or a pool of runs) that cannot fit in memory."""
+    total, state, activations = training_bytes(cfg, candidates, together)
+    have = available_memory()
+    if total <= have:
+        return
+    m, d, t = cfg.model, cfg.data, cfg.train
+    sizes = (f"model.n_layers={m.n_layers}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
+             f"train.batch_size={t.batch_size}, data.seq_len={d.seq_len}")
+    pool = f" for {candidates} candidates, {together} at a time," if candidates > 1 else ""
+    advice = "fewer candidates or a smaller chunk_size" if candidates > 1 else "a model and batch that fit"
+    raise LaggrowError(
+        f"{where}: training{pool} needs about {human(total)} of memory (params and AdamW state {human(state)}, "
+        f"activations {human(activations)}) with {sizes}; {_have(have)}; "
+        f"expected {advice}")
+
+
+# ---- the bootstrap of `laggrow correlate` ---------------------------------------------------------
+
+
+def bootstrap_bytes(n_boot: int, strategies: int, steps: int, seeds: int) -> int:
+    """A lower bound of what analysis.correlation's bootstrap allocates: the resampled means
+    (strategies x n_boot x steps float64), one strategy's gathered seed draws, and at one step
+    the resampled units, their ranks and Kendall's pairwise sign matrices (n_boot x S x S)."""
+    per_resample = strategies * steps + seeds * (steps + 1) + 4 * strategies * strategies + 16 * strategies
+    return 8 * n_boot * per_resample
+
+
+def check_bootstrap(n_boot: int, strategies: int, steps: int, seeds: int, what: str = "bootstrap") -> None:
+    """Refuse a bootstrap beyond MAX_BOOTSTRAP resamples, or one that cannot fit in memory."""
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int) or not 0 <= n_boot <= MAX_BOOTSTRAP:
+        raise LaggrowError(f"{what}: expected a number of resamples in [0, {MAX_BOOTSTRAP}], got {n_boot!r}")
+    need, have = bootstrap_bytes(n_boot, strategies, steps, seeds), available_memory()
+    if need > have:
+        fits = have // max(bootstrap_bytes(1, strategies, steps, seeds), 1)
+        raise LaggrowError(f"{what}: {n_boot} resamples of {strategies} strategies x {steps} steps need about "
+                           f"{human(need)} of memory, {_have(have)}; expected at most {fits}")
