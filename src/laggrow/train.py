@@ -207,6 +207,10 @@ def train_loop(
     arrived, the state is checkpointed (unless it just was) and `interrupt.Interrupted` raised.
     """
     step_fn = jit_train_step(model_cfg, train_cfg)
+    # jit keys its cache on whether arguments are committed to a device: Orbax restores committed
+    # arrays, a fresh state is not. Committing every state to the default device lets a resumed
+    # run reuse the compilation of the run it continues (one trace per config, checked in tests).
+    state = jax.device_put(state, jax.devices()[0])
     seq_len = eval_batches.shape[-1] - 1
     tokens_per_step = train_cfg.batch_size * seq_len
     flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
