@@ -32,11 +32,23 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"laggrow.cli.{_name}").register(app)
 
 
+def _quiet_closed_loop(hook):
+    """sys.unraisablehook, except for the "Event loop is closed" that Orbax's write callbacks
+    raise from tensorstore's threads (a traceback each) after a failed save has given up."""
+    def quiet(unraisable):
+        err = unraisable.exc_value
+        if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+            hook(unraisable)
+    return quiet
+
+
 def main() -> None:
     import logging
+    import sys
 
     # Orbax logs each failed background write with its traceback (hundreds of lines for one full
-    # disk) and asyncio adds "Event loop is closed"; the error boundary says it in one line.
+    # disk); the error boundary says it in one line.
     for name in ("absl", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
+    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
     app()
