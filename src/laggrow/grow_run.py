@@ -57,7 +57,6 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
 
     from laggrow import train
     from laggrow.checkpoint import Checkpointer
-    from laggrow.data import load_dataset
 
     source = runs.load_run(Path(source_dir), what="--from")
     if partner_dir is not None:
@@ -70,7 +69,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     else:
         opt_state = train.make_optimizer(target.train).init(params)
 
-    data = load_dataset(source.config.data, source.path)
+    data = runs.load_source_dataset(source)  # refuses a corpus changed since the source's data.json
     batches = data.eval_batches(source.config.data.eval_batches, source.config.data.eval_batch_size)
     record = {
         "strategy": strategy,
