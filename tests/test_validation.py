@@ -113,6 +113,7 @@ def test_non_finite_numbers_are_refused(tmp_path, setting):
     ("train.checkpoint_every=2147483648", "train.checkpoint_every: expected an integer <= 2**31 - 1"),
     ("train.warmup_steps=3000000000", "train.warmup_steps: expected an integer in [0, train.steps=40]"),
     ("train.seed=true", "train.seed: expected an integer, got True"),
+    ("data.bpe_vocab_size=2000000", "data.bpe_vocab_size: expected an integer <= 1048576"),
 ])
 def test_integers_out_of_range_are_one_line(tmp_path, setting, expected):
     refused(["train", TINY, "--set", setting, "--out", tmp_path / "out"], tmp_path / "out", expected)

@@ -2,7 +2,10 @@
 
 A run is described by three sections, `model`, `data` and `train`. Every key is checked: an
 unknown key, a value of the wrong type or out of range raises `LaggrowError` naming the key
-(`model.d_model`) and what was expected. No jax here, so `laggrow --help` stays instant.
+(`model.d_model`) and what was expected, in one line. Numbers must be finite (a NaN passes every
+`<` test), integers fit an int32 (the device's step counter and sizes; seeds a uint32, what jax
+and numpy take), and a run must fit in memory (`resources.check_training_fits`, pure arithmetic).
+No jax here, so `laggrow --help` stays instant.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from typing import Any
 import yaml
 
 from laggrow.errors import LaggrowError
-from laggrow.resources import INT32_MAX, SEED_MAX, check_training_fits
+from laggrow.resources import INT32_MAX, MAX_VOCAB, SEED_MAX, check_training_fits
 
 
 @dataclass(frozen=True)
@@ -111,7 +114,7 @@ class DataConfig:
         _require_finite(self, "data")
         _require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
         _require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
-        _require_int(self, "data", "bpe_vocab_size", 260)
+        _require_int(self, "data", "bpe_vocab_size", 260, MAX_VOCAB)
         _require_int(self, "data", "seq_len", 2)
         _require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
                  "a fraction in [0.01, 0.5)", self.heldout_fraction)

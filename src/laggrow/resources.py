@@ -31,6 +31,7 @@ MEMORY_ENV = "LAGGROW_MEMORY"
 INT32_MAX = 2**31 - 1  # the train step counter is an int32
 SEED_MAX = 2**32 - 1  # jax.random.key and numpy's generators take uint32 seeds (2**32 wraps to 0)
 MAX_BOOTSTRAP = 100_000  # percentile intervals settle long before; a typo beyond is refused
+MAX_VOCAB = 2**20  # data.bpe_vocab_size: four times the largest vocabularies in use
 MAX_EVAL_POINTS = 100_000  # evaluations of a pool's curves (each one a pass over the eval set)
 
 _UNITS = {"": 1, "K": 2**10, "M": 2**20, "G": 2**30, "T": 2**40}
@@ -111,7 +112,7 @@ def check_training_fits(cfg: RunConfig, where: str = "config", candidates: int =
         return
     m, d, t = cfg.model, cfg.data, cfg.train
     sizes = (f"model.n_layers={m.n_layers}, model.d_model={m.d_model}, model.d_ff={m.d_ff}, "
-             f"train.batch_size={t.batch_size}, data.seq_len={d.seq_len}")
+             f"model.vocab_size={m.vocab_size}, train.batch_size={t.batch_size}, data.seq_len={d.seq_len}")
     pool = f" for {candidates} candidates, {together} at a time," if candidates > 1 else ""
     advice = "fewer candidates or a smaller chunk_size" if candidates > 1 else "a model and batch that fit"
     raise LaggrowError(
