@@ -20,12 +20,13 @@ from __future__ import annotations
 import os
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from laggrow.errors import LaggrowError
 
-if TYPE_CHECKING:
-    from laggrow.config import RunConfig
+# A run config is taken as it comes (`cfg.model`, `cfg.data`, `cfg.train`): config.py calls in
+# here from RunConfig.validate(), so importing it back, even for annotations, would be a cycle.
+RunConfig = Any
 
 MEMORY_ENV = "LAGGROW_MEMORY"
 INT32_MAX = 2**31 - 1  # the train step counter is an int32
