@@ -45,6 +45,8 @@ def probed(tmp_path_factory, base_run):
     directory = tmp_path_factory.mktemp("pool")
     pool_path = _pool_file(directory, base_run)
     out = directory / "out"
+    # other test files train pools of this config too (of other sizes): count only this one's programs
+    pool_train.pool_step.cache_clear()
     invoke_ok("probe", pool_path, "--out", out)
     probe_curves = store.read_jsonl(out / store.CURVES_FILE, "records")
     result = invoke_ok("train-final", out, "--steps", 7)
@@ -88,7 +90,7 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     target = pool.target_run_config(source.config)
     candidates = probe.check_pool(pool, source.config, target)
     state = probe.grow_candidates(pool, source, target, candidates)
-    data = probe.load_dataset(source.config.data, source.path)
+    data = runs.load_source_dataset(source)
     pool_runner = probe._runner(pool, target, data, candidates)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)

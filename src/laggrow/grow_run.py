@@ -88,8 +88,10 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     }
     with store.staged_dir(out) as tmp:
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
-        if (source.path / store.TOKENIZER_FILE).is_file():
-            shutil.copyfile(source.path / store.TOKENIZER_FILE, tmp / store.TOKENIZER_FILE)
+        # the grown run trains on the source's data: its tokenizer and its data fingerprint go along
+        for name in (store.TOKENIZER_FILE, store.DATA_FILE):
+            if (source.path / name).is_file():
+                shutil.copyfile(source.path / name, tmp / name)
         state = {"params": params, "opt_state": opt_state, "step": jax.numpy.zeros((), jax.numpy.int32)}
         with Checkpointer(tmp) as ckpt:
             ckpt.save(state, data_position=0, step=0)

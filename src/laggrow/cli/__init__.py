@@ -45,10 +45,14 @@ def _quiet_closed_loop(hook):
 def main() -> None:
     import logging
     import sys
+    import warnings
 
     # Orbax logs each failed background write with its traceback (hundreds of lines for one full
     # disk); the error boundary says it in one line.
     for name in ("absl", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+    # and a failed write leaves tensorstore coroutines that were never awaited, which Python
+    # reports at exit: noise after the one line that already said what happened
+    warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
     app()

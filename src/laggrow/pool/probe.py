@@ -22,7 +22,7 @@ import numpy as np
 from laggrow import growth, interrupt, runs, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.config import RunConfig
-from laggrow.data import Dataset, load_dataset
+from laggrow.data import Dataset
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, load_pool_config, pool_config_from_dict
@@ -164,7 +164,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     source = runs.load_run(Path(pool.source), what="pool source")
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
-    data = load_dataset(source.config.data, source.path)
+    data = runs.load_source_dataset(source)
     if on_start is not None:
         on_start(pool, candidates)
     with interrupt.deferred(), store.staged_dir(out) as tmp:
@@ -268,7 +268,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     existing = records.read_pool_curves(curves)
     source = Path(meta["source"])
     source_cfg = runs.read_run_config(source, what="pool source")
-    data = load_dataset(source_cfg.data, source)
+    data = runs.load_source_dataset(source, source_cfg)
     with interrupt.deferred():
         state, start = _restore(directory, pool, target, len(candidates), selected)
         # Every check is behind us: from here on the directory is written.
