@@ -3,14 +3,13 @@
 import json
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import yaml
 from typer.testing import CliRunner
 
 from conftest import invoke_ok
-from laggrow import growth, model, runs, store, train
+from laggrow import model, runs, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
 from laggrow.pool import step as pool_train
@@ -157,29 +156,6 @@ def test_a_diverging_candidate_is_frozen_and_leaves_the_others_unchanged(tiny_mo
         assert np.isfinite(np.asarray(b)[1]).all(), "the diverged candidate keeps its last finite state"
 
 
-def test_chunked_pool_matches_the_whole_pool(tiny_model_cfg):
-    tcfg = train.TrainConfig(steps=6, batch_size=2, warmup_steps=1)
-    batches = jax.random.randint(jax.random.key(3), (3, 3, 2, 9), 0, 256)
-    eval_batches = np.asarray(jax.random.randint(jax.random.key(4), (1, 2, 9), 0, 256))
-    results = []
-    for chunk in (0, 2):
-        state = pool_train.stack(_stacked_tiny(tiny_model_cfg, tcfg, 3))
-        pool_runner = pool_train.PoolRunner(tiny_model_cfg, tcfg, lambda i: np.asarray(batches[i]),
-                                            eval_batches, chunk_size=chunk)
-        state, _ = pool_runner.advance(state, 0, 3)
-        results.append(pool_runner.evaluate(state))
-    np.testing.assert_allclose(results[0], results[1], atol=1e-5)
-
-
-def test_train_final_only_best_n(tmp_path, base_run):
-    pool_path = _pool_file(tmp_path, base_run, final_steps=6, strategies=["stack", "zero_top", "scratch"])
-    out = tmp_path / "out"
-    invoke_ok("probe", pool_path, "--out", out)
-    invoke_ok("train-final", out, "--only", 2)
-    final = json.loads((out / store.FINAL_FILE).read_text())["candidates"]
-    assert {r["strategy"] for r in final} == {"stack", "zero_top"}  # scratch is last at k
-
-
 def _fails(args, expected, nothing_at=None):
     result = runner.invoke(app, [str(a) for a in args])
     lines = result.output.strip().splitlines()
@@ -211,16 +187,6 @@ def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):
     pool_path.write_text(pool_path.read_text().replace("lag_steps: 4", "lag_steps: 5"))
     _fails(["train-final", out], "changed since the probe")
     assert not (out / store.FINAL_STATE).exists(), "nothing written"
-
-
-def test_carried_optimizer_state_trains(tmp_path, base_run):
-    pool_path = _pool_file(tmp_path, base_run, final_steps=6, optimizer_state="carry",
-                           strategies=["stack", "zero_top", "scratch"])
-    invoke_ok("probe", pool_path, "--out", tmp_path / "out")
-    curves = store.read_jsonl(tmp_path / "out" / store.CURVES_FILE, "records")
-    assert all(r["eval_loss"] is not None and np.isfinite(r["eval_loss"]) for r in curves)
-    assert growth.is_function_preserving("zero_top")
-    assert jnp.isfinite(jnp.asarray([r["eval_loss"] for r in curves])).all()
 
 
 def test_train_final_refuses_bad_steps_and_only_in_one_line(probed):

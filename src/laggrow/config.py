@@ -48,14 +48,14 @@ class ModelConfig:
         _require_finite(self, "model")
         for name in ("n_layers", "d_model", "n_heads", "d_ff", "vocab_size", "max_seq_len"):
             _require_int(self, "model", name, 1)
-        _require(self.d_model % self.n_heads == 0, "model.d_model",
+        require(self.d_model % self.n_heads == 0, "model.d_model",
                  f"a multiple of model.n_heads ({self.n_heads})", self.d_model)
-        _require(self.pos_emb in ("learned", "rope"), "model.pos_emb", "'learned' or 'rope'", self.pos_emb)
+        require(self.pos_emb in ("learned", "rope"), "model.pos_emb", "'learned' or 'rope'", self.pos_emb)
         if self.pos_emb == "rope":
-            _require(self.head_dim % 2 == 0, "model.d_model",
+            require(self.head_dim % 2 == 0, "model.d_model",
                      "d_model / n_heads even (RoPE rotates pairs)", self.d_model)
-        _require(self.dtype in ("float32", "bfloat16"), "model.dtype", "'float32' or 'bfloat16'", self.dtype)
-        _require(self.ln_eps > 0, "model.ln_eps", "a number > 0", self.ln_eps)
+        require(self.dtype in ("float32", "bfloat16"), "model.dtype", "'float32' or 'bfloat16'", self.dtype)
+        require(self.ln_eps > 0, "model.ln_eps", "a number > 0", self.ln_eps)
 
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
@@ -112,11 +112,11 @@ class DataConfig:
 
     def validate(self) -> None:
         _require_finite(self, "data")
-        _require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
-        _require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
+        require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
+        require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
         _require_int(self, "data", "bpe_vocab_size", 260, MAX_VOCAB)
         _require_int(self, "data", "seq_len", 2)
-        _require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
+        require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",
                  "a fraction in [0.01, 0.5)", self.heldout_fraction)
         _require_int(self, "data", "eval_batches", 1)
         _require_int(self, "data", "eval_batch_size", 1)
@@ -147,17 +147,17 @@ class TrainConfig:
         _require_finite(self, "train")
         _require_int(self, "train", "steps", 1)
         _require_int(self, "train", "batch_size", 1)
-        _require(self.lr > 0, "train.lr", "a number > 0", self.lr)
-        _require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
+        require(self.lr > 0, "train.lr", "a number > 0", self.lr)
+        require(self.schedule in ("cosine", "linear", "constant"), "train.schedule",
                  "'cosine', 'linear' or 'constant'", self.schedule)
-        _require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps",
+        require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps",
                  f"an integer in [0, train.steps={self.steps}]", self.warmup_steps)
-        _require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
-        _require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
-        _require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2",
+        require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
+        require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
+        require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2",
                  "numbers in [0, 1)", (self.beta1, self.beta2))
-        _require(0 <= self.dropout < 1, "train.dropout", "a rate in [0, 1)", self.dropout)
-        _require(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables)", self.grad_clip)
+        require(0 <= self.dropout < 1, "train.dropout", "a rate in [0, 1)", self.dropout)
+        require(self.grad_clip >= 0, "train.grad_clip", "a number >= 0 (0 disables)", self.grad_clip)
         for name in ("eval_every", "log_every"):
             _require_int(self, "train", name, 1)
         _require_int(self, "train", "checkpoint_every", 0)
@@ -176,7 +176,7 @@ class RunConfig:
         self.model.validate()
         self.data.validate()
         self.train.validate()
-        _require(self.model.max_seq_len >= self.data.seq_len, "model.max_seq_len",
+        require(self.model.max_seq_len >= self.data.seq_len, "model.max_seq_len",
                  f"at least data.seq_len ({self.data.seq_len})", self.model.max_seq_len)
         if check_fits:
             check_training_fits(self, where)
@@ -189,7 +189,8 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
-def _require(ok: bool, key: str, expected: str, got: Any) -> None:
+def require(ok: bool, key: str, expected: str, got: Any) -> None:
+    """The one form of a config error: `key: expected X, got Y`."""
     if not ok:
         raise LaggrowError(f"{key}: expected {expected}, got {shown(got)}")
 
@@ -198,9 +199,9 @@ def _require_int(obj: Any, section: str, name: str, low: int, high: int = INT32_
     """An integer field in [low, high]; the default bound is int32, what step counters and
     array sizes become on the device."""
     value = getattr(obj, name)
-    _require(value >= low, f"{section}.{name}", f"an integer >= {low}", value)
+    require(value >= low, f"{section}.{name}", f"an integer >= {low}", value)
     top = {INT32_MAX: "2**31 - 1, an int32", SEED_MAX: "2**32 - 1, a uint32 seed"}.get(high, str(high))
-    _require(value <= high, f"{section}.{name}", f"an integer <= {top}", value)
+    require(value <= high, f"{section}.{name}", f"an integer <= {top}", value)
 
 
 def _require_finite(obj: Any, section: str) -> None:

@@ -35,9 +35,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     options = {k: v for k, v in (options or {}).items() if v is not None}
     out = Path(out).absolute()
     # Every check that needs no weights, corpus or jax work comes first, cheapest first.
-    if out.exists() or out.is_symlink():
-        raise LaggrowError(f"--out {out}: already exists (expected a new directory)")
-    store.check_writable_target(out, "--out")
+    store.check_new_dir(out, "--out")
     if optimizer_state not in ("reset", "carry"):
         raise LaggrowError(f"--optimizer-state: expected 'reset' or 'carry', got {optimizer_state!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:

@@ -330,6 +330,14 @@ def check_writable_target(path: Path, what: str) -> None:
         raise LaggrowError(f"{what} {path}: {ancestor} is not writable (expected a writable directory)")
 
 
+def check_new_dir(path: Path, what: str) -> None:
+    """`path` must not exist yet (not even as a dangling link) and must be creatable."""
+    path = Path(path).absolute()
+    if path.exists() or path.is_symlink():
+        raise LaggrowError(f"{what} {path}: already exists (expected a new directory)")
+    check_writable_target(path, what)
+
+
 class DirLock:
     """An exclusive lock on a directory that laggrow writes, held for the life of the process
     (or the `with` block). The kernel drops an flock when its holder dies, so a SIGKILLed run
@@ -385,9 +393,7 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
     failure (bad input found late, a crash, Ctrl-C) leaves nothing at `out`. The staging
     directory is flocked while in use: one left by a killed process is removed on the next try."""
     out = Path(out).absolute()
-    if out.exists():
-        raise LaggrowError(f"{what} {out}: already exists (expected a new directory)")
-    check_writable_target(out, what)
+    check_new_dir(out, what)
     ensure_dir(out.parent, what)
     remove_stale_partials(out)
     tmp = out.with_name(f".{out.name}.{os.getpid()}{_PARTIAL_SUFFIX}")

@@ -36,6 +36,7 @@ from laggrow.config import (
     build_dataclass,
     coerce,
     read_yaml,
+    require,
     run_config_from_dict,
     shown,
 )
@@ -167,31 +168,30 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
 
 
 def _validate(pool: PoolConfig, where: str) -> None:
-    def require(ok: bool, key: str, expected: str, got: Any) -> None:
-        if not ok:
-            raise LaggrowError(f"{where}.{key}: expected {expected}, got {got!r}")
+    def check(ok: bool, key: str, expected: str, got: Any) -> None:
+        require(ok, f"{where}.{key}", expected, got)
 
-    require(1 <= pool.final_steps <= INT32_MAX, "final_steps", "an integer in [1, 2**31 - 1] (an int32 step)",
+    check(1 <= pool.final_steps <= INT32_MAX, "final_steps", "an integer in [1, 2**31 - 1] (an int32 step)",
             pool.final_steps)
-    require(1 <= pool.lag_steps <= pool.final_steps, "lag_steps",
+    check(1 <= pool.lag_steps <= pool.final_steps, "lag_steps",
             f"an integer in [1, final_steps={pool.final_steps}]", pool.lag_steps)
-    require(len(pool.seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) for s in pool.seeds)
+    check(len(pool.seeds) >= 1 and all(isinstance(s, int) and not isinstance(s, bool) for s in pool.seeds)
             and len(set(pool.seeds)) == len(pool.seeds), "seeds", "a list of distinct integers", list(pool.seeds))
-    require(all(0 <= s <= SEED_MAX for s in pool.seeds), "seeds", "seeds in [0, 2**32 - 1] (uint32)",
+    check(all(0 <= s <= SEED_MAX for s in pool.seeds), "seeds", "seeds in [0, 2**32 - 1] (uint32)",
             list(pool.seeds))
-    require(pool.optimizer_state in ("reset", "carry"), "optimizer_state", "'reset' or 'carry'",
+    check(pool.optimizer_state in ("reset", "carry"), "optimizer_state", "'reset' or 'carry'",
             pool.optimizer_state)
     # evaluations at distinct steps: at most one per step of [0, final_steps]
     most = min(pool.final_steps + 1, MAX_EVAL_POINTS)
-    require(2 <= pool.eval_points <= most, "eval_points",
+    check(2 <= pool.eval_points <= most, "eval_points",
             f"an integer in [2, {most}] (at most final_steps + 1 and {MAX_EVAL_POINTS})", pool.eval_points)
-    require(0 <= pool.chunk_size <= INT32_MAX, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
-    require(0 <= pool.checkpoint_every <= INT32_MAX, "checkpoint_every", "an integer in [0, 2**31 - 1]",
+    check(0 <= pool.chunk_size <= INT32_MAX, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
+    check(0 <= pool.checkpoint_every <= INT32_MAX, "checkpoint_every", "an integer in [0, 2**31 - 1]",
             pool.checkpoint_every)
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps"}
     for key in pool.train:
         name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
-        require(key in known, f"train.{name}", f"a train setting ({', '.join(sorted(known))})", key)
+        check(key in known, f"train.{name}", f"a train setting ({', '.join(sorted(known))})", key)
     # The overrides' types and values, over the defaults: the source's own settings are checked
     # with it, and the combination once more when the target is built.
     overrides = dict(pool.train)

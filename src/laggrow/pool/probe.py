@@ -145,10 +145,7 @@ def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list
 
 def check_probe_inputs(pool: PoolConfig, out: Path) -> None:
     """What a probe can check before loading anything: its --out and its fusion partners."""
-    out = Path(out)
-    if out.exists() or out.is_symlink():
-        raise LaggrowError(f"--out {out.absolute()}: already exists (expected a new directory)")
-    store.check_writable_target(out, "--out")
+    store.check_new_dir(out, "--out")
     for c in pool.candidates():
         partner = c["options"].get("partner")
         if isinstance(partner, str):
