@@ -12,8 +12,10 @@ $(STAMP): pyproject.toml
 	$(BIN)/python -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# Two workers, one per core: compiling a step is single-threaded, so two compile at once. Tests of
+# one file run in one worker (--dist loadfile), so its module fixtures are built once.
 test: $(STAMP)
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n 2 --dist loadfile
 
 # The whole LAG study (configs/demo.yaml); rerunning reuses every finished stage.
 demo: $(STAMP)

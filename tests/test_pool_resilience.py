@@ -395,7 +395,10 @@ def long_probe(tmp_path_factory, tiny_base_run):
     return directory / "probe", curve_rows(reference)
 
 
-def test_ctrl_c_of_train_final_saves_and_says_how_to_continue(long_probe, tmp_path):
+def test_ctrl_c_then_sigkill_of_train_final_resume_to_the_same_records(long_probe, tmp_path):
+    """One train-final stopped twice, as a long one on a shared machine may be: Ctrl-C (a
+    checkpoint where it stopped, one line saying how to go on), then SIGKILL past a checkpoint
+    of its own; run again, it ends with the records of an uninterrupted run, each once."""
     directory = tmp_path / "pool"
     shutil.copytree(long_probe[0], directory)
     proc = _start("train-final", directory)
@@ -408,13 +411,7 @@ def test_ctrl_c_of_train_final_saves_and_says_how_to_continue(long_probe, tmp_pa
     assert lines[0].startswith("interrupted: saved step ") and f"laggrow train-final {directory}" in lines[0]
     saved = int(lines[0].split("saved step ")[1].split()[0])
     assert K < saved < LONG["final_steps"]
-    invoke_ok("train-final", directory)
-    assert curve_rows(directory) == long_probe[1], "the records of an uninterrupted run, each once"
 
-
-def test_sigkill_of_train_final_resumes_to_the_same_records(long_probe, tmp_path):
-    directory = tmp_path / "pool"
-    shutil.copytree(long_probe[0], directory)
     proc = _start("train-final", directory)
     _wait_for(proc, _recorded(directory, 121), "the record at step 121, past the checkpoint at 100")
     proc.kill()
@@ -422,5 +419,4 @@ def test_sigkill_of_train_final_resumes_to_the_same_records(long_probe, tmp_path
     with store.DirLock(directory):  # the kernel released the dead process's lock
         pass
     invoke_ok("train-final", directory)
-    rows = curve_rows(directory)
-    assert rows == long_probe[1], "the records of an uninterrupted run, each once"
+    assert curve_rows(directory) == long_probe[1], "the records of an uninterrupted run, each once"
