@@ -7,6 +7,9 @@ jitted steps are cached per config inside laggrow (functools.lru_cache) and on d
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 # Subprocesses that tests start (laggrow killed mid-run, a second writer) inherit these, so they
@@ -56,3 +59,55 @@ def tiny_base_run(tmp_path_factory, tiny_config_path) -> Path:
     out = tmp_path_factory.mktemp("base") / "run"
     invoke_ok("train", tiny_config_path, "--out", out, "--set", "train.steps=10", "--set", "train.eval_every=10")
     return out
+
+
+# ---- real laggrow processes, for tests that kill or interrupt them ------------------------------
+
+
+def start_laggrow(*args, cwd: Path = REPO, stdout=None) -> subprocess.Popen:
+    """`python -m laggrow ARGS` as a real process (sharing the compilation cache, see above)."""
+    return subprocess.Popen([sys.executable, "-m", "laggrow", *map(str, args)], cwd=cwd,
+                            stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
+                            text=True)
+
+
+def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
+    """Poll `ready()` about every 5 ms until it holds; fail with the process's stderr if the
+    process ends first, and kill it if `timeout` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not ready():
+        if proc.poll() is not None:
+            pytest.fail(f"laggrow ended (rc {proc.returncode}) before {what}: {proc.communicate()[1]}")
+        if time.monotonic() > deadline:
+            proc.kill()
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(0.005)
+
+
+def train_records(run: Path) -> list[tuple]:
+    """(step, train_loss, eval_loss) of every record of a training run."""
+    from laggrow import store
+
+    return [(r["step"], r["train_loss"], r.get("eval_loss"))
+            for r in store.read_jsonl(run / store.METRICS_FILE, "records")]
+
+
+def invoke_in_repo(*args):
+    """Run `laggrow ARGS` in-process from the repository root, where experiments name their
+    base configs relative to the working directory."""
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        return CliRunner().invoke(app, [str(a) for a in args])
+    finally:
+        os.chdir(cwd)
+
+
+def invoke_in_repo_ok(*args):
+    result = invoke_in_repo(*args)
+    assert result.exit_code == 0, result.output
+    return result

@@ -19,18 +19,13 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import invoke_ok
+from conftest import invoke_ok, train_records
 from laggrow import checkpoint, store
 from laggrow.cli import app
 from laggrow.errors import LaggrowError
 
 SETS = ["--set", "train.steps=15", "--set", "train.checkpoint_every=5", "--set", "train.eval_every=5"]
 runner = CliRunner()
-
-
-def _records(run: Path) -> list[tuple]:
-    return [(r["step"], r["train_loss"], r.get("eval_loss"))
-            for r in store.read_jsonl(run / store.METRICS_FILE, "records")]
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +99,7 @@ def test_damaged_newest_checkpoint_falls_back_and_ends_as_uninterrupted(name, ru
     assert len(warnings) == 1, result.stderr
     assert "checkpoint 10" in warnings[0] and "is damaged" in warnings[0] and reason in warnings[0]
     assert warnings[0].endswith("falling back to checkpoint 5")
-    assert _records(run) == _records(reference)
+    assert train_records(run) == train_records(reference)
     assert json.loads((run / store.SUMMARY_FILE).read_text())["final_eval_loss"] == \
         json.loads((reference / store.SUMMARY_FILE).read_text())["final_eval_loss"]
     # the damaged step was removed and saved again; the kept checkpoints are intact
@@ -155,7 +150,7 @@ def test_torn_last_record_is_cut_and_the_resume_is_exact(run, reference, tiny_co
     metrics.write_bytes(metrics.read_bytes() + b'{"step": 15, "train_lo')  # killed mid-append
     result = _resume(tiny_config_path, run)
     assert result.exit_code == 0, result.output
-    assert _records(run) == _records(reference)
+    assert train_records(run) == train_records(reference)
 
 
 def test_garbage_in_the_middle_of_the_records_names_file_and_line(run, tiny_config_path):

@@ -8,10 +8,9 @@ from pathlib import Path
 
 import pytest
 import yaml
-from typer.testing import CliRunner
 
+from conftest import invoke_in_repo, invoke_in_repo_ok
 from laggrow import store
-from laggrow.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny_experiment.yaml"
@@ -19,22 +18,9 @@ STAGES = ("base", "probe", "finals", "correlate", "report")
 FIGURES = ("correlation.png", "curves.png", "ranks.png")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
-runner = CliRunner()
 
 
-def invoke(*args):
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the experiment names its base config relative to the working directory
-    try:
-        return runner.invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(cwd)
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
+invoke, ok = invoke_in_repo, invoke_in_repo_ok
 
 
 def fails(args, expected: str, nothing_at: Path | None = None):

@@ -8,16 +8,13 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
+from conftest import invoke_in_repo, invoke_in_repo_ok, start_laggrow, wait_until
 from laggrow import experiment as exp
 from laggrow import interrupt, store
-from laggrow.cli import app
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny_experiment.yaml"
@@ -25,19 +22,7 @@ TINY = REPO / "configs" / "tiny_experiment.yaml"
 LONG = ["pool.final_steps=200", "pool.checkpoint_every=40", "pool.eval_points=6"]
 
 
-def invoke(*args):
-    cwd = os.getcwd()
-    os.chdir(REPO)  # the experiment names its base config relative to the working directory
-    try:
-        return CliRunner().invoke(app, [str(a) for a in args])
-    finally:
-        os.chdir(cwd)
-
-
-def ok(*args):
-    result = invoke(*args)
-    assert result.exit_code == 0, result.output
-    return result
+invoke, ok = invoke_in_repo, invoke_in_repo_ok
 
 
 def one_line_failure(result, expected: str) -> str:
@@ -187,21 +172,11 @@ def test_report_refuses_an_experiment_being_written(finished, tmp_path):
 
 
 def _start(out: Path) -> subprocess.Popen:
-    env = {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
-    return subprocess.Popen([sys.executable, "-m", "laggrow", *with_sets("run", str(TINY), "--out", str(out))],
-                            env=env, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return start_laggrow(*with_sets("run", str(TINY), "--out", str(out)), stdout=subprocess.DEVNULL)
 
 
-def _kill_when(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
+    wait_until(proc, ready, what)
     proc.kill()
     proc.communicate(timeout=60)
 

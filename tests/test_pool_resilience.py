@@ -13,8 +13,6 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import jax
@@ -23,7 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import REPO, invoke_ok
+from conftest import invoke_ok, start_laggrow, wait_until
 from laggrow import model, runs, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
@@ -351,26 +349,12 @@ def test_a_diverging_candidate_of_a_real_pool_is_left_out_by_correlate(tmp_path,
 LONG = {"final_steps": 400, "eval_points": 6, "checkpoint_every": 50}  # evaluated at 0 1 3 4 11 36 121 400
 
 
-def _env() -> dict[str, str]:
-    # the test session's compilation cache, so the subprocesses do not compile from scratch
-    return {**os.environ, "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": str(REPO / ".jax_cache"),
-            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0.5"}
-
-
 def _start(*args) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "laggrow", *map(str, args)], env=_env(), cwd=REPO,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_laggrow(*args)
 
 
-def _wait_for(proc: subprocess.Popen, ready, what: str, timeout: float = 120) -> None:
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            raise AssertionError(f"exited ({proc.returncode}) before {what}: {proc.stderr.read()}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
+    wait_until(proc, ready, what, timeout=120)
 
 
 def _recorded(directory: Path, step: int):

@@ -16,7 +16,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -26,7 +25,7 @@ import optax
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, invoke_ok
+from conftest import CONFIGS, invoke_ok, start_laggrow, train_records, wait_until
 from laggrow import checkpoint, runs, store, train
 from laggrow.cli import app
 from laggrow.config import TrainConfig
@@ -37,11 +36,6 @@ SETS = ["--set", "train.steps=30", "--set", "train.checkpoint_every=5", "--set",
 runner = CliRunner()
 
 
-def _records(run: Path) -> list[tuple]:
-    return [(r["step"], r["train_loss"], r.get("eval_loss"))
-            for r in store.read_jsonl(run / store.METRICS_FILE, "records")]
-
-
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("resilience") / "reference"
@@ -50,21 +44,11 @@ def reference(tmp_path_factory) -> Path:
 
 
 def _start(out: Path) -> subprocess.Popen:
-    return subprocess.Popen([sys.executable, "-m", "laggrow", "train", str(TINY), "--out", str(out), *SETS],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return start_laggrow("train", TINY, "--out", out, *SETS)
 
 
-def _wait_for(condition, proc: subprocess.Popen, timeout: float = 120.0) -> None:
-    """Poll `condition` every millisecond or so; fail (with the process's stderr) if the process
-    ends first."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if proc.poll() is not None:
-            pytest.fail(f"laggrow ended (rc {proc.returncode}) before the awaited point: {proc.communicate()[1]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("timed out waiting for laggrow")
-        time.sleep(0.001)
+def _wait_for(condition, proc: subprocess.Popen) -> None:
+    wait_until(proc, condition, "the awaited point", timeout=120)
 
 
 def _complete_lines(path: Path) -> int:
@@ -77,7 +61,7 @@ def _complete_lines(path: Path) -> int:
 def _assert_resumes_to_reference(out: Path, reference: Path) -> None:
     result = runner.invoke(app, ["train", str(TINY), "--out", str(out), *SETS, "--resume"])
     assert result.exit_code == 0, result.output
-    assert _records(out) == _records(reference)
+    assert train_records(out) == train_records(reference)
     summary = json.loads((out / store.SUMMARY_FILE).read_text())
     expected = json.loads((reference / store.SUMMARY_FILE).read_text())
     assert summary["complete"] is True and summary["steps"] == 30
@@ -156,7 +140,7 @@ KILL_POINTS = {
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
-def test_sigkill_then_resume_gives_the_uninterrupted_records(point, tmp_path, reference):
+def test_sigkill_then_resume_gives_the_uninterruptedtrain_records(point, tmp_path, reference):
     out = tmp_path / "run"
     proc = _start(out)
     _wait_for(lambda: KILL_POINTS[point](out), proc)

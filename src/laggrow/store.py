@@ -353,14 +353,9 @@ class DirLock:
         path = self.directory / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as err:
+            _flock_or_refuse(fd, self.directory, self.what)
+        except BaseException:
             os.close(fd)
-            if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-                holder = _read_pid(path)
-                by = f" (pid {holder})" if holder else ""
-                raise LaggrowError(f"{self.what} {self.directory}: in use by another laggrow process{by}; "
-                                   "wait for it to finish or stop it first") from None
             raise
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
@@ -379,6 +374,19 @@ class DirLock:
 
     def __exit__(self, *exc: object) -> None:
         self.release()
+
+
+def _flock_or_refuse(fd: int, directory: Path, what: str) -> None:
+    """Take the exclusive flock on an open lock file, or say in one line who holds it."""
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as err:
+        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            holder = _read_pid(directory / LOCK_FILE)
+            by = f" (pid {holder})" if holder else ""
+            raise LaggrowError(f"{what} {directory}: in use by another laggrow process{by}; "
+                               "wait for it to finish or stop it first") from None
+        raise
 
 
 def _read_pid(path: Path) -> int | None:
@@ -473,13 +481,6 @@ def check_unlocked(directory: Path, what: str = "directory") -> None:
     except OSError:
         return  # no lock file, or none we could read: nobody to wait for
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError as err:
-        if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            holder = _read_pid(path)
-            by = f" (pid {holder})" if holder else ""
-            raise LaggrowError(f"{what} {Path(directory)}: in use by another laggrow process{by}; "
-                               "wait for it to finish or stop it first") from None
-        raise
+        _flock_or_refuse(fd, Path(directory), what)
     finally:
         os.close(fd)  # closing drops the probe's flock, if it got one
