@@ -175,8 +175,19 @@ def _check_finite(pending: list[tuple[int, dict]]) -> None:
                 raise Diverged(step, quantity, float(value))
 
 
+def all_finite(tree) -> jax.Array:
+    """One boolean: every element of every leaf is finite (a reduction, cheap next to a step).
+    Traced inside the pool's step; jitted once (`_params_finite`) for a single run's saves."""
+    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]).all()
+
+
+_all_finite_jit = jax.jit(all_finite)
+
+
 def _params_finite(params: dict) -> bool:
-    return bool(jax.device_get(jnp.all(jnp.asarray([jnp.isfinite(x).all() for x in jax.tree.leaves(params)]))))
+    # one compiled reduction: op by op, each leaf's isfinite and all would be dispatched (and
+    # compiled, the first time) on its own
+    return bool(_all_finite_jit(params))
 
 
 def train_loop(

@@ -28,11 +28,6 @@ from laggrow.config import ModelConfig, TrainConfig
 State = dict
 
 
-def _all_finite(tree) -> jax.Array:
-    """One boolean: every element of every leaf is finite (a reduction, cheap next to a step)."""
-    return jnp.stack([jnp.isfinite(x).all() for x in jax.tree.leaves(tree)]).all()
-
-
 def make_guarded_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
     """One candidate's step with divergence isolation: a non-finite loss or gradient, or an
     update that makes the parameters non-finite (a finite gradient times a huge learning rate),
@@ -42,7 +37,7 @@ def make_guarded_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callabl
     def guarded(state: State, batch: jax.Array) -> tuple[State, dict]:
         new, metrics = step_fn(state, batch)
         healthy = state["diverged_at"] < 0
-        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & _all_finite(new["params"])
+        finite = jnp.isfinite(metrics["loss"]) & jnp.isfinite(metrics["grad_norm"]) & train.all_finite(new["params"])
         keep = healthy & finite
         new = jax.tree.map(lambda n, o: jnp.where(keep, n, o), new, state)
         new["diverged_at"] = jnp.where(healthy & ~finite, state["step"] + 1, state["diverged_at"])
