@@ -22,8 +22,9 @@ import numpy as np
 
 
 def run_mode(mode: str, config: str, n: int, steps: int) -> dict:
-    from laggrow import model, pool_train, train
+    from laggrow import model, train
     from laggrow.config import load_run_config
+    from laggrow.pool import step as pool_train
 
     cfg = load_run_config(config)
     m, t = cfg.model, cfg.train
