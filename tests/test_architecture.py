@@ -97,3 +97,18 @@ def test_only_the_store_names_files_and_writes_them(file: Path):
             mode = node.args[0] if isinstance(node.func, ast.Attribute) else (node.args[1:2] or [None])[0]
             if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and re.search("[wax+]", mode.value):
                 raise AssertionError(f"{file.name}:{node.lineno} opens a file for writing; use laggrow.store")
+
+
+@pytest.mark.parametrize("script", sorted((SRC.parent.parent / "benchmarks").glob("*.py")), ids=lambda p: p.name)
+def test_benchmarks_import_what_exists(script: Path):
+    """Benchmarks import laggrow inside their functions; a module that moved must fail here, not
+    the next time someone measures."""
+    import importlib
+    import importlib.util
+
+    for node in ast.walk(ast.parse(script.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("laggrow"):
+            module = importlib.import_module(node.module)
+            for alias in node.names:
+                assert hasattr(module, alias.name) or importlib.util.find_spec(f"{node.module}.{alias.name}"), \
+                    f"{script.name}: from {node.module} import {alias.name}"
