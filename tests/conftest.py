@@ -111,3 +111,21 @@ def invoke_in_repo_ok(*args):
     result = invoke_in_repo(*args)
     assert result.exit_code == 0, result.output
     return result
+
+
+def one_line_failure(result, expected: str) -> str:
+    """A CliRunner result that failed the way users are promised: exit code 2, one line, naming
+    `expected`. Returns the line."""
+    lines = result.output.strip().splitlines()
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1 and expected in lines[0], result.output
+    return lines[0]
+
+
+def snapshot(directory: Path) -> dict[str, bytes]:
+    """Every file and directory under `directory` (the lock file aside: taking a lock is not
+    writing), with the bytes of each file: compare two to prove nothing was written."""
+    from laggrow import store
+
+    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
+            for p in sorted(directory.rglob("*")) if p.name != store.LOCK_FILE}

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke_in_repo, invoke_in_repo_ok, start_laggrow, wait_until
+from conftest import invoke_in_repo, invoke_in_repo_ok, one_line_failure, snapshot, start_laggrow, wait_until
 from laggrow import experiment as exp
 from laggrow import interrupt, store
 
@@ -23,18 +23,6 @@ LONG = ["pool.final_steps=200", "pool.checkpoint_every=40", "pool.eval_points=6"
 
 
 invoke, ok = invoke_in_repo, invoke_in_repo_ok
-
-
-def one_line_failure(result, expected: str) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and expected in lines[0], result.output
-    return lines[0]
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
-            for p in sorted(directory.rglob("*")) if p.name != store.LOCK_FILE}
 
 
 def with_sets(*args, sets=LONG):

@@ -21,7 +21,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import invoke_ok, start_laggrow, wait_until
+from conftest import invoke_ok, one_line_failure, snapshot, start_laggrow, wait_until
 from laggrow import model, runs, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
@@ -50,20 +50,6 @@ def pool_file(directory: Path, source: Path, name: str = "pool.yaml", **changes)
 
 def invoke(*args):
     return CliRunner().invoke(app, [str(a) for a in args])
-
-
-def one_line_failure(result, expected: str) -> str:
-    lines = result.output.strip().splitlines()
-    assert result.exit_code == 2, result.output
-    assert len(lines) == 1 and expected in lines[0], result.output
-    return lines[0]
-
-
-def snapshot(directory: Path) -> dict[str, bytes]:
-    """Every file and directory under `directory` (the lock file aside: taking a lock is not
-    writing the pool), with the bytes of each file."""
-    return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
-            for p in sorted(directory.rglob("*")) if p.name != store.LOCK_FILE}
 
 
 def curve_rows(directory: Path) -> list[tuple[int, int, float | None]]:
