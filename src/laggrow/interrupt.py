@@ -26,11 +26,6 @@ def requested() -> bool:
     return _requested.is_set()
 
 
-def raise_if_requested(message: str) -> None:
-    if _requested.is_set():
-        raise Interrupted(message)
-
-
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Defer SIGINT and SIGTERM to the next `requested()` check. Outside the main thread (where

@@ -71,7 +71,7 @@ def read_experiment_record(out: Path) -> dict:
                               out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
 
 
-def read_inputs(out: Path, growth_figure: bool = False) -> ReportInputs:
+def read_inputs(out: Path) -> ReportInputs:
     """Read and check every record report.md is rendered from; one line for a missing or
     damaged one."""
     out = Path(out)
@@ -95,7 +95,7 @@ def read_inputs(out: Path, growth_figure: bool = False) -> ReportInputs:
     return ReportInputs(record=record, base=runs.read_run_config(out / store.BASE_DIR, what="base run"),
                         base_summary=summary, pool_meta=meta,
                         target=runs.read_run_config(pool_dir, what="grown model"), result=result,
-                        timings=timings, growth_figure=growth_figure)
+                        timings=timings, growth_figure=False)
 
 
 def _write_growth_curves(out: Path, result: dict) -> bool:
