@@ -100,7 +100,7 @@ class ModelConfig:
 class DataConfig:
     """Where tokens come from and how they are cut into batches."""
 
-    corpus: str = "kjv"  # kjv | path to a .txt file, a folder of .txt files, or a .jsonl file
+    corpus: str = "kjv"  # kjv | shakespeare | path to a .txt file, a folder of .txt files, or a .jsonl file
     text_field: str = "text"  # the field read from a .jsonl corpus
     tokenizer: str = "byte"  # byte | bpe
     bpe_vocab_size: int = 1024
@@ -112,7 +112,7 @@ class DataConfig:
 
     def validate(self) -> None:
         _require_finite(self, "data")
-        require(bool(self.corpus), "data.corpus", "'kjv' or a path", self.corpus)
+        require(bool(self.corpus), "data.corpus", "'kjv', 'shakespeare' or a path", self.corpus)
         require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
         _require_int(self, "data", "bpe_vocab_size", 260, MAX_VOCAB)
         _require_int(self, "data", "seq_len", 2)
