@@ -46,6 +46,29 @@ def test_grow_writes_a_loadable_run_and_growth_json(base_run, grown_run):
     assert float(abs(mu["blocks"]["mlp"]["w_in"][0, :32, :128] - source_mu["blocks"]["mlp"]["w_in"][0]).max()) == 0
 
 
+def test_training_a_grown_run_continues_the_source_batch_stream(base_run, tmp_path):
+    """A grown run's batch i is batch source_steps + i of the stream: it does not re-read the
+    batches its source trained on first, and a resumed run keeps the same offset."""
+    import shutil
+
+    from laggrow.checkpoint import Checkpointer
+    from laggrow.train_run import execute_run, prepare_run
+
+    out = tmp_path / "grown"
+    invoke_ok("grow", "--from", base_run, "--strategy", "stack", "--set", "model.n_layers=3", "--out", out)
+    source_steps = json.loads((base_run / "summary.json").read_text())["steps"]
+    assert json.loads((out / "growth.json").read_text())["data_position"] == source_steps
+    cfg = runs.read_run_config(out)
+    execute_run(prepare_run(cfg, out, resume=True), until=2)
+    resumed = tmp_path / "resumed"
+    shutil.copytree(out, resumed)
+    execute_run(prepare_run(cfg, resumed, resume=True), until=3)
+    for directory, step in ((out, 2), (resumed, 3)):
+        with Checkpointer(directory) as ckpt:
+            assert ckpt.latest_step() == step
+        assert runs.load_run(directory, require_finished=False).data_position == source_steps + step
+
+
 def test_grow_non_preserving_changes_the_loss(base_run):
     out = base_run.parent / "stacked"
     invoke_ok("grow", "--from", base_run, "--strategy", "hypercloning+stack", *WIDE_DEEP, "--out", out)

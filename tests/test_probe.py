@@ -74,6 +74,43 @@ def test_probe_writes_records_ranking_and_state(probed):
     assert zero_top["function_preserving"] and zero_top["eval_loss_init"] is not None
 
 
+def test_no_pool_batch_is_one_the_source_trained_on(probed, base_run):
+    """Item 0 of the little-lag issue: a pool continues the source's batch stream where it stopped
+    (seed 0) or reads another seed's stream past that point, and never re-reads a source batch."""
+    out, pool_path, _ = probed
+    source = runs.load_run(base_run)
+    steps = json.loads((base_run / store.SUMMARY_FILE).read_text())["steps"]
+    assert source.data_position == steps > 0
+    stream = json.loads((out / store.POOL_FILE).read_text())["data_stream"]
+    assert stream["start"] == steps and stream["continues"] == "source"
+    data = runs.load_source_dataset(source)
+    cfg = source.config.train
+    seen = {data.train_batch(p, cfg.batch_size, cfg.seed).tobytes() for p in range(steps)}
+    pool = load_pool_config(pool_path, {"seeds": [0, 1, 2]})
+    target = pool.target_run_config(source.config)
+    candidates = probe.check_pool(pool, source.config, target)
+    pool_runner = probe._runner(pool, target, data, candidates, stream["start"])
+    for p in range(pool.final_steps):
+        batches = pool_runner.batches(p)
+        assert not any(b.tobytes() in seen for b in batches), f"pool step {p} replays a source batch"
+        # seed 0 is the source's own stream, continued: batch p of the pool is batch steps + p
+        np.testing.assert_array_equal(batches[0], data.train_batch(steps + p, cfg.batch_size, cfg.seed))
+
+
+def test_a_pool_recorded_without_its_data_stream_is_refused(probed, tmp_path):
+    import shutil
+
+    out, _, _ = probed
+    copy = tmp_path / "old"
+    shutil.copytree(out, copy)
+    meta = json.loads((copy / store.POOL_FILE).read_text())
+    del meta["data_stream"]
+    (copy / store.POOL_FILE).write_text(json.dumps(meta))
+    result = runner.invoke(app, ["train-final", str(copy)])
+    assert result.exit_code == 2 and "no data_stream record" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
 def test_zero_top_starts_at_the_source_loss(probed, base_run):
     out, _, probe_curves = probed
     source_loss = json.loads((base_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]
@@ -90,7 +127,7 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     candidates = probe.check_pool(pool, source.config, target)
     state = probe.grow_candidates(pool, source, target, candidates)
     data = runs.load_source_dataset(source)
-    pool_runner = probe._runner(pool, target, data, candidates)
+    pool_runner = probe._runner(pool, target, data, candidates, source.data_position)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")

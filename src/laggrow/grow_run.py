@@ -73,6 +73,8 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         "strategy": strategy,
         "source": str(source.path.absolute()),
         "source_step": int(source.state["step"]),
+        # training the grown run continues the source's batch stream here (see train_run)
+        "data_position": int(source.data_position),
         "function_preserving": preserving,
         "eval_loss_before": train.evaluate(source.params, source.config.model, batches),
         "eval_loss_after": train.evaluate(params, target.model, batches),
@@ -92,6 +94,6 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
                 shutil.copyfile(source.path / name, tmp / name)
         state = {"params": params, "opt_state": opt_state, "step": jax.numpy.zeros((), jax.numpy.int32)}
         with Checkpointer(tmp) as ckpt:
-            ckpt.save(state, data_position=0, step=0)
+            ckpt.save(state, data_position=source.data_position, step=0)
         store.write_json(tmp / store.GROWTH_FILE, record)
     return record

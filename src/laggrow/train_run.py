@@ -156,11 +156,16 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     ckpt = checkpoint.Checkpointer(out, fingerprint=cfg.to_dict())
     try:
         seconds_before = 0.0
+        # Batch i of this run is batch `offset + i` of its seed's stream: 0 for a run trained from
+        # scratch, the source's position for a grown run (laggrow grow records it), so a grown
+        # model continues the stream its source stopped at instead of re-reading its first batches.
+        offset = 0
         if run.resume and ckpt.latest_step() is not None:
             # The newest intact checkpoint; damaged newer ones are reported and removed. Its
             # target is abstract: initialising a model just for its shapes costs compiles.
             target = jax.eval_shape(lambda: _fresh_state(cfg))
-            state, _ = ckpt.restore(target, remove_damaged=True)
+            state, position = ckpt.restore(target, remove_damaged=True)
+            offset = position - int(state["step"])
             seconds_before = float(ckpt.restored_meta.get("seconds") or 0.0)
         else:
             state = _fresh_state(cfg)
@@ -175,7 +180,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         eval_batches = data.eval_batches(cfg.data.eval_batches, cfg.data.eval_batch_size)
 
         def next_batch(position: int):
-            return data.train_batch(position, cfg.train.batch_size, cfg.train.seed)
+            return data.train_batch(offset + position, cfg.train.batch_size, cfg.train.seed)
 
         def record(r: dict) -> None:
             store.append_jsonl(metrics_path, [r])
@@ -185,7 +190,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         t0 = time.perf_counter()
 
         def save(s: dict) -> None:
-            ckpt.save(s, data_position=int(s["step"]),
+            ckpt.save(s, data_position=offset + int(s["step"]),
                       meta={"seconds": seconds_before + time.perf_counter() - t0})
 
         try:

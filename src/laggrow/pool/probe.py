@@ -126,13 +126,35 @@ def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start
     return state, position
 
 
-def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict]) -> PoolRunner:
-    """Batches: the candidates of one seed all see that seed's stream, batch for batch."""
+def data_stream(source: runs.LoadedRun, target: RunConfig) -> dict[str, Any]:
+    """Where a pool's batches come from, recorded in pool.json: pool step p of seed s reads batch
+    `start + p` of the stream seeded `target.train.seed + s`, where `start` is the position the
+    source run stopped at. The source trained on positions below `start`, so no (stream, position)
+    of the pool is one the source read; for seed 0 of an unchanged train.seed the pool simply
+    continues the source's stream. (Before this, pools started at position 0 and every candidate
+    re-read the batches the source model saw first.)"""
+    return {"continues": "source", "start": int(source.data_position), "seed": int(target.train.seed),
+            "source_seed": int(source.config.train.seed),
+            "rule": "pool step p of seed s reads batch start + p of the stream seeded seed + s"}
+
+
+def read_data_stream(meta: dict, path: Path) -> int:
+    """The recorded start position of a pool's batch stream (see `data_stream`)."""
+    stream = meta.get("data_stream")
+    if not isinstance(stream, dict) or not isinstance(stream.get("start"), int) or stream["start"] < 0:
+        raise LaggrowError(f"{path}: no data_stream record (probed by a laggrow that replayed the source's "
+                           "batches, or damaged); probe again into a new --out")
+    return stream["start"]
+
+
+def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int) -> PoolRunner:
+    """Batches: the candidates of one seed all see that seed's stream, batch for batch, from
+    position `start` on (the source's stopping point, see `data_stream`)."""
     seeds = [c["seed"] for c in candidates]
     base = target.train.seed
 
     def batches(step: int) -> np.ndarray:
-        per_seed = {s: data.train_batch(step, target.train.batch_size, base + s) for s in set(seeds)}
+        per_seed = {s: data.train_batch(start + step, target.train.batch_size, base + s) for s in set(seeds)}
         return np.stack([per_seed[s] for s in seeds])
 
     eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
@@ -167,10 +189,11 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     with interrupt.deferred(), store.staged_dir(out) as tmp:
         store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
-                                    "source": str(source.path.absolute()), "candidates": candidates})
+                                    "source": str(source.path.absolute()), "candidates": candidates,
+                                    "data_stream": data_stream(source, target)})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
-        runner = _runner(pool, target, data, candidates)
+        runner = _runner(pool, target, data, candidates, int(source.data_position))
         curves = tmp / store.CURVES_FILE
         state, reached = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
                                        curves, on_eval, should_stop=interrupt.requested)
@@ -263,6 +286,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     chosen = [candidates[i] for i in selected]
     curves = directory / store.CURVES_FILE
     existing = records.read_pool_curves(curves)
+    start_position = read_data_stream(meta, directory / store.POOL_FILE)
     source = Path(meta["source"])
     source_cfg = runs.read_run_config(source, what="pool source")
     data = runs.load_source_dataset(source, source_cfg)
@@ -281,7 +305,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                 saved.add(step)
 
             if start < stop:
-                runner = _runner(pool, target, data, chosen)
+                runner = _runner(pool, target, data, chosen, start_position)
                 state, reached = _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
                                                curves, on_eval, checkpoint=save,
                                                checkpoint_every=pool.checkpoint_every,
