@@ -111,6 +111,80 @@ def test_a_pool_recorded_without_its_data_stream_is_refused(probed, tmp_path):
     assert len(result.output.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize("protocol", [
+    {"optimizer_state": "carry", "train": {"lr": 0.003, "warmup_steps": 0}},
+    {"probe_lr": "peak", "train": {"lr": 0.003}},
+], ids=["carry-warmup-0", "peak-held-over-the-probe"])
+def test_every_protocol_keeps_the_probe_the_prefix_of_the_final_run(protocol, base_run, tmp_path):
+    """Probe then train-final, for a protocol with no warmup: the records at k and at T equal one
+    uninterrupted run from growth to T; pool.json records the protocol trained."""
+    path = _pool_file(tmp_path, base_run, strategies=["stack", "zero_top", "scratch"], final_steps=8,
+                      eval_every=2, **protocol)
+    out = tmp_path / "out"
+    invoke_ok("probe", path, "--out", out)
+    invoke_ok("train-final", out)
+    recorded = json.loads((out / store.POOL_FILE).read_text())["protocol"]
+    assert recorded["probe_is_prefix"] is True and recorded["warmup_steps"] == 0
+    assert recorded["hold_steps"] == (4 if protocol.get("probe_lr") == "peak" else 0)
+    pool = load_pool_config(path)
+    source = runs.load_run(base_run)
+    target = pool.target_run_config(source.config)
+    candidates = probe.check_pool(pool, source.config, target)
+    pool_runner = probe._runner(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
+    state = probe.grow_candidates(pool, source, target, candidates)
+    by_step = {}
+    for stop in (4, 8):
+        state, _ = pool_runner.advance(state, stop - 4, stop)
+        by_step[stop] = pool_runner.evaluate(state)
+    curves = store.read_jsonl(out / store.CURVES_FILE, "records")
+    # log-spaced: round(geomspace(1, 8, 5)) = 1, 2, 3, 5, 8; with 0, k = 4, T = 8 and every 2 in [0, k]
+    assert sorted({r["step"] for r in curves}) == [0, 1, 2, 3, 4, 5, 8]
+    for stop in (4, 8):
+        losses = _final_losses(curves, stop)
+        np.testing.assert_allclose([losses[i] for i in range(3)], by_step[stop], rtol=0, atol=1e-5)
+
+
+def test_the_lr_is_held_at_the_peak_over_the_probe_with_peak():
+    pool = _pool_with(probe_lr="peak", train={"lr": 0.003})
+    from laggrow.config import RunConfig
+
+    target = pool.target_run_config(RunConfig())
+    schedule = train.make_schedule(target.train)
+    lrs = [float(schedule(i)) for i in range(pool.final_steps)]
+    np.testing.assert_allclose(lrs[: pool.lag_steps], target.train.lr, rtol=1e-6)  # no warmup, flat over the probe
+    assert lrs[pool.lag_steps + 1] < target.train.lr and lrs[-1] < lrs[pool.lag_steps + 1]  # then the decay
+
+
+def _pool_with(**changes):
+    from laggrow.pool.config import pool_config_from_dict
+
+    return pool_config_from_dict({**POOL, "source": "unused", **changes})
+
+
+@pytest.mark.parametrize(("changes", "message"), [
+    ({"probe_lr": "slow"}, "yaml.probe_lr: expected 'schedule' or 'peak'"),
+    ({"probe_lr": "peak", "train": {"warmup_steps": 2}}, "yaml.train.warmup_steps: expected no value"),
+    ({"eval_at": [13]}, "yaml.eval_at: expected a list of steps in [0, final_steps=12]"),
+    ({"eval_every": 5}, "yaml.eval_every: expected an integer in [0, lag_steps=4]"),
+    ({"halving": {"eta": 1, "first": 2}}, "yaml.halving.eta: expected an integer >= 2"),
+    ({"halving": {"first": 13}}, "yaml.halving.first: expected an integer in [1, final_steps=12]"),
+    ({"halving": {"first": 2, "predictor": "oracle"}}, "yaml.halving.predictor 'oracle': unknown"),
+])
+def test_bad_protocol_and_grid_keys_are_one_line_and_write_nothing(changes, message, base_run, tmp_path):
+    path = _pool_file(tmp_path, base_run, **changes)
+    result = runner.invoke(app, ["probe", str(path), "--out", str(tmp_path / "out")])
+    assert result.exit_code == 2, result.output
+    assert message in result.output and len(result.output.strip().splitlines()) == 1
+    assert not (tmp_path / "out").exists()
+
+
+def test_the_evaluation_grid_holds_the_dense_steps_extra_steps_and_halving_budgets():
+    pool = _pool_with(eval_every=2, eval_at=[9], halving={"eta": 2, "first": 3})
+    # log-spaced: round(geomspace(1, 12, 5)) = 1, 2, 3, 6, 12, with 0 and k = 4; every 2 up to k; 9;
+    # halving budgets 3 (4 strategies) and 6 (2 left; then one)
+    assert pool.eval_steps() == [0, 1, 2, 3, 4, 6, 9, 12]
+
+
 def test_zero_top_starts_at_the_source_loss(probed, base_run):
     out, _, probe_curves = probed
     source_loss = json.loads((base_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]

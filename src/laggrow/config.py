@@ -132,6 +132,8 @@ class TrainConfig:
     lr: float = 3e-3
     schedule: str = "cosine"  # cosine | linear | constant (all after a linear warmup)
     warmup_steps: int = 10
+    # steps held at the peak after the warmup, before the decay starts (pools: probe_lr "peak")
+    hold_steps: int = 0
     min_lr_ratio: float = 0.1
     weight_decay: float = 0.1
     beta1: float = 0.9
@@ -152,6 +154,9 @@ class TrainConfig:
                  "'cosine', 'linear' or 'constant'", self.schedule)
         require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps",
                  f"an integer in [0, train.steps={self.steps}]", self.warmup_steps)
+        require(isinstance(self.hold_steps, int) and 0 <= self.hold_steps <= self.steps - self.warmup_steps,
+                "train.hold_steps", f"an integer in [0, train.steps - warmup_steps = {self.steps - self.warmup_steps}]",
+                self.hold_steps)
         require(0 <= self.min_lr_ratio <= 1, "train.min_lr_ratio", "a number in [0, 1]", self.min_lr_ratio)
         require(self.weight_decay >= 0, "train.weight_decay", "a number >= 0", self.weight_decay)
         require(0 <= self.beta1 < 1 and 0 <= self.beta2 < 1, "train.beta1/beta2",

@@ -27,16 +27,19 @@ State = dict
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup to `lr`, then cosine / linear decay to `lr * min_lr_ratio`, or constant.
-    Defined over `cfg.steps`, so a probe of k steps is exactly the prefix of a T-step run."""
+    """Linear warmup to `lr`, `hold_steps` at `lr`, then cosine / linear decay to
+    `lr * min_lr_ratio` over the remaining steps, or constant. Defined over `cfg.steps`, so a probe
+    of k steps is exactly the prefix of a T-step run."""
     end = cfg.lr * cfg.min_lr_ratio
-    decay_steps = max(cfg.steps - cfg.warmup_steps, 1)
+    decay_steps = max(cfg.steps - cfg.warmup_steps - cfg.hold_steps, 1)
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(cfg.lr, decay_steps, alpha=cfg.min_lr_ratio)
     elif cfg.schedule == "linear":
         decay = optax.linear_schedule(cfg.lr, end, decay_steps)
     else:
         decay = optax.constant_schedule(cfg.lr)
+    if cfg.hold_steps > 0:
+        decay = optax.join_schedules([optax.constant_schedule(cfg.lr), decay], [cfg.hold_steps])
     if cfg.warmup_steps == 0:
         return decay
     warmup = optax.linear_schedule(cfg.lr / cfg.warmup_steps, cfg.lr, cfg.warmup_steps - 1)

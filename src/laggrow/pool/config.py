@@ -10,11 +10,26 @@
     lag_steps: 32                  # k: the probe's length
     final_steps: 512               # T: the full budget; the LR schedule is defined over T
     optimizer_state: reset         # reset | carry (AdamW moments through the growth)
+    probe_lr: schedule             # schedule | peak (see "Probe protocols" below)
     train: {lr: 0.002}             # overrides of the source's train config after growth
     eval_points: 16                # log-spaced evaluation steps, 0, k and T always included
+    eval_every: 4                  # also every 4 steps in [0, k] (0: off): what the predictors read
+    eval_at: [48, 64]              # and at these steps, each in [0, final_steps]
+    halving: {eta: 2, first: 8}    # successive halving (laggrow probe --halving); predictor: loss
 
 Every candidate (strategy x seed) sees the same batches as every other candidate of its seed and
 the same learning-rate schedule, so a probe of k steps is exactly the prefix of the final run.
+
+Probe protocols: how a grown model is trained from growth on, the same for probe and final run.
+Four keys make one, and pool.json records the resolved protocol:
+- `train.warmup_steps`: the post-growth warmup, linear to the peak (0: none, the peak at once);
+- `train.lr` (and `train.schedule`): the peak learning rate and the decay after it;
+- `probe_lr`: `schedule` (the final run's schedule from step 0) or `peak` (no warmup, the peak held
+  for the k probe steps, then the final decay over the rest: train.warmup_steps 0 and
+  train.hold_steps k, so a pool with `peak` sets neither);
+- `optimizer_state`: `reset` (fresh AdamW moments) or `carry` (the source's, grown alongside).
+Every protocol here keeps the probe the exact prefix of the final run (`probe_is_prefix` in the
+record): the schedule is one function of the step over [0, T].
 """
 
 from __future__ import annotations
@@ -66,6 +81,10 @@ class PoolConfig:
     optimizer_state: str = "reset"
     train: dict[str, Any] = field(default_factory=dict)
     eval_points: int = 16
+    probe_lr: str = "schedule"  # schedule | peak
+    eval_every: int = 0  # also evaluate every this many steps in [0, lag_steps]; 0: off
+    eval_at: tuple[int, ...] = ()  # and at these steps
+    halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor}; empty: none
     chunk_size: int = 0  # candidates trained together; 0: the whole pool at once
     checkpoint_every: int = 0  # train-final checkpoints; 0: only at the end
 
@@ -85,7 +104,38 @@ class PoolConfig:
         return out
 
     def eval_steps(self) -> list[int]:
-        return eval_schedule(self.lag_steps, self.final_steps, self.eval_points)
+        """Log-spaced steps, 0, k and T, the dense grid in [0, k] and `eval_at`; with halving, every
+        round's budget too (each round decides on an evaluated step)."""
+        steps = set(eval_schedule(self.lag_steps, self.final_steps, self.eval_points))
+        if self.eval_every > 0:
+            steps.update(range(0, self.lag_steps + 1, self.eval_every))
+        steps.update(self.eval_at)
+        if self.halving:
+            steps.update(b for b, _ in self.halving_budgets())
+        return sorted(steps)
+
+    def halving_budgets(self) -> list[tuple[int, int]]:
+        from laggrow.analysis.halving import halving_budgets
+
+        h = self.halving
+        return halving_budgets(len(self.strategies), h["eta"], h["first"], self.final_steps)
+
+    def protocol(self, target: RunConfig) -> dict[str, Any]:
+        """The probe protocol as trained (see the module docstring), for pool.json: `target` is
+        `target_run_config`'s result."""
+        train = target.train
+        return {"probe_lr": self.probe_lr, "optimizer_state": self.optimizer_state,
+                "warmup_steps": train.warmup_steps, "hold_steps": train.hold_steps,
+                "lr": train.lr, "schedule": train.schedule, "min_lr_ratio": train.min_lr_ratio,
+                # one schedule over [0, T] and the probe's state continued: probe = prefix of the run
+                "probe_is_prefix": True}
+
+    def resolved_train(self, source_train: dict[str, Any] | None = None) -> dict[str, Any]:
+        """The training overrides after growth, `probe_lr` applied, over `source_train` if given."""
+        train = {**(source_train or {}), **self.train}
+        if self.probe_lr == "peak":
+            train.update(warmup_steps=0, hold_steps=self.lag_steps)
+        return train
 
     def target_run_config(self, source: RunConfig) -> RunConfig:
         """The grown model's run config: the source's, with the target's model and the pool's
@@ -93,7 +143,7 @@ class PoolConfig:
         trained together (all of them, or `chunk_size`) and the states of the whole pool."""
         raw = source.to_dict()
         raw["model"].update(self.target)
-        raw["train"].update(self.train)
+        raw["train"] = self.resolved_train(raw["train"])
         raw["train"]["steps"] = self.final_steps
         raw["train"]["warmup_steps"] = min(raw["train"]["warmup_steps"], self.final_steps)
         target = run_config_from_dict(raw, where="pool target")
@@ -162,7 +212,7 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
         raise LaggrowError(f"{where}.strategies: expected a non-empty list of strategies")
     specs = _labelled([_strategy_spec(e, f"{where}.strategies[{i}]") for i, e in enumerate(entries)])
     pool = build_dataclass(PoolConfig, {**raw, "strategies": ()}, where)
-    pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds))
+    pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at))
     _validate(pool, where)
     return pool
 
@@ -185,6 +235,18 @@ def _validate(pool: PoolConfig, where: str) -> None:
     most = min(pool.final_steps + 1, MAX_EVAL_POINTS)
     check(2 <= pool.eval_points <= most, "eval_points",
             f"an integer in [2, {most}] (at most final_steps + 1 and {MAX_EVAL_POINTS})", pool.eval_points)
+    check(pool.probe_lr in ("schedule", "peak"), "probe_lr", "'schedule' or 'peak'", pool.probe_lr)
+    if pool.probe_lr == "peak":
+        for key in ("warmup_steps", "hold_steps"):
+            check(key not in pool.train, f"train.{key}",
+                  "no value: probe_lr 'peak' sets warmup_steps 0 and hold_steps lag_steps", pool.train.get(key))
+    check(0 <= pool.eval_every <= pool.lag_steps, "eval_every",
+          f"an integer in [0, lag_steps={pool.lag_steps}] (0: no dense grid)", pool.eval_every)
+    check(all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= pool.final_steps for s in pool.eval_at),
+          "eval_at", f"a list of steps in [0, final_steps={pool.final_steps}]", list(pool.eval_at))
+    _validate_halving(pool, where)
+    check(len(pool.eval_steps()) <= MAX_EVAL_POINTS, "eval_every", f"an evaluation grid of at most "
+          f"{MAX_EVAL_POINTS} steps", f"{len(pool.eval_steps())} steps")
     check(0 <= pool.chunk_size <= INT32_MAX, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
     check(0 <= pool.checkpoint_every <= INT32_MAX, "checkpoint_every", "an integer in [0, 2**31 - 1]",
             pool.checkpoint_every)
@@ -206,6 +268,38 @@ def _validate(pool: PoolConfig, where: str) -> None:
     if not all(isinstance(k, str) for k in pool.target):
         raise LaggrowError(f"{where}.target: expected model keys, got {shown(list(pool.target))}")
     build_dataclass(ModelConfig, pool.target, f"{where}.target")  # keys and types; sizes need the source
+
+
+HALVING_KEYS = ("eta", "first", "predictor")
+
+
+def _validate_halving(pool: PoolConfig, where: str) -> None:
+    """`halving: {eta, first, predictor}`: eta >= 2, first in [1, T], a known predictor."""
+    from laggrow.analysis.halving import halving_budgets
+    from laggrow.analysis.predictors import get_predictor
+
+    h = pool.halving
+    if not h:
+        return
+    if not isinstance(h, dict) or not all(isinstance(k, str) for k in h):
+        raise LaggrowError(f"{where}.halving: expected a mapping with eta, first (and predictor), got {shown(h)}")
+    unknown = sorted(set(h) - set(HALVING_KEYS))
+    if unknown:
+        raise LaggrowError(f"{where}.halving.{unknown[0]}: unknown key (expected {', '.join(HALVING_KEYS)})")
+    if "first" not in h:
+        raise LaggrowError(f"{where}.halving.first: missing (expected the steps of the first round)")
+    h.setdefault("eta", 2)
+    h.setdefault("predictor", "loss")
+    for key in ("eta", "first"):
+        h[key] = coerce(h[key], int, f"{where}.halving.{key}")
+    try:
+        halving_budgets(len(pool.strategies), h["eta"], h["first"], pool.final_steps)  # validates
+    except LaggrowError as err:  # its messages name the key from "halving." on
+        raise LaggrowError(f"{where}.{err}") from None
+    try:
+        get_predictor(coerce(h["predictor"], str, f"{where}.halving.predictor"))
+    except LaggrowError as err:
+        raise LaggrowError(f"{where}.halving.{err}") from None
 
 
 def load_pool_config(path: str | Path, overrides: dict[str, Any] | None = None) -> PoolConfig:

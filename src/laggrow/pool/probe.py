@@ -190,7 +190,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
         store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates,
-                                    "data_stream": data_stream(source, target)})
+                                    "data_stream": data_stream(source, target), "protocol": pool.protocol(target)})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
         runner = _runner(pool, target, data, candidates, int(source.data_position))
