@@ -62,6 +62,8 @@ class CorrelateOptions:
     regret_tol: float | None = None
     bootstrap: int = 1000
     seed: int = 0
+    predictor: str = "loss"  # what ranks the strategies at a step (analysis.predictors)
+    halving: dict[str, int] = field(default_factory=dict)  # {first, eta}: replay successive halving
 
     def validate(self, where: str) -> CorrelateOptions:
         """The bounds `laggrow correlate` puts on its options (finite numbers come from coerce)."""
@@ -73,6 +75,16 @@ class CorrelateOptions:
         if not 0 <= self.seed <= SEED_MAX:
             raise LaggrowError(f"{where}.seed: expected an integer in [0, 2**32 - 1], got {self.seed}")
         check_bootstrap(self.bootstrap, 0, 0, 0, what=f"{where}.bootstrap")
+        from laggrow.analysis.predictors import get_predictor
+
+        try:
+            get_predictor(self.predictor)
+        except LaggrowError as err:
+            raise LaggrowError(f"{where}.{err}") from None
+        if self.halving:
+            unknown = sorted(set(self.halving) - {"first", "eta"})
+            if unknown or "first" not in self.halving:
+                raise LaggrowError(f"{where}.halving: expected {{first: K0, eta: 2}}, got {self.halving!r:.60}")
         return self
 
     def check_fits(self, pool: PoolConfig, where: str) -> None:
@@ -81,6 +93,19 @@ class CorrelateOptions:
 
         check_bootstrap(self.bootstrap, len(pool.strategies), len(pool.eval_steps()), len(pool.seeds),
                         what=f"{where}.bootstrap")
+        if self.halving:  # replayed on the curves: every round must decide on an evaluated step
+            from laggrow.analysis.halving import halving_budgets
+
+            try:
+                budgets = [b for b, _ in halving_budgets(len(pool.strategies), self.halving.get("eta", 2),
+                                                         self.halving["first"], pool.final_steps)]
+            except LaggrowError as err:
+                raise LaggrowError(f"{where}.{err}") from None
+            missing = sorted(set(budgets) - set(pool.eval_steps()))
+            if missing:
+                raise LaggrowError(f"{where}.halving: its rounds end at steps {budgets}, of which "
+                                   f"{missing} are not evaluated (expected them in pool.eval_at or the "
+                                   "pool's eval_every grid)")
 
 
 @dataclass(frozen=True)
@@ -309,8 +334,11 @@ def correlation_is_current(ex: Experiment) -> bool:
         made = store.read_json(path, "correlation")
         lag, boot = made["little_lag"], made["bootstrap"]
         given = lag["regret_tol"] if lag["regret_tol_source"] == "given" else None
-        return (lag["threshold"], given, boot["n"], boot["seed"]) == \
-            (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed)
+        replayed = made.get("halving")
+        halving = {"first": replayed["first"], "eta": replayed["eta"]} if replayed else {}
+        wanted = {"first": opts.halving["first"], "eta": opts.halving.get("eta", 2)} if opts.halving else {}
+        return (lag["threshold"], given, boot["n"], boot["seed"], made.get("predictor"), halving) == \
+            (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed, opts.predictor, wanted)
     except (LaggrowError, KeyError, TypeError):
         return False
 
@@ -326,8 +354,9 @@ def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
         with store.DirLock(ex.pool_dir, "pool directory"):  # as laggrow correlate holds it
             curves = analysis.load_curves(ex.pool_dir)
             o = ex.correlate
-            result = analysis.correlate(curves, threshold=o.threshold, regret_tol=o.regret_tol,
-                                        n_boot=o.bootstrap, seed=o.seed).to_dict()
+            result = analysis.full_correlation(curves, threshold=o.threshold, regret_tol=o.regret_tol,
+                                               n_boot=o.bootstrap, seed=o.seed, predictor=o.predictor,
+                                               halving=o.halving or None)
             write_correlation(curves, result, ex.pool_dir)
 
     observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None)

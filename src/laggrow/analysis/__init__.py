@@ -1,7 +1,9 @@
 """Records to conclusions, with numpy and scipy only (no jax, no rendering): a pool's curves as
-arrays (`curves`), and rank correlations, regret, bootstrap intervals and the little lag
-(`correlation`). The public functions are re-exported here."""
+arrays (`curves`), rank correlations, regret, bootstrap intervals and the little lag
+(`correlation`), predictors of the final loss (`predictors`), successive halving (`halving`) and
+every predictor compared with halving replayed (`comparison`). The public functions are re-exported here."""
 
+from laggrow.analysis.comparison import compare_predictors, full_correlation, replay_halving  # noqa: F401
 from laggrow.analysis.correlation import (  # noqa: F401
     CorrelationResult,
     StabilityResult,

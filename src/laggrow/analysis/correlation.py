@@ -25,12 +25,13 @@ from __future__ import annotations
 
 import math
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 from scipy import stats
 
 from laggrow.analysis.curves import Curves, has_finals, load_curves, resolve_final_step, steps_with_loss
+from laggrow.analysis.predictors import get_predictor, score_curves
 from laggrow.errors import LaggrowError
 from laggrow.resources import SEED_MAX, check_bootstrap
 
@@ -214,6 +215,7 @@ class StepRow:
 @dataclass
 class CorrelationResult:
     source: str
+    predictor: str  # what ranks the strategies before the final step (predictors.py)
     final_step: int
     lag_steps: int | None
     planned_final_steps: int | None
@@ -355,10 +357,26 @@ def _step_row(pool: _Pool, j: int, boot: dict, fraction: float, spread: float,
         settled=False, spearman_by_seed={s: v[j] for s, v in by_seed.items()} if by_seed else None)
 
 
+def scored(curves: Curves, final_step: int, predictor: str) -> Curves:
+    """`curves` with every loss before the final step replaced by predictor `predictor`'s score of
+    the candidate's curve up to there (lower is better), and the final step's loss kept: what the
+    statistics rank against. A strategy's score is then the mean of its seeds' scores, as its loss
+    is for `loss`. The regret tolerance still reads the true final losses."""
+    if predictor == "loss":
+        return curves
+    scores = score_curves(curves.steps, curves.loss, final_step, predictor)
+    fi = int(np.searchsorted(curves.steps, final_step))
+    scores[:, fi:] = curves.loss[:, fi:]
+    return replace(curves, loss=scores)
+
+
 def correlate(curves: Curves, final_step: int | None = None, threshold: float = 0.9,
-              regret_tol: float | None = None, n_boot: int = 1000, seed: int = 0) -> CorrelationResult:
-    """Rank correlations, top-k hits and the regret of choosing at each evaluated step, against the
-    final loss; and the little lag. Raises LaggrowError when nothing can be computed."""
+              regret_tol: float | None = None, n_boot: int = 1000, seed: int = 0,
+              predictor: str = "loss") -> CorrelationResult:
+    """Rank correlations, top-k hits and the regret of choosing at each evaluated step by
+    `predictor` (see predictors.py; `loss`, LAG's, ranks by the loss there), against the final
+    loss; and the little lag. Raises LaggrowError when nothing can be computed."""
+    get_predictor(predictor)
     if not -1 < threshold <= 1:
         raise LaggrowError(f"threshold {threshold}: expected a correlation in (-1, 1]")
     if regret_tol is not None and not (math.isfinite(regret_tol) and regret_tol >= 0):
@@ -367,6 +385,7 @@ def correlate(curves: Curves, final_step: int | None = None, threshold: float = 
         raise LaggrowError(f"bootstrap seed {seed!r}: expected an integer in [0, 2**32 - 1]")
     check_bootstrap(n_boot, 0, 0, 0, what="bootstrap resamples")  # the count, before any work
     final_step = resolve_final_step(curves, final_step)
+    curves = scored(curves, final_step, predictor)
     pool = _pool(curves, final_step)
     # what the bootstrap allocates, before it does
     check_bootstrap(n_boot, len(pool.names), pool.loss.shape[1], max((len(m) for m in pool.members), default=0),
@@ -397,7 +416,7 @@ def correlate(curves: Curves, final_step: int | None = None, threshold: float = 
         init = {**asdict(rows[0]), "function_preserving": [
             s["strategy"] for s in strategies if s["function_preserving"]]}
     return CorrelationResult(
-        source=curves.source, final_step=final_step, lag_steps=curves.lag_steps,
+        source=curves.source, predictor=predictor, final_step=final_step, lag_steps=curves.lag_steps,
         planned_final_steps=curves.final_steps, steps=steps, strategies=strategies,
         excluded=pool.excluded, rows=rows, init=init,
         little_lag={"step": lag, "compute_fraction": rows[steps.index(lag)].compute_fraction

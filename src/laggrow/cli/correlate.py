@@ -19,6 +19,7 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.errors import LaggrowError
 from laggrow.resources import MAX_BOOTSTRAP, SEED_MAX
 
 
@@ -36,6 +37,13 @@ def correlate_command(
     n_boot: Annotated[int, typer.Option(
         "--bootstrap", min=0, help=f"Bootstrap resamples, at most {MAX_BOOTSTRAP:,} (0: no intervals).")] = 1000,
     seed: Annotated[int, typer.Option("--seed", min=0, max=SEED_MAX, help="Seed of the bootstrap.")] = 0,
+    predictor: Annotated[str, typer.Option(
+        "--predictor", help="What ranks the strategies at a step: loss (LAG), window, slope, extrapolate "
+        "(see laggrow.analysis.predictors); every one is compared in the predictors table.")] = "loss",
+    halving_first: Annotated[int | None, typer.Option(
+        "--halving-first", min=1, help="Replay successive halving on the curves: steps of its first round.")] = None,
+    halving_eta: Annotated[int, typer.Option(
+        "--halving-eta", help="Successive halving: keep the best 1/eta each round (an integer >= 2).")] = 2,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
 ) -> None:
     """How early the ranking settles: rank correlations with the final loss, regret, the little lag.
@@ -45,6 +53,11 @@ def correlate_command(
     from rich.console import Console
 
     from laggrow import analysis, store
+    from laggrow.analysis.predictors import get_predictor
+
+    get_predictor(predictor)  # an unknown name is one line before anything is read
+    if halving_first is not None and halving_eta < 2:
+        raise LaggrowError(f"--halving-eta: expected an integer >= 2, got {halving_eta}")
     from laggrow.report import tables
     from laggrow.report.writer import write_correlation, write_stability
 
@@ -69,8 +82,15 @@ def correlate_command(
             console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
             return
 
-        result = analysis.correlate(curves, final_step=final_step, threshold=threshold,
-                                    regret_tol=regret_tol, n_boot=n_boot, seed=seed).to_dict()
+        halving = {"eta": halving_eta, "first": halving_first} if halving_first is not None else None
+        try:
+            result = analysis.full_correlation(curves, final_step=final_step, threshold=threshold,
+                                               regret_tol=regret_tol, n_boot=n_boot, seed=seed,
+                                               predictor=predictor, halving=halving)
+        except LaggrowError as err:  # the halving checks name its keys; here they are options
+            if str(err).startswith("halving."):
+                raise LaggrowError(f"--halving-{str(err).removeprefix('halving.')}") from None
+            raise
         written = write_correlation(curves, result, out_dir)
         if as_json:
             typer.echo(json.dumps(result, indent=2, allow_nan=False))
@@ -82,6 +102,9 @@ def correlate_command(
         for line in (tables.init_summary(result), tables.little_lag_summary(result), *result["notes"]):
             if line:
                 console.print(line, highlight=False)
+        console.print(tables.predictor_table(result["predictors"]))
+        if "halving" in result:
+            console.print(tables.halving_summary(result["halving"]), highlight=False)
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 

@@ -175,6 +175,31 @@ def _lag_section(result: dict) -> list[str]:
     return lines
 
 
+def _predictors_section(result: dict) -> list[str]:
+    """The predictors compared (correlation.json's `predictors`) and halving replayed, when present."""
+    comparison = result.get("predictors")
+    if not comparison:
+        return []
+    k = comparison["lag_steps"]
+    lines = ["## Predictors", "",
+             f"Each predictor ranks the strategies from their curves up to a step; rho and regret against the "
+             f"loss at T = {comparison['final_step']} (little lag: rho >= {comparison['threshold']:g} and "
+             f"regret <= {nats(comparison['regret_tol'])}, {comparison['regret_tol_source']}). "
+             f"This report ranks by `{result['predictor']}`.", ""]
+    rows = []
+    for p in comparison["predictors"]:
+        init, at_k = p["at_init"] or {}, p["at_k"] or {}
+        rows.append([f"`{p['predictor']}`", p["summary"], num(init.get("spearman"), ".2f"),
+                     num(at_k.get("spearman"), ".2f"), num(at_k.get("top1"), ".2f"), nats(at_k.get("regret")),
+                     NONE if p["little_lag"] is None else str(p["little_lag"]), pct(p["little_lag_compute"])])
+    lines += [_table(["predictor", "what", "rho at 0", f"rho at k = {k}", "top-1 at k", "regret at k",
+                      "little lag", "its cost"], rows, align="llrrrrrr"), ""]
+    replay = result.get("halving")
+    if replay:
+        lines += [tables.halving_summary(replay)[0].upper() + tables.halving_summary(replay)[1:] + ".", ""]
+    return lines
+
+
 def _curves_section(inputs: ReportInputs) -> list[str]:
     result = inputs.result
     lines = ["## Loss curves", "", "![Held-out loss of every candidate](pool/curves.png)", ""]
@@ -221,6 +246,7 @@ def render(inputs: ReportInputs) -> str:
     lines += _pool_section(inputs)
     lines += _correlation_section(inputs.result)
     lines += _lag_section(inputs.result)
+    lines += _predictors_section(inputs.result)
     lines += _curves_section(inputs)
     lines += _footer(inputs)
     return "\n".join(lines)

@@ -104,3 +104,34 @@ def ranking_table(rows: list[dict[str, Any]], title: str = "Ranking") -> Table:
                       ("yes" if preserving else "no"), num(row.get("eval_loss_init"), ".4f"),
                       loss, num(row.get("gap"), "+.4f"), style="red" if row.get("diverged") else None)
     return table
+
+
+def predictor_table(comparison: dict) -> Table:
+    """Every predictor side by side: rho at initialisation and at k, top-1 and regret at k, its
+    little lag and that lag's share of the final compute."""
+    k = comparison["lag_steps"]
+    table = Table(title=f"Predictors of the loss at step {comparison['final_step']}", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption=f"little lag: rho >= {comparison['threshold']:g} and regret <= "
+                          f"{comparison['regret_tol']:.3g} from there on; cost: its share of the final compute",
+                  caption_justify="left")
+    for name in ("predictor", "rho@0", f"rho@k={k}", "top-1@k", "regret@k", "little lag", "cost"):
+        table.add_column(name, justify="left" if name == "predictor" else "right", no_wrap=True)
+    for p in comparison["predictors"]:
+        init, at_k = p["at_init"] or {}, p["at_k"] or {}
+        table.add_row(p["predictor"], num(init.get("spearman"), ".2f"), num(at_k.get("spearman"), ".2f"),
+                      num(at_k.get("top1"), ".2f"), num(at_k.get("regret"), ".3g"),
+                      NONE if p["little_lag"] is None else str(p["little_lag"]), pct(p["little_lag_compute"]))
+    return table
+
+
+def halving_summary(replay: dict) -> str:
+    """Successive halving replayed on the curves, in one sentence against probing everyone k steps."""
+    rounds = "; ".join(f"step {r['steps']}: kept {', '.join(r['kept'])}" for r in replay["rounds"])
+    k = replay["probe_everyone_k"]
+    against = f"probing everyone k = {k['k']} steps costs {k['candidate_steps']:,} (regret " \
+              f"{num(k.get('regret'), '.3g')}); " if k.get("candidate_steps") else ""
+    return (f"successive halving (eta {replay['eta']}, first {replay['first']}, predictor {replay['predictor']}) "
+            f"picks {replay['winner']} with regret {replay['regret']:.3g} for {replay['candidate_steps']:,} "
+            f"candidate-steps ({pct(replay['fraction_of_train_everyone'])} of training everyone to T); {against}"
+            f"rounds: {rounds}")
