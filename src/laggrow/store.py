@@ -60,6 +60,7 @@ GROWTH_FILE = "growth.json"
 # a pool directory (laggrow probe, train-final, correlate); it also holds a CONFIG_FILE
 POOL_FILE = "pool.json"
 PROBE_FILE = "probe.json"
+HALVING_FILE = "halving.json"  # laggrow probe --halving: the rounds and the compute charged
 FINAL_FILE = "final.json"
 CURVES_FILE = "curves.jsonl"
 PROBE_STATE = "probe_state"

@@ -105,14 +105,19 @@ def _score(curve: CurveOracle, fn, name: str, budget: int, final_step: int) -> f
 
 
 def successive_halving(candidates: Sequence[str], curve: CurveOracle, eta: int, first: int, final_step: int,
-                       predictor: str = "loss") -> HalvingResult:
-    """Run successive halving over `candidates` with the oracle `curve(candidate, B) -> (steps, losses)`."""
+                       predictor: str = "loss",
+                       before_round: Callable[[list[str], int], None] | None = None) -> HalvingResult:
+    """Run successive halving over `candidates` with the oracle `curve(candidate, B) -> (steps, losses)`.
+    `before_round(survivors, B)`, when given, is called before each round is scored: a trainer
+    advances exactly the survivors to B there, so the oracle then reads what it recorded."""
     candidates = list(candidates)
     require(len(set(candidates)) == len(candidates), "halving.candidates", "distinct candidate names", candidates)
     plan = halving_budgets(len(candidates), eta, first, final_step)
     fn = get_predictor(predictor).fn
     survivors, charged, rounds, unranked = candidates, dict.fromkeys(candidates, 0), [], []
     for r, (budget, _) in enumerate(plan):
+        if before_round is not None:
+            before_round(list(survivors), budget)
         scores = {c: _score(curve, fn, c, budget, final_step) for c in survivors}
         if all(v == math.inf for v in scores.values()):  # nothing to rank: a budget that was not evaluated
             raise LaggrowError(f"halving: no survivor has a finite loss at step {budget} (every budget must be "

@@ -16,10 +16,48 @@ def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
     console.print(ranking_table(rows, title=f"{title} (held-out loss at step {step})"))
 
 
+def _halving(console, cfg, pool_file: Path, out: Path) -> None:
+    from laggrow.cli.progress import pool_progress
+    from laggrow.pool.halving_run import run_halving
+
+    if not cfg.halving:
+        from laggrow.errors import LaggrowError
+
+        raise LaggrowError(f"pool {pool_file}: no halving key (expected halving: {{eta: 2, first: K0}} "
+                           "for --halving)")
+    last = cfg.halving_budgets()[-1][0]
+    state = {}
+
+    def on_start(cfg, candidates):
+        h = cfg.halving
+        console.print(f"[bold]laggrow probe --halving[/] {pool_file}: {len(cfg.strategies)} strategies x "
+                      f"{len(cfg.seeds)} seeds, eta {h['eta']}, first {h['first']}, predictor {h['predictor']}")
+        state["progress"], state["on_eval"] = pool_progress(console, last)
+        state["progress"].start()
+
+    try:
+        record = run_halving(cfg, out, pool_file=pool_file, on_eval=lambda s, r: state["on_eval"](s, r),
+                             on_start=on_start)
+    finally:
+        if "progress" in state:
+            state["progress"].stop()
+    for r in record["rounds"]:
+        console.print(f"step {r['steps']}: kept {', '.join(r['kept'])}; dropped {', '.join(r['dropped']) or '-'}",
+                      highlight=False)
+    everyone_k = record["probe_everyone_k"]
+    console.print(f"winner: {record['winner']}, for {record['candidate_steps']:,} candidate-steps "
+                  f"({100 * record['fraction_of_train_everyone']:.3g}% of training everyone to T; probing everyone "
+                  f"k = {everyone_k['k']} steps costs {everyone_k['candidate_steps']:,})", highlight=False)
+    console.print(f"written to {out}: curves.jsonl, halving.json", highlight=False)
+
+
 @user_errors
 def probe_command(
     pool: Annotated[Path, typer.Argument(help="Pool YAML: source run, target, strategies, lag_steps, final_steps.")],
     out: Annotated[Path, typer.Option("--out", help="Pool directory to create.")],
+    halving: Annotated[bool, typer.Option(
+        "--halving", help="Successive halving instead (the pool's halving key: eta, first, predictor): "
+        "train all K0 steps, keep the best 1/eta, continue those, until one strategy remains.")] = False,
 ) -> None:
     """Grow every candidate of POOL and train them all lag_steps steps in one vmapped program; rank them."""
     from rich.console import Console
@@ -39,6 +77,9 @@ def probe_command(
         state["progress"].start()
         state["k"] = cfg.lag_steps
 
+    if halving:
+        _halving(console, load_pool_config(pool), pool, out)
+        return
     try:
         rows = probe.probe(load_pool_config(pool), out, pool_file=pool,
                            on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
