@@ -70,7 +70,7 @@ def test_run_writes_every_record_and_the_report(experiment):
 
     report = (out / "report.md").read_text()
     for heading in ("## The small model", "## The pool", "## Step 0 against step k", "## The little lag",
-                    "## The pick", "## Loss curves"):
+                    "## The pick", "## Predictors", "## Loss curves"):
         assert heading in report, heading
     for name in (*FIGURES, "curves-growth.png"):
         assert f"(pool/{name})" in report, name
@@ -79,6 +79,12 @@ def test_run_writes_every_record_and_the_report(experiment):
     assert "| `zero_top` | yes |" in report and "| `scratch` | no |" in report
     assert "step 0 (initialisation)" in report and "step k = 4 (the probe)" in report
     assert "little lag:" in report and "LAG at k = 4 picks" in report
+    # every predictor's little lag and regret, and halving replayed (4 strategies: steps 1, 2)
+    assert "Predictors of the loss at step 12" in first.output and "successive halving" in first.output
+    assert [p["predictor"] for p in correlation["predictors"]["predictors"]] == ["loss", "window", "slope",
+                                                                                 "extrapolate"]
+    assert [r["steps"] for r in correlation["halving"]["rounds"]] == [1, 2]
+    assert "| `extrapolate` |" in report and "Successive halving (eta 2, first 1" in report
 
 
 def test_second_run_redoes_nothing(experiment):
@@ -128,6 +134,9 @@ def _experiment_file(tmp_path: Path, **changes) -> Path:
                "final_steps": 2, "eval_points": 2}}, "stack_top"),
     ({"correlate": {"threshold": 2}}, "threshold in (-1, 1]"),
     ({"correlate": {"boot": 10}}, "correlate.boot: unknown key"),
+    ({"correlate": {"predictor": "oracle"}}, "correlate.predictor 'oracle': unknown (expected one of: loss"),
+    ({"correlate": {"halving": {"first": 5}}}, "its rounds end at steps [5, 10], of which [5, 10] are not evaluated"),
+    ({"correlate": {"halving": {"first": 1, "eta": 1}}}, "correlate.halving.eta: expected an integer >= 2"),
 ])
 def test_bad_experiments_fail_with_one_line_and_write_nothing(tmp_path, changes, expected):
     path = _experiment_file(tmp_path, **changes)

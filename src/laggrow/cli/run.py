@@ -46,6 +46,10 @@ def run_command(
     for line in (tables.init_summary(result), tables.little_lag_summary(result)):
         if line:
             console.print(line, highlight=False)
+    if result.get("predictors"):  # per predictor: the little lag, its cost and the regret at k
+        console.print(tables.predictor_table(result["predictors"]))
+    if result.get("halving"):
+        console.print(tables.halving_summary(result["halving"]), highlight=False)
     console.print(f"report: {ex.out / store.REPORT_FILE}", highlight=False)
 
 
