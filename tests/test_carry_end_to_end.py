@@ -150,7 +150,8 @@ def test_carried_step_uses_the_new_schedule_from_its_start(probes, tiny_base_run
     grad_fn = jax.jit(jax.grad(train.loss_fn), static_argnums=2)
     p, m, v = params, mu, nu
     for step, lr in enumerate([LR / WARMUP, LR]):
-        batch = data.train_batch(step, tcfg.batch_size, tcfg.seed + candidate["seed"])
+        # the pool continues the source's batch stream where it stopped
+        batch = data.train_batch(source.data_position + step, tcfg.batch_size, tcfg.seed + candidate["seed"])
         p32 = unflatten({k: x.astype(np.float32) for k, x in p.items()})
         grads = {k: np.asarray(g) for k, g in flatten(grad_fn(p32, jax.numpy.asarray(batch), target.model)).items()}
         p, m, v = hand_adamw(p, m, v, count + step, grads, lr, tcfg)
