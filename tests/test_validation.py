@@ -112,6 +112,8 @@ def test_non_finite_numbers_are_refused(tmp_path, setting):
     ("train.log_every=2147483648", "train.log_every: expected an integer <= 2**31 - 1"),
     ("train.checkpoint_every=2147483648", "train.checkpoint_every: expected an integer <= 2**31 - 1"),
     ("train.warmup_steps=3000000000", "train.warmup_steps: expected an integer in [0, train.steps=40]"),
+    ("train.hold_steps=39", "train.hold_steps: expected an integer in [0, train.steps - warmup_steps = 35]"),
+    ("train.hold_steps=-1", "train.hold_steps: expected an integer in [0, train.steps - warmup_steps = 35]"),
     ("train.seed=true", "train.seed: expected an integer, got True"),
     ("data.bpe_vocab_size=2000000", "data.bpe_vocab_size: expected an integer <= 1048576"),
 ])
