@@ -304,3 +304,18 @@ def test_train_final_refuses_bad_steps_and_only_in_one_line(probed):
     out, _, _ = probed
     _fails(["train-final", out, "--steps", 99999], "--steps: expected a step in [lag_steps=4, final_steps=12]")
     _fails(["train-final", out, "--only", 1], "already continues 4 candidates")
+
+
+def test_the_default_protocol_carries_the_moments_and_has_no_post_growth_warmup():
+    """docs/study.md's recommendation is the default: a pool that says nothing gets no warmup
+    after growth (not the source's 10 steps) and AdamW's moments carried."""
+    from laggrow.config import RunConfig
+    from laggrow.pool.config import pool_config_from_dict
+
+    pool = pool_config_from_dict({"source": "unused", "strategies": ["stack", "zero_top", "scratch"],
+                                  "lag_steps": 4, "final_steps": 32})
+    source = RunConfig()
+    assert source.train.warmup_steps == 10
+    target = pool.target_run_config(source)
+    assert pool.optimizer_state == "carry" and target.train.warmup_steps == 0 and target.train.hold_steps == 0
+    assert pool.protocol(target)["warmup_steps"] == 0
