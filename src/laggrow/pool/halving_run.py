@@ -101,9 +101,12 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
                 raise interrupt.Interrupted("nothing written; run the halving again")
             trained.update(state=state, rows=rows, at=budget)
 
+        read: dict[int, list[dict]] = {}  # the records once per round, not once per strategy
+
         def curve(strategy: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
-            return strategy_curve(records.read_pool_curves(curves_path), members[strategy], budget,
-                                  pool.final_steps, predictor)
+            if budget not in read:
+                read[budget] = records.read_pool_curves(curves_path)
+            return strategy_curve(read[budget], members[strategy], budget, pool.final_steps, predictor)
 
         # the oracle returns the predictor's score curve, so the scheduler compares its last value
         # strategies in sorted order, as the replay (analysis/comparison.py) takes them: ties break alike
