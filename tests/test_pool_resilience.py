@@ -234,7 +234,7 @@ def test_probe_and_train_final_are_one_run_with_several_seeds(probed, finished, 
     source = runs.load_run(tiny_base_run)
     target = pool.target_run_config(source.config)
     candidates = probe.check_pool(pool, source.config, target)
-    runner = probe._runner(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
+    runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
     state = probe.grow_candidates(pool, source, target, candidates)
     state, _ = runner.advance(state, 0, K)
     at_k = runner.evaluate(state)

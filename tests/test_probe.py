@@ -89,7 +89,7 @@ def test_no_pool_batch_is_one_the_source_trained_on(probed, base_run):
     pool = load_pool_config(pool_path, {"seeds": [0, 1, 2]})
     target = pool.target_run_config(source.config)
     candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe._runner(pool, target, data, candidates, stream["start"])
+    pool_runner = probe.runner_for(pool, target, data, candidates, stream["start"])
     for p in range(pool.final_steps):
         batches = pool_runner.batches(p)
         assert not any(b.tobytes() in seen for b in batches), f"pool step {p} replays a source batch"
@@ -130,7 +130,7 @@ def test_every_protocol_keeps_the_probe_the_prefix_of_the_final_run(protocol, ba
     source = runs.load_run(base_run)
     target = pool.target_run_config(source.config)
     candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe._runner(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
+    pool_runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
     state = probe.grow_candidates(pool, source, target, candidates)
     by_step = {}
     for stop in (4, 8):
@@ -201,7 +201,7 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     candidates = probe.check_pool(pool, source.config, target)
     state = probe.grow_candidates(pool, source, target, candidates)
     data = runs.load_source_dataset(source)
-    pool_runner = probe._runner(pool, target, data, candidates, source.data_position)
+    pool_runner = probe.runner_for(pool, target, data, candidates, source.data_position)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")

@@ -30,12 +30,12 @@ from laggrow.pool import records
 from laggrow.pool.config import PoolConfig
 from laggrow.pool.probe import (
     OnEval,
-    _run_segments,
-    _runner,
     check_pool,
     check_probe_inputs,
     data_stream,
     grow_candidates,
+    run_segments,
+    runner_for,
 )
 from laggrow.pool.step import take
 
@@ -94,8 +94,8 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
             if rows != trained["rows"]:
                 state = take(state, [trained["rows"].index(i) for i in rows])
             chosen = [candidates[i] for i in rows]
-            runner = _runner(pool, target, data, chosen, int(source.data_position))
-            state, reached = _run_segments(runner, state, chosen, trained["at"], budget, eval_steps, target,
+            runner = runner_for(pool, target, data, chosen, int(source.data_position))
+            state, reached = run_segments(runner, state, chosen, trained["at"], budget, eval_steps, target,
                                            curves_path, on_eval, should_stop=interrupt.requested)
             if reached < budget:  # leaving the block removes the staging directory
                 raise interrupt.Interrupted("nothing written; run the halving again")

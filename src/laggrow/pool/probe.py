@@ -95,7 +95,7 @@ def abstract_pool_state(target: RunConfig, n: int) -> dict:
 # The shared training segment loop
 
 
-def _run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start: int, stop: int,
+def run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start: int, stop: int,
                   eval_steps: list[int], target: RunConfig, curves: Path, on_eval: OnEval | None,
                   checkpoint: Callable[[dict, int], None] | None = None, checkpoint_every: int = 0,
                   should_stop: Callable[[], bool] | None = None) -> tuple[dict, int]:
@@ -147,7 +147,7 @@ def read_data_stream(meta: dict, path: Path) -> int:
     return stream["start"]
 
 
-def _runner(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int) -> PoolRunner:
+def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int) -> PoolRunner:
     """Batches: the candidates of one seed all see that seed's stream, batch for batch, from
     position `start` on (the source's stopping point, see `data_stream`)."""
     seeds = [c["seed"] for c in candidates]
@@ -193,9 +193,9 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
                                     "data_stream": data_stream(source, target), "protocol": pool.protocol(target)})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
-        runner = _runner(pool, target, data, candidates, int(source.data_position))
+        runner = runner_for(pool, target, data, candidates, int(source.data_position))
         curves = tmp / store.CURVES_FILE
-        state, reached = _run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
+        state, reached = run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
                                        curves, on_eval, should_stop=interrupt.requested)
         if reached < pool.lag_steps:  # leaving the block removes the staging directory
             raise interrupt.Interrupted("nothing written; run the probe again")
@@ -305,8 +305,8 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                 saved.add(step)
 
             if start < stop:
-                runner = _runner(pool, target, data, chosen, start_position)
-                state, reached = _run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
+                runner = runner_for(pool, target, data, chosen, start_position)
+                state, reached = run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
                                                curves, on_eval, checkpoint=save,
                                                checkpoint_every=pool.checkpoint_every,
                                                should_stop=interrupt.requested)
