@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow.analysis.correlation import _pool, correlate, scored
+from laggrow.analysis.correlation import correlate, rankable_pool, scored
 from laggrow.analysis.curves import Curves, resolve_final_step
 from laggrow.analysis.halving import curve_from_matrix, halving_budgets, successive_halving
 from laggrow.analysis.predictors import get_predictor, predictor_names
@@ -65,7 +65,7 @@ def compare_predictors(curves: Curves, final_step: int | None = None, threshold:
 def strategy_scores(curves: Curves, final_step: int, predictor: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     """(strategies, their candidate counts, (strategies x steps) mean-over-seeds scores up to the
     final step): what halving ranks strategies by."""
-    pool = _pool(scored(curves, final_step, predictor), final_step)
+    pool = rankable_pool(scored(curves, final_step, predictor), final_step)
     return pool.names, np.array([len(m) for m in pool.members]), pool.loss
 
 

@@ -132,7 +132,7 @@ class _Pool:
     excluded: list[dict]
 
 
-def _pool(curves: Curves, last_step: int) -> _Pool:
+def rankable_pool(curves: Curves, last_step: int) -> _Pool:
     last = int(np.searchsorted(curves.steps, last_step))
     rows, excluded = [], []
     for r, cand in enumerate(curves.candidates):
@@ -386,7 +386,7 @@ def correlate(curves: Curves, final_step: int | None = None, threshold: float = 
     check_bootstrap(n_boot, 0, 0, 0, what="bootstrap resamples")  # the count, before any work
     final_step = resolve_final_step(curves, final_step)
     curves = scored(curves, final_step, predictor)
-    pool = _pool(curves, final_step)
+    pool = rankable_pool(curves, final_step)
     # what the bootstrap allocates, before it does
     check_bootstrap(n_boot, len(pool.names), pool.loss.shape[1], max((len(m) for m in pool.members), default=0),
                     what="bootstrap resamples")
@@ -436,7 +436,7 @@ def ranking_stability(curves: Curves) -> StabilityResult:
     if len(reached) == 0:
         raise LaggrowError(f"{curves.source}: no record has a finite eval_loss; expected a probed pool")
     last = int(reached.max())
-    pool = _pool(curves, last)
+    pool = rankable_pool(curves, last)
     rows: list[dict] = []
     for j, step in enumerate(curves.steps[: pool.loss.shape[1]]):
         at = pool.loss[:, j]
