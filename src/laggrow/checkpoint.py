@@ -182,6 +182,12 @@ class Checkpointer:
         abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
+    def discard(self, steps: list[int]) -> None:
+        """Delete these step directories (a writer's damaged ones), so their steps can be saved again."""
+        if self.read_only:
+            raise RuntimeError(f"{self.directory}: opened read-only")  # a bug, not the user's
+        self._remove(steps)
+
     def _remove(self, steps: list[int]) -> None:
         for step in steps:
             shutil.rmtree(self.step_dir(step), ignore_errors=True)

@@ -81,6 +81,14 @@ BASE_DIR = "base"
 POOL_DIR = "pool"
 GROWTH_CURVES_PNG = "curves-growth.png"
 
+# a stacking directory (laggrow stack, laggrow report); it also holds a CURVES_FILE and a REPORT_FILE
+STACK_CONFIG_FILE = "stack-config.json"  # the resolved run and stack sections the directory was made for
+STACK_FILE = "stack.json"  # per method and seed: stages, choices, final loss, compute (written at the end)
+STACK_PNG = "stack.png"  # held-out loss against FLOPs, every method
+STAGES_DIR = "stages"  # stages/<method>-seed<s>/: the last completed stages' checkpoints and choices
+CHOICES_FILE = "choices.jsonl"  # inside a STAGES_DIR entry: one record per completed stage
+MODELS_DIR = "models"  # models/<method>-seed<s>/: each method's final model as a laggrow run
+
 LOCK_FILE = ".laggrow.lock"
 _TMP_SUFFIX = ".tmp"
 _PARTIAL_SUFFIX = ".partial"

@@ -66,13 +66,20 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
 def restart_schedule(opt_state: Any) -> Any:
     """For an optimizer state carried through growth: Adam's moments keep their bias-correction
     count, but the grown model starts at step 0, so its learning-rate schedule restarts too."""
+    return schedule_at(opt_state, 0)
 
-    def reset(node: Any) -> Any:
+
+def schedule_at(opt_state: Any, step: int) -> Any:
+    """The optimizer state with its learning-rate schedule's count set to `step`, the rest kept:
+    a fresh state for a model grown mid-run (stacking with `optimizer_state: reset`) restarts
+    Adam's moments but must stay on the run's one schedule."""
+
+    def place(node: Any) -> Any:
         if isinstance(node, optax.ScaleByScheduleState):
-            return optax.ScaleByScheduleState(count=jnp.zeros_like(node.count))
+            return optax.ScaleByScheduleState(count=jnp.full_like(node.count, step))
         return node
 
-    return jax.tree.map(reset, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
+    return jax.tree.map(place, opt_state, is_leaf=lambda n: isinstance(n, optax.ScaleByScheduleState))
 
 
 def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig, dropout: float = 0.0,

@@ -26,7 +26,7 @@ def _root() -> None:
 
 
 # Order is the order of `laggrow --help`.
-COMMAND_MODULES = ["train", "grow", "strategies", "probe", "correlate", "run"]
+COMMAND_MODULES = ["train", "grow", "strategies", "probe", "correlate", "run", "stack"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"laggrow.cli.{_name}").register(app)

@@ -10,7 +10,7 @@ possible; every result is checked against `param_shapes(dst_cfg)`.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import jax
@@ -18,6 +18,7 @@ import jax
 from laggrow import model
 from laggrow.config import ModelConfig
 from laggrow.errors import LaggrowError
+from laggrow.growth.depth import Slot, apply_plan
 from laggrow.growth.layout import check_shapes, to_jax, to_numpy
 from laggrow.growth.registry import Context, Strategy, check_options, parse_strategy
 
@@ -138,6 +139,14 @@ def grow_opt_state(opt_state: Any, src_cfg: ModelConfig, dst_cfg: ModelConfig, s
     given to `grow`: net2net's random unit map is structure, and must match the params'.
     """
     stages, options = _prepare(src_cfg, dst_cfg, strategy, options)
+    return _carry_moments(opt_state, src_cfg, dst_cfg, f"strategy {strategy}",
+                          lambda tree: _run(tree, stages, key, options, moments=True))
+
+
+def _carry_moments(opt_state: Any, src_cfg: ModelConfig, dst_cfg: ModelConfig, what: str,
+                   grow_tree: Callable[[Params], Params]) -> Any:
+    """`grow_tree` (numpy in, numpy out) applied to every subtree of `opt_state` shaped like the
+    source params; everything else kept."""
     src_def = jax.tree.structure(model.param_shapes(src_cfg))
     dst_shapes = model.param_shapes(dst_cfg)
 
@@ -148,8 +157,47 @@ def grow_opt_state(opt_state: Any, src_cfg: ModelConfig, dst_cfg: ModelConfig, s
         if not is_moments(node):
             return node
         check_shapes(node, model.param_shapes(src_cfg), "optimizer moments (expected the source's shapes)")
-        grown = to_jax(_run(to_numpy(node), stages, key, options, moments=True))
-        check_shapes(grown, dst_shapes, f"strategy {strategy}: carried moments do not match the target")
+        grown = to_jax(grow_tree(to_numpy(node)))
+        check_shapes(grown, dst_shapes, f"{what}: carried moments do not match the target")
         return grown
 
     return jax.tree.map(carry, opt_state, is_leaf=is_moments)
+
+
+# ---- depth growth by an explicit plan (laggrow stack) -----------------------------------------------
+
+
+def _check_plan(src_cfg: ModelConfig, dst_cfg: ModelConfig, slots: Sequence[Slot]) -> None:
+    check_target(src_cfg, dst_cfg)
+    changed = _changed(src_cfg, dst_cfg, WIDTH_FIELDS)
+    if changed:
+        raise LaggrowError(f"a layer plan grows depth only, but the target changes {', '.join(changed)}")
+    if len(slots) != dst_cfg.n_layers:
+        raise LaggrowError(f"layer plan: expected one slot per target layer ({dst_cfg.n_layers}), got {len(slots)}")
+    bad = [s.source for s in slots if s.source is not None and not 0 <= s.source < src_cfg.n_layers]
+    if bad:
+        raise LaggrowError(f"layer plan: source layer {bad[0]} does not exist (the source has "
+                           f"{src_cfg.n_layers} layers)")
+
+
+def grow_with_plan(params: Params, src_cfg: ModelConfig, dst_cfg: ModelConfig, slots: Sequence[Slot],
+                   key: jax.Array) -> Params:
+    """Depth growth given as a plan, one `Slot` per target layer (see growth.depth): what the
+    registered depth strategies do, for a plan that none of them names (duplicate block p, for
+    any p, as adaptive stacking's candidates do). Pure; new layers are a fresh init from `key`."""
+    _check_plan(src_cfg, dst_cfg, slots)
+    check_shapes(params, model.param_shapes(src_cfg), "source params (expected the source config's shapes)")
+    ctx = Context(jax.random.fold_in(key, 0), {}, moments=False)
+    grown = to_jax(apply_plan(to_numpy(params), list(slots), dst_cfg, ctx))
+    check_shapes(grown, model.param_shapes(dst_cfg), "layer plan: grown params do not match the target")
+    return grown
+
+
+def grow_opt_state_with_plan(opt_state: Any, src_cfg: ModelConfig, dst_cfg: ModelConfig,
+                             slots: Sequence[Slot]) -> Any:
+    """AdamW's moments through the plan `grow_with_plan` applied: a copied layer takes its source
+    layer's moments, a new layer zeros; counts are kept."""
+    _check_plan(src_cfg, dst_cfg, slots)
+    ctx_key = jax.random.key(0)  # moments take no randomness from a plan: copies and zeros only
+    return _carry_moments(opt_state, src_cfg, dst_cfg, "layer plan",
+                          lambda tree: apply_plan(tree, list(slots), dst_cfg, Context(ctx_key, {}, moments=True)))

@@ -1,0 +1,53 @@
+"""`laggrow stack CONFIG --out DIR`: adaptive gradual stacking against its baselines (laggrow.stack)."""
+
+from __future__ import annotations
+
+import shlex
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from laggrow.cli.errors import user_errors
+
+
+@user_errors
+def stack_command(
+    config: Annotated[Path, typer.Argument(help="Stacking YAML: model (the target), data, train (T), stack.")],
+    out: Annotated[Path, typer.Option("--out", help="Stacking directory (run again to continue it).")],
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="Override a value: section.key=value, e.g. stack.probe_steps=8 (repeatable).")] = None,
+) -> None:
+    """Grow depth in stages, choosing what to copy at every growth by a short probe (LAG), and
+    compare with always copying the top block, the middle block, and scratch at equal FLOPs.
+
+    Killed or stopped, the same command continues from each run's last completed stage.
+    """
+    from rich.console import Console
+
+    from laggrow import store
+    from laggrow.analysis.stacking import choice_rows, method_summaries
+    from laggrow.report import tables
+    from laggrow.stack.run import prepare_stack, run_stack
+
+    console = Console(stderr=True)
+    prepared = prepare_stack(config, out, overrides)
+    plan = prepared.plan
+    depths = " -> ".join(str(s.depth) for s in plan.stages)
+    console.print(f"[bold]laggrow stack[/] {config} -> {prepared.out}: depths {depths} over T={plan.final_steps} "
+                  f"(PROP-{plan.stack.alpha:g}), K={plan.stack.probe_steps}, methods {', '.join(plan.stack.methods)}, "
+                  f"seeds {list(plan.stack.seeds)}; scratch trains {plan.scratch_steps()} steps", highlight=False)
+    command = shlex.join(["laggrow", "stack", str(config), "--out", str(out),
+                          *[a for o in overrides or [] for a in ("--set", o)]])
+    record = run_stack(prepared, on_event=lambda line: console.print(line, highlight=False), command=command)
+    rows = store.read_jsonl(prepared.out / store.CURVES_FILE, "stacking curves")
+    choices = choice_rows(record)
+    if choices:
+        console.print(tables.stack_choices_table(choices))
+    console.print(tables.stack_methods_table(method_summaries(record, rows)))
+    console.print(f"report: {prepared.out / store.REPORT_FILE} (figure: {prepared.out / store.STACK_PNG})",
+                  highlight=False)
+
+
+def register(app: typer.Typer) -> None:
+    app.command("stack")(stack_command)

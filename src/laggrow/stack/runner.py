@@ -1,0 +1,320 @@
+"""One method of one seed of a stacking run: its stages, checkpointed one by one, and its final model.
+
+    OUT/stages/<method>-seed<s>/checkpoints/<step>   the state after each completed stage (the last two)
+    OUT/stages/<method>-seed<s>/choices.jsonl         one record per growth done (stack.json's choices)
+    OUT/curves.jsonl                                  every method's evaluations (rows tagged method, seed)
+    OUT/models/<method>-seed<s>/                      the final model as a laggrow run, once finished
+
+Stage i trains the model of depth d_i from the global step its stage starts at to the step it ends
+at, on batch i of the stream seeded `train.seed + s` at global step i (every method of a seed reads
+the same batches in the same order), under the one learning-rate schedule of the whole budget. A
+growth starts each stage after the first: `top` and `middle` apply their fixed candidate, `adaptive`
+probes every candidate K steps (stack/probe.py) and continues the winner, whose probe steps are the
+first K steps of its stage.
+
+Resuming: the newest intact stage checkpoint is restored (its manifest carries the stage, the compute
+charged so far and the seconds spent), and the records of later stages, written by the interrupted
+process, are dropped, so a resumed run ends with exactly the records of an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from laggrow import interrupt, model, store, train
+from laggrow.analysis.predictors import get_predictor
+from laggrow.checkpoint import Checkpointer, warn
+from laggrow.data import BPETokenizer, Dataset, data_fingerprint
+from laggrow.errors import LaggrowError
+from laggrow.stack import probe as probing
+from laggrow.stack.config import StackPlan, Stage, fixed_candidate, middle_block, top_block
+
+OnEvent = Callable[[str], None]
+
+COMPUTE_KEYS = ("train_flops", "probe_flops", "eval_flops", "train_tokens", "probe_tokens")
+
+
+def run_name(method: str, seed: int) -> str:
+    return f"{method}-seed{seed}"
+
+
+@dataclass
+class Progress:
+    """Where a method's run stands: the last completed stage and what it has cost so far."""
+
+    stage: int  # 0: nothing done yet
+    compute: dict[str, int]
+    seconds: float
+
+    @property
+    def flops(self) -> float:
+        return float(self.compute["train_flops"] + self.compute["probe_flops"] + self.compute["eval_flops"])
+
+    @property
+    def tokens(self) -> int:
+        return self.compute["train_tokens"] + self.compute["probe_tokens"]
+
+
+class MethodRun:
+    """Runs (or resumes, or reads back) one method of one seed inside a stacking directory."""
+
+    def __init__(self, plan: StackPlan, method: str, seed: int, data: Dataset, out: Path,
+                 on_event: OnEvent | None = None):
+        self.plan, self.method, self.seed, self.data, self.out = plan, method, seed, data, Path(out)
+        self.name = run_name(method, seed)
+        self.state_dir = self.out / store.STAGES_DIR / self.name
+        self.model_dir = self.out / store.MODELS_DIR / self.name
+        self.curves = self.out / store.CURVES_FILE
+        self.choices_file = self.state_dir / store.CHOICES_FILE
+        self.on_event = on_event or (lambda _line: None)
+        self.init_seed = plan.run.train.seed + seed  # model init and data stream of this repetition
+        if method == "scratch":
+            run = plan.scratch_run()
+            self.stages = (Stage(1, run.model.n_layers, 0, run.train.steps),)
+        else:
+            run = plan.run
+            self.stages = plan.stages
+        self.train_cfg = run.train
+        self.eval_batches = data.eval_batches(plan.run.data.eval_batches, plan.run.data.eval_batch_size)
+        self.fingerprint = {"stack": plan.to_dict(), "method": method, "seed": seed}
+
+    # ---- records ----------------------------------------------------------------------------------
+
+    def finished(self) -> bool:
+        return (self.model_dir / store.SUMMARY_FILE).is_file()
+
+    def result(self) -> dict[str, Any]:
+        """This run's entry of stack.json, read back from its final model and its choices."""
+        summary = store.read_json(self.model_dir / store.SUMMARY_FILE, f"{self.name}'s summary")
+        entry = store.require_keys(summary, ("stacked",), self.model_dir / store.SUMMARY_FILE,
+                                   f"{self.name}'s summary")["stacked"]
+        choices = store.read_jsonl(self.choices_file, f"{self.name}'s choices") if self.choices_file.is_file() else []
+        return {**entry, "choices": [c["choice"] for c in choices if c.get("choice") is not None]}
+
+    def _row(self, stage: Stage, step: int, point: str, eval_loss: float, train_loss: float | None,
+             progress: Progress) -> dict[str, Any]:
+        return {"method": self.method, "seed": self.seed, "stage": stage.stage, "depth": stage.depth, "step": step,
+                "point": point, "eval_loss": float(eval_loss),
+                "train_loss": None if train_loss is None else float(train_loss),
+                "tokens": progress.tokens, "flops": progress.flops}
+
+    def _keep_records_until(self, stage: int) -> None:
+        """Drop this run's curve rows and choices of stages after `stage` (written by a process
+        that was stopped before it checkpointed them)."""
+        rows = store.read_jsonl(self.curves, "stacking curves", repair=True) if self.curves.is_file() else []
+        kept = [r for r in rows if (r.get("method"), r.get("seed")) != (self.method, self.seed) or r["stage"] <= stage]
+        if kept != rows:
+            store.rewrite_jsonl(self.curves, kept)
+        if self.choices_file.is_file():
+            choices = store.read_jsonl(self.choices_file, f"{self.name}'s choices", repair=True)
+            kept = [c for c in choices if c["stage"] <= stage]
+            if kept != choices:
+                store.rewrite_jsonl(self.choices_file, kept)
+
+    # ---- states -----------------------------------------------------------------------------------
+
+    def _abstract_state(self, depth: int) -> dict:
+        optimizer = train.make_optimizer(self.train_cfg)
+        shapes = model.param_shapes(self.plan.model_at(depth))
+        return jax.eval_shape(lambda p: train.init_state(p, optimizer), shapes)
+
+    def _restore(self, ckpt: Checkpointer) -> tuple[dict, Progress] | None:
+        """The newest intact stage checkpoint (damaged newer ones reported and deleted), or None."""
+        by_end = {s.end: s for s in self.stages}
+        damaged = []
+        for step in sorted(ckpt.steps(), reverse=True):
+            stage = by_end.get(step)
+            reason = "not a stage's last step" if stage is None else ckpt.verify(step)
+            if reason is None:
+                try:
+                    state, _ = ckpt.restore(self._abstract_state(stage.depth), step=step)
+                except LaggrowError as err:
+                    reason = str(err)
+            if reason is None:
+                if damaged:
+                    ckpt.discard(damaged)
+                meta = ckpt.restored_meta
+                compute = meta.get("compute")
+                if not isinstance(compute, dict) or not all(isinstance(compute.get(k), int) for k in COMPUTE_KEYS):
+                    raise LaggrowError(f"{ckpt.step_dir(step)}: its manifest holds no compute record (expected one "
+                                       "written by laggrow stack; is it damaged?)")
+                return state, Progress(stage.stage, {k: compute[k] for k in COMPUTE_KEYS},
+                                       float(meta.get("seconds") or 0.0))
+            warn(f"warning: stage checkpoint {step} in {ckpt.directory} is damaged ({reason}); "
+                 "falling back to the one before")
+            damaged.append(step)
+        if damaged:
+            ckpt.discard(damaged)
+        return None
+
+    def _fresh(self) -> dict:
+        depth = self.stages[0].depth
+        params = model.init_params(self.plan.model_at(depth), jax.random.key(self.init_seed))
+        return train.init_state(params, train.make_optimizer(self.train_cfg))
+
+    def _batch(self, i: int) -> np.ndarray:
+        return self.data.train_batch(i, self.train_cfg.batch_size, self.init_seed)
+
+    # ---- running ----------------------------------------------------------------------------------
+
+    def execute(self) -> dict[str, Any]:
+        """Run what is left of this method and write its final model; returns its stack.json entry."""
+        if self.finished():
+            return self.result()
+        store.ensure_dir(self.state_dir, "stacking directory")
+        with Checkpointer(self.state_dir, fingerprint=self.fingerprint) as ckpt:
+            restored = self._restore(ckpt)
+            if restored is None:
+                self._keep_records_until(0)
+                self.choices_file.unlink(missing_ok=True)
+                state = self._fresh()
+                progress = Progress(0, dict.fromkeys(COMPUTE_KEYS, 0), 0.0)
+                loss = train.evaluate(state["params"], self.plan.model_at(self.stages[0].depth), self.eval_batches)
+                store.append_jsonl(self.curves, [self._row(self.stages[0], 0, "init", loss, None, progress)])
+            else:
+                state, progress = restored
+                self._keep_records_until(progress.stage)
+                self.on_event(f"{self.name}: resumed after stage {progress.stage} (step {int(state['step'])})")
+            for stage in self.stages[progress.stage:]:
+                t0 = time.perf_counter()
+                if stage.stage > 1:
+                    state = self._grow(state, stage, progress)
+                state = self._train(state, stage, progress)
+                progress.stage = stage.stage
+                progress.seconds += time.perf_counter() - t0
+                ckpt.save(state, data_position=stage.end, step=stage.end,
+                          meta={"stage": stage.stage, "compute": dict(progress.compute), "seconds": progress.seconds})
+        self._check_compute(progress)
+        self._write_model(state, progress)
+        # the final model holds the last state; the stage checkpoints were only for resuming
+        shutil.rmtree(self.state_dir / store.CHECKPOINT_DIR, ignore_errors=True)
+        return self.result()
+
+    def _grow(self, state: dict, stage: Stage, progress: Progress) -> dict:
+        plan, block = self.plan, self.plan.stack.block
+        old = stage.depth - block
+        src, dst = plan.model_at(old), plan.model_at(stage.depth)
+        key = jax.random.fold_in(jax.random.key(self.init_seed), stage.stage)
+        top, middle = f"block{top_block(old, block)}", f"block{middle_block(old, block)}"
+        if self.method == "adaptive":
+            candidates = plan.candidates(stage)
+        else:
+            candidates = [fixed_candidate(self.method, old, block)]
+        grown = [probing.grow_state(state, c, src, dst, self.train_cfg, key, plan.stack.optimizer_state)
+                 for c in candidates]
+        if len(grown) == 1:  # nothing to choose: the growth is applied, as top and middle do
+            loss = train.evaluate(grown[0]["params"], dst, self.eval_batches)
+            record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, 0, top, middle,
+                                           None, [loss])
+            self._record_choice(stage, record)
+            store.append_jsonl(self.curves, [self._row(stage, stage.start, "growth", loss, None, progress)])
+            self.on_event(f"{self.name}: stage {stage.stage}, {old} -> {stage.depth} layers, {candidates[0].name}")
+            return grown[0]
+        k = plan.stack.probe_steps
+        predictor = get_predictor(plan.stack.predictor)
+        result = probing.probe(grown, dst, self.train_cfg, self._batch, self.eval_batches, plan.probe_eval_steps(),
+                               predictor.fn, horizon=stage.steps)
+        w = result.winner
+        growth_row = self._row(stage, stage.start, "growth", result.curves[0][w], None, progress)
+        charge = plan.probe_charge(stage)
+        progress.compute["train_flops"] += k * plan.step_flops(stage.depth)
+        progress.compute["train_tokens"] += k * plan.tokens_per_step
+        for key_name, value in charge.items():
+            progress.compute[key_name] += value
+        probe_row = self._row(stage, stage.start + k, "probe", result.curves[k][w], result.train_loss, progress)
+        record = probing.choice_record(
+            stage.stage, stage.start, old, stage.depth, candidates, w, top, middle, plan.stack.predictor,
+            [float(x) for x in result.curves[0]], [float(x) for x in result.curves[k]],
+            [float(x) for x in result.scores], [bool(x) for x in result.diverged])
+        self._record_choice(stage, record)
+        store.append_jsonl(self.curves, [growth_row, probe_row])
+        losses = ", ".join(f"{c.name} {result.curves[k][i]:.4f}" for i, c in enumerate(candidates))
+        self.on_event(f"{self.name}: stage {stage.stage}, {old} -> {stage.depth} layers, chose {candidates[w].name} "
+                      f"(probe loss at K={k}: {losses})")
+        return result.state
+
+    def _record_choice(self, stage: Stage, record: dict) -> None:
+        store.append_jsonl(self.choices_file, [{"stage": stage.stage, "choice": record}])
+
+    def _train(self, state: dict, stage: Stage, progress: Progress) -> dict:
+        """Train from the state's step to the stage's end, recording every evaluation and the end."""
+        model_cfg = self.plan.model_at(stage.depth)
+        start = int(state["step"])
+        base_flops, base_tokens = progress.compute["train_flops"], progress.compute["train_tokens"]
+        step_flops, step_tokens = self.plan.step_flops(stage.depth), self.plan.tokens_per_step
+        evaluated = {start}  # the init, growth or probe row is already there
+
+        def at(step: int) -> Progress:
+            progress.compute["train_flops"] = base_flops + (step - start) * step_flops
+            progress.compute["train_tokens"] = base_tokens + (step - start) * step_tokens
+            return progress
+
+        def on_record(r: dict) -> None:
+            if "eval_loss" in r:
+                store.append_jsonl(self.curves, [self._row(stage, r["step"], "train", r["eval_loss"], r["train_loss"],
+                                                           at(r["step"]))])
+                evaluated.add(r["step"])
+
+        last: list[dict] = []
+        if start < stage.end:
+            try:
+                state, history = train.train_loop(state, model_cfg, self.train_cfg, self._batch, self.eval_batches,
+                                                  on_record=on_record, stop_at=stage.end)
+            except train.Diverged as err:
+                raise LaggrowError(f"{self.name}: {err} in stage {stage.stage}; the stages before it are kept "
+                                   "(lower train.lr?)") from None
+            except interrupt.Interrupted:
+                raise interrupt.Interrupted(f"{self.name} stopped in stage {stage.stage}") from None
+            last = history.records[-1:]
+        at(stage.end)
+        if stage.end not in evaluated:
+            loss = train.evaluate(state["params"], model_cfg, self.eval_batches)
+            train_loss = last[0]["train_loss"] if last else None
+            store.append_jsonl(self.curves, [self._row(stage, stage.end, "train", loss, train_loss, progress)])
+        return state
+
+    def _check_compute(self, progress: Progress) -> None:
+        """What the run charged must be what the plan says it costs (the FLOPs scratch is given)."""
+        expected = self.plan.compute(self.method)
+        got = {**progress.compute, "total_flops": int(progress.flops), "total_tokens": progress.tokens}
+        if any(got[k] != expected[k] for k in expected):
+            raise AssertionError(f"{self.name}: charged {got}, planned {expected}")  # a bug, not the user's
+
+    def _write_model(self, state: dict, progress: Progress) -> None:
+        """The final model as a laggrow run directory (a source for grow and pools), assembled
+        beside its place and renamed: a run killed here writes it again on the next attempt."""
+        depth = self.stages[-1].depth
+        run = self.plan.run_for(self.method, self.seed, depth)
+        rows = [r for r in store.read_jsonl(self.curves, "stacking curves")
+                if (r["method"], r["seed"]) == (self.method, self.seed)]
+        final_loss = rows[-1]["eval_loss"]
+        steps = self.stages[-1].end
+        compute = {**progress.compute, "total_flops": int(progress.flops), "total_tokens": progress.tokens}
+        entry = {"method": self.method, "seed": self.seed, "steps": steps, "depth": depth,
+                 "final_eval_loss": final_loss, "model_dir": f"{store.MODELS_DIR}/{self.name}",
+                 "seconds": progress.seconds, "compute": compute}
+        tokens_per_step = self.plan.tokens_per_step
+        summary = {"steps": steps, "complete": True, "final_eval_loss": final_loss, "params": run.model.n_params(),
+                   "tokens": steps * tokens_per_step, "flops": float(compute["total_flops"]),
+                   "seconds": progress.seconds,
+                   "tokens_per_second": steps * tokens_per_step / max(progress.seconds, 1e-9),
+                   "heldout_unigram_entropy": self.data.unigram_entropy(), "stacked": entry}
+        store.ensure_dir(self.model_dir.parent, "stacking directory")
+        with store.staged_dir(self.model_dir, "stacking directory") as tmp:
+            store.write_json(tmp / store.CONFIG_FILE, run.to_dict())
+            store.write_json(tmp / store.DATA_FILE, data_fingerprint(self.data, run.data))
+            if isinstance(self.data.tokenizer, BPETokenizer):
+                store.write_file(tmp / store.TOKENIZER_FILE, self.data.tokenizer.save)
+            with Checkpointer(tmp, fingerprint=run.to_dict()) as ckpt:
+                # the data position is the stream's next batch, so grown runs and pools continue it
+                ckpt.save(state, data_position=steps, step=steps)
+            store.write_json(tmp / store.SUMMARY_FILE, summary)
+        self.on_event(f"{self.name}: finished, held-out loss {final_loss:.4f} at step {steps}")
