@@ -55,18 +55,25 @@ def run_command(
 
 @user_errors
 def report_command(
-    directory: Annotated[Path, typer.Argument(metavar="DIR", help="An experiment directory written by laggrow run.")],
+    directory: Annotated[Path, typer.Argument(
+        metavar="DIR", help="An experiment directory written by laggrow run, or a stacking directory written "
+                            "by laggrow stack.")],
 ) -> None:
-    """Render DIR/report.md again from the records on disk, without training."""
+    """Render DIR/report.md again from the records on disk, without training (with stack.png for
+    a stacking directory)."""
     import contextlib
 
     from laggrow import store
-    from laggrow.report.writer import write_report
+    from laggrow.report.writer import write_report, write_stack_report
 
     with contextlib.ExitStack() as held:
-        if (directory / store.EXPERIMENT_FILE).is_file():  # not otherwise: the lock would create DIR
-            held.enter_context(store.DirLock(directory, "experiment directory"))
-        path = write_report(directory)
+        if (directory / store.STACK_FILE).is_file():
+            held.enter_context(store.DirLock(directory, "stacking directory"))
+            path = write_stack_report(directory)
+        else:
+            if (directory / store.EXPERIMENT_FILE).is_file():  # not otherwise: the lock would create DIR
+                held.enter_context(store.DirLock(directory, "experiment directory"))
+            path = write_report(directory)
     typer.echo(f"report: {path}")
 
 

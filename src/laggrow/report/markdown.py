@@ -1,4 +1,5 @@
-"""report.md as pure text: `render(inputs)` from the records of an experiment directory.
+"""report.md as pure text: `render(inputs)` from the records of an experiment directory, and
+`render_stack(...)` from those of a stacking directory (`laggrow stack`).
 
 The records are read (and checked) by `report.writer.read_inputs`; this module opens no file
 and computes no statistic (those are in correlation.json, made by analysis.correlate). It reuses
@@ -18,8 +19,12 @@ from laggrow.report.format import NONE, nats, num, pct, step_label
 from laggrow.store import (
     BASE_DIR,
     CORRELATION_FILE,
+    CURVES_FILE,
     GROWTH_CURVES_PNG,
+    MODELS_DIR,
     POOL_DIR,
+    STACK_FILE,
+    STACK_PNG,
 )
 
 
@@ -249,4 +254,93 @@ def render(inputs: ReportInputs) -> str:
     lines += _predictors_section(inputs.result)
     lines += _curves_section(inputs)
     lines += _footer(inputs)
+    return "\n".join(lines)
+
+
+# ---- a stacking directory (laggrow stack) ------------------------------------------------------------
+
+def _stack_setup(record: dict) -> list[str]:
+    cfg, stack = record["config"]["run"], record["config"]["stack"]
+    m, d, t = cfg["model"], cfg["data"], cfg["train"]
+    stages = record["stages"]
+    scratch = sorted({run["steps"] for run in record["runs"] if run["method"] == "scratch"})
+    rows = [
+        ["target", f"{m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} heads, d_ff {m['d_ff']}"],
+        ["data", f"{d['corpus']}, {d['tokenizer']} tokens, sequences of {d['seq_len']}"],
+        ["depths", " -> ".join(str(s["depth"]) for s in stages) + f" (blocks of {stack['block']} "
+                   f"layer{'s' if stack['block'] != 1 else ''})"],
+        ["budget", f"T = {record['final_steps']} steps split over the stages by PROP-{stack['alpha']:g} (stage i "
+                   f"trains in proportion to i^{stack['alpha']:g}), batch {t['batch_size']}, AdamW lr {t['lr']:g}, "
+                   f"one {t['schedule']} schedule over T; optimizer state at a growth: {stack['optimizer_state']}"],
+        ["probe", f"K = {stack['probe_steps']} steps of every candidate ({', '.join(stack['candidates'])}) "
+                  f"at every growth, scored by `{stack['predictor']}`"],
+        ["methods", ", ".join(f"`{x}`" for x in record["methods"])],
+        ["seeds", ", ".join(map(str, record["seeds"])) + " (init and data order; every method of a seed reads "
+                  "the same batches)"],
+    ]
+    if scratch:
+        rows.append(["scratch", f"the target from scratch for {' / '.join(map(str, scratch))} steps: the FLOPs "
+                                "adaptive spends, probes included"])
+    lines = ["## What was run", "", _table(["", ""], rows, align="ll"), "", "## Stages", "",
+             _table(["stage", "depth", "steps", "global steps"],
+                    [[str(s["stage"]), str(s["depth"]), str(s["steps"]), f"{s['start']}-{s['end'] - 1}"]
+                     for s in stages]), ""]
+    return lines
+
+
+def _stack_methods(summaries: list[dict]) -> list[str]:
+    rows = [[f"`{s['method']}`", str(s["n_seeds"]), tables.plus_minus(s["final_loss"], s["final_loss_se"], ".4f"),
+             num(s["total_flops"], ".3g"), num(s["total_tokens"], ",.0f"),
+             "best" if s["gap_to_best"] == 0 else tables.plus_minus(s["gap_to_best"], s["gap_se"], "+.4f"),
+             tables.flops_saved_text(s)] for s in summaries]
+    return ["## Methods", "",
+            "Held-out loss at the end (nats/token), mean ± its standard error over seeds; the gap to the best "
+            "method ± the SE of the per-seed paired difference; FLOPs and tokens per run (seeds averaged, "
+            "probes included); FLOPs saved: the share of scratch's FLOPs a method did not need to reach "
+            "scratch's final loss of the same seed (in brackets: the seeds that reached it, of all).", "",
+            _table(["method", "seeds", "final loss", "FLOPs", "tokens", "gap to best", "FLOPs saved vs scratch"],
+                   rows), ""]
+
+
+def _stack_choices(choices: list[dict]) -> list[str]:
+    if not choices:
+        return []
+    rows = [[str(c["stage"]), str(c["seed"]), str(c["depth"]), f"`{c['chosen']}`", tables.yes_no(c["agrees_top"]),
+             tables.yes_no(c["agrees_middle"]), NONE if c["init_choice"] is None else f"`{c['init_choice']}`",
+             tables.probe_losses(c["candidates"])] for c in choices]
+    agree_top = sum(c["agrees_top"] for c in choices)
+    agree_middle = sum(c["agrees_middle"] for c in choices)
+    agree_init = sum(c["init_choice"] == c["chosen"] for c in choices)
+    n = len(choices)
+    return ["## Adaptive's choices", "",
+            f"At every growth of every seed, the candidate LAG chose after its probe; whether gradual stacking "
+            f"(= top) and MIDAS (= middle) copy the same; what the loss right after growth would have chosen; and "
+            f"the best candidates by score with their probe loss. Of {n} choices, {agree_top} match top stacking, "
+            f"{agree_middle} MIDAS and {agree_init} the choice by the loss right after growth.", "",
+            _table(["stage", "seed", "depth", "chosen", "= top", "= middle", "by init loss", "probe (best first)"],
+                   rows, align="rrrlllll"), ""]
+
+
+def render_stack(record: dict, summaries: list[dict], choices: list[dict]) -> str:
+    """report.md of a stacking directory, from stack.json and the summaries and choices that
+    analysis.stacking computes from it (and curves.jsonl)."""
+    n_seeds = len(record["seeds"])
+    lines = ["# Stacking: adaptive gradual stacking against its baselines", "",
+             "Written by `laggrow stack`: the model grown in depth stage by stage, `adaptive` choosing the block "
+             "to copy at every growth by a short probe of every candidate (Landscape-Aware Growing, arXiv "
+             "2406.02469), against always copying the top block (`top`, gradual stacking), always duplicating "
+             "the middle block (`middle`, MIDAS) and the full-depth model from scratch at adaptive's FLOPs "
+             "(`scratch`). Every loss is the held-out loss on the same evaluation batches.", ""]
+    lines += _stack_setup(record)
+    lines += _stack_methods(summaries)
+    lines += [f"How to read seed noise: seeds are paired (every method of a seed shares its init seed and "
+              f"batches), so a gap to the best is a difference only when it is well beyond its paired SE (say "
+              f"twice it), and with {n_seeds} seed{'s' if n_seeds != 1 else ''} that SE is itself "
+              f"{'not measured' if n_seeds < 2 else 'a rough estimate'}, so a gap within it is seed noise.", ""]
+    lines += _stack_choices(choices)
+    lines += ["## Loss against compute", "",
+              f"![Held-out loss against cumulative FLOPs, every method and seed]({STACK_PNG})", "",
+              f"Records: `{STACK_FILE}` (stages, choices, final losses, compute), `{CURVES_FILE}` (every "
+              f"method's loss by step), `{MODELS_DIR}/` (each final model, a laggrow run). Re-render this file "
+              "with `laggrow report DIR`.", ""]
     return "\n".join(lines)

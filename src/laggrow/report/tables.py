@@ -135,3 +135,74 @@ def halving_summary(replay: dict) -> str:
             f"picks {replay['winner']} with regret {replay['regret']:.3g} for {replay['candidate_steps']:,} "
             f"candidate-steps ({pct(replay['fraction_of_train_everyone'])} of training everyone to T); {against}"
             f"rounds: {rounds}")
+
+
+# ---- stacking (laggrow stack) ---------------------------------------------------------------------
+
+def probe_losses(candidates: list[dict], shown: int = 3) -> str:
+    """The best few candidates by score, `name loss` each (the probe's loss; `diverged` if so),
+    as the terminal and report.md show them."""
+    parts = [f"{c['name']} {'diverged' if c['diverged'] else num(c['probe_loss'], '.3f')}"
+             for c in candidates[:shown]]
+    more = len(candidates) - shown
+    return ", ".join(parts) + (f" (+{more})" if more > 0 else "")
+
+
+def yes_no(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def stack_choices_table(choice_rows: list[dict]) -> Table:
+    """What LAG chose at every growth of every seed (`analysis.stacking.choice_rows`), what the loss
+    right after growth would have picked, whether top stacking and MIDAS would have copied the same,
+    and the best probe losses. Sized for 100 columns."""
+    table = Table(title="Adaptive: the candidate chosen at every growth", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
+                  caption="by init: the choice by the loss right after growth (no probe)\n"
+                          "=top, =mid: gradual stacking, MIDAS copy the same\n"
+                          "probe: the best candidates by score, with their loss after the probe",
+                  caption_justify="left")
+    for name in ("stage", "seed", "depth", "chosen", "by init", "=top", "=mid", "probe"):
+        table.add_column(name, justify="right" if name in ("stage", "seed", "depth") else "left",
+                         no_wrap=name != "probe")
+    for row in choice_rows:
+        table.add_row(str(row["stage"]), str(row["seed"]), str(row["depth"]), row["chosen"],
+                      row["init_choice"] or NONE, yes_no(row["agrees_top"]), yes_no(row["agrees_middle"]),
+                      probe_losses(row["candidates"]))
+    return table
+
+
+def plus_minus(value: float | None, se: float | None, spec: str) -> str:
+    """`value ± se`, or the value alone without an SE."""
+    return num(value, spec) + ("" if se is None or value is None else f" ± {format(se, spec.lstrip('+'))}")
+
+
+def flops_saved_text(summary: dict) -> str:
+    """`25% (2/2)`: the FLOPs saved against scratch and the seeds that reached scratch's final loss;
+    `never (0/2)` when none did; `-` for scratch itself or without scratch."""
+    if summary["flops_saved_seeds"] is None:
+        return NONE
+    if summary["flops_saved"] is None:
+        return f"never (0/{summary['n_seeds']})"
+    return f"{pct(summary['flops_saved'])} ({summary['flops_saved_seeds']}/{summary['n_seeds']})"
+
+
+def stack_methods_table(summaries: list[dict]) -> Table:
+    """Every method of a stacking run (`analysis.stacking.method_summaries`): final loss over seeds,
+    compute, the gap to the best (paired SE) and the FLOPs saved against scratch at its final loss.
+    Sized for 100 columns."""
+    table = Table(title="Methods: held-out loss at the end, over seeds", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption="±: standard error over seeds (the gap's: of the per-seed paired difference)\n"
+                          "FLOPs saved: share of scratch's FLOPs not needed to reach its final loss\n"
+                          "(of the seeds, those that reached it)",
+                  caption_justify="left")
+    for name in ("method", "seeds", "final loss", "FLOPs", "tokens", "gap to best", "FLOPs saved"):
+        table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
+    for s in summaries:
+        best = s["gap_to_best"] == 0  # the best, and any method tied with it
+        table.add_row(s["method"], str(s["n_seeds"]), plus_minus(s["final_loss"], s["final_loss_se"], ".4f"),
+                      num(s["total_flops"], ".3g"), num(s["total_tokens"], ",.0f"),
+                      "best" if best else plus_minus(s["gap_to_best"], s["gap_se"], "+.4f"), flops_saved_text(s),
+                      style="green" if best else None)
+    return table

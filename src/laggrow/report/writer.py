@@ -1,4 +1,5 @@
-"""The files presentation writes: correlation.{json,csv} with the figures, and report.md.
+"""The files presentation writes: correlation.{json,csv} with the figures, and report.md (of an
+experiment directory, or with stack.png of a stacking directory).
 
 Every group of outputs is written all or nothing through `store.write_outputs`, so a failure
 (a full disk, a damaged record found late) leaves the previous files or none, never a mix.
@@ -15,7 +16,7 @@ from typing import TYPE_CHECKING
 from laggrow import runs, store
 from laggrow.errors import LaggrowError
 from laggrow.report import figures
-from laggrow.report.markdown import ReportInputs, render
+from laggrow.report.markdown import ReportInputs, render, render_stack
 
 if TYPE_CHECKING:
     from laggrow.analysis.curves import Curves
@@ -136,3 +137,34 @@ def write_report(out: Path) -> Path:
     path = out / store.REPORT_FILE
     store.write_text(path, text)
     return path
+
+
+# ---- a stacking directory (laggrow stack) ------------------------------------------------------------
+
+STACK_WHAT = "stacking record written by laggrow stack"
+STACK_KEYS = ("config", "final_steps", "stages", "seeds", "methods", "runs")
+
+
+def write_stack_report(directory: Path) -> Path:
+    """Render DIR/report.md and draw DIR/stack.png from stack.json and curves.jsonl, both or
+    neither; returns the report's path. A record damaged inside (valid JSON, wrong contents) is
+    one line naming the directory."""
+    from laggrow.analysis.stacking import choice_rows, method_summaries
+
+    directory = Path(directory)
+    path = directory / store.STACK_FILE
+    if not path.is_file():
+        raise LaggrowError(f"{directory}: holds no stacking run (expected a directory written by laggrow stack)")
+    record = store.require_keys(store.read_json(path, STACK_WHAT), STACK_KEYS, path, STACK_WHAT)
+    rows = store.read_jsonl(directory / store.CURVES_FILE, "stacking curves")
+    try:
+        summaries = method_summaries(record, rows)
+        text = render_stack(record, summaries, choice_rows(record))
+        # the figure is drawn inside write_outputs, so damage it finds late still leaves nothing
+        store.write_outputs(directory, {store.REPORT_FILE: text,
+                                        store.STACK_PNG: lambda p: figures.plot_stack(record, rows, p)})
+    except _DAMAGE as err:
+        raise LaggrowError(f"{directory}: the stacking record is damaged ({type(err).__name__}: {err}); expected "
+                           f"{store.STACK_FILE} and {store.CURVES_FILE} as laggrow stack writes them; run laggrow "
+                           "stack again into a new --out") from None
+    return directory / store.REPORT_FILE
