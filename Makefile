@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test demo bench lint clean
+.PHONY: test demo stack-demo bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/laggrow run configs/demo.yaml
 	@echo "report: runs/demo/report.md (figures: runs/demo/pool/correlation.png, curves.png, ranks.png)"
+
+# Adaptive gradual stacking against gradual stacking, MIDAS and scratch (configs/stack-demo.yaml);
+# rerunning continues an interrupted run and redoes nothing finished.
+stack-demo: $(STAMP)
+	$(BIN)/laggrow stack configs/stack-demo.yaml --out runs/stack-demo
+	@echo "report: runs/stack-demo/report.md (figure: runs/stack-demo/stack.png)"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/bench_train.py

@@ -46,6 +46,13 @@ def run_name(method: str, seed: int) -> str:
     return f"{method}-seed{seed}"
 
 
+def abstract_state(plan: StackPlan, train_cfg, depth: int) -> dict:
+    """The shapes of a train state of depth `depth`: the target of a stage checkpoint's restore."""
+    optimizer = train.make_optimizer(train_cfg)
+    shapes = model.param_shapes(plan.model_at(depth))
+    return jax.eval_shape(lambda p: train.init_state(p, optimizer), shapes)
+
+
 @dataclass
 class Progress:
     """Where a method's run stands: the last completed stage and what it has cost so far."""
@@ -121,11 +128,6 @@ class MethodRun:
 
     # ---- states -----------------------------------------------------------------------------------
 
-    def _abstract_state(self, depth: int) -> dict:
-        optimizer = train.make_optimizer(self.train_cfg)
-        shapes = model.param_shapes(self.plan.model_at(depth))
-        return jax.eval_shape(lambda p: train.init_state(p, optimizer), shapes)
-
     def _restore(self, ckpt: Checkpointer) -> tuple[dict, Progress] | None:
         """The newest intact stage checkpoint (damaged newer ones reported and deleted), or None."""
         by_end = {s.end: s for s in self.stages}
@@ -135,7 +137,7 @@ class MethodRun:
             reason = "not a stage's last step" if stage is None else ckpt.verify(step)
             if reason is None:
                 try:
-                    state, _ = ckpt.restore(self._abstract_state(stage.depth), step=step)
+                    state, _ = ckpt.restore(abstract_state(self.plan, self.train_cfg, stage.depth), step=step)
                 except LaggrowError as err:
                     reason = str(err)
             if reason is None:

@@ -1,0 +1,219 @@
+"""`laggrow stack` end to end on configs/stack-tiny.yaml: the whole comparison, its records and their
+arithmetic, the final models as runs, a SIGKILLed and resumed run, and bad input."""
+
+from __future__ import annotations
+
+import json
+import signal
+from pathlib import Path
+
+import jax
+import numpy as np
+import optax
+import pytest
+
+from conftest import CONFIGS, invoke_ok, one_line_failure, snapshot, start_laggrow, wait_until
+from laggrow import runs, store
+
+TINY = CONFIGS / "stack-tiny.yaml"
+
+
+@pytest.fixture(scope="module")
+def stacked(tmp_path_factory) -> Path:
+    """The tiny comparison, uninterrupted, run once for the module."""
+    out = tmp_path_factory.mktemp("stack") / "tiny"
+    invoke_ok("stack", TINY, "--out", out)
+    return out
+
+
+def _record(out: Path) -> dict:
+    return json.loads((out / store.STACK_FILE).read_text())
+
+
+def _curves(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / store.CURVES_FILE).read_text().splitlines()]
+
+
+def test_the_whole_comparison_runs_and_writes_its_records(stacked):
+    record = _record(stacked)
+    assert record["methods"] == ["adaptive", "top", "middle", "scratch"] and record["seeds"] == [0]
+    assert [(s["depth"], s["start"], s["end"]) for s in record["stages"]] == [(1, 0, 10), (2, 10, 30), (3, 30, 60)]
+    assert [(r["method"], r["seed"]) for r in record["runs"]] == [
+        ("adaptive", 0), ("top", 0), ("middle", 0), ("scratch", 0)]
+    for name in (store.REPORT_FILE, store.STACK_PNG, store.CURVES_FILE, store.STACK_CONFIG_FILE):
+        assert (stacked / name).is_file(), name
+    assert (stacked / store.STACK_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    for run in record["runs"]:
+        assert np.isfinite(run["final_eval_loss"]) and run["depth"] == 3
+
+
+def test_each_stage_has_the_depth_it_should_and_the_curves_are_ordered(stacked):
+    rows = _curves(stacked)
+    for method in ("adaptive", "top", "middle"):
+        mine = [r for r in rows if r["method"] == method]
+        assert {(r["stage"], r["depth"]) for r in mine} == {(1, 1), (2, 2), (3, 3)}
+        assert [r["point"] for r in mine if r["point"] != "train"] == (
+            ["init", "growth", "probe", "growth", "probe"] if method == "adaptive" else ["init", "growth", "growth"])
+        steps, flops = [r["step"] for r in mine], [r["flops"] for r in mine]
+        assert steps == sorted(steps) and flops == sorted(flops) and steps[-1] == 60
+        # every evaluation of train.eval_every (10) and every stage's end is there
+        assert {r["step"] for r in mine if r["point"] == "train"} == {10, 20, 30, 40, 50, 60}
+    scratch = [r for r in rows if r["method"] == "scratch"]
+    assert {r["depth"] for r in scratch} == {3} and scratch[-1]["step"] == _record(stacked)["scratch_steps"]
+
+
+def test_the_adaptive_choice_is_the_argmin_of_the_probe_losses(stacked):
+    adaptive = _record(stacked)["runs"][0]
+    assert [c["stage"] for c in adaptive["choices"]] == [2, 3]
+    for choice in adaptive["choices"]:
+        losses = {c["name"]: c["probe_loss"] for c in choice["candidates"]}
+        assert choice["chosen"] == min(losses, key=losses.get)
+        assert choice["predictor"] == "loss" and choice["probed"]
+    # the candidates are every block of the model before the growth, then the identity block on top
+    assert [[c["name"] for c in ch["candidates"]] for ch in adaptive["choices"]] == [
+        ["block0", "zero"], ["block0", "block1", "zero"]]
+    assert [c["layers"] for c in adaptive["choices"][1]["candidates"]] == [[0, 0, 1], [0, 1, 1], [0, 1, None]]
+    # and the curve's probe row is the winner's probe loss
+    probes = [r for r in _curves(stacked) if r["method"] == "adaptive" and r["point"] == "probe"]
+    for row, choice in zip(probes, adaptive["choices"], strict=True):
+        chosen = next(c for c in choice["candidates"] if c["name"] == choice["chosen"])
+        assert row["eval_loss"] == pytest.approx(chosen["probe_loss"]) and row["step"] == choice["step"] + 4
+
+
+def test_top_and_middle_copy_the_blocks_their_methods_name(stacked):
+    runs_ = {r["method"]: r for r in _record(stacked)["runs"]}
+    assert [c["chosen"] for c in runs_["top"]["choices"]] == ["block0", "block1"]  # the top layer of 1, of 2
+    assert [c["chosen"] for c in runs_["middle"]["choices"]] == ["block0", "block0"]  # ceil(n/2)-th, from 1
+    assert runs_["scratch"]["choices"] == []
+
+
+def test_probes_plus_training_is_the_total_and_scratch_gets_the_same(stacked):
+    record = _record(stacked)
+    by = {r["method"]: r["compute"] for r in record["runs"]}
+    for c in by.values():
+        assert c["train_flops"] + c["probe_flops"] + c["eval_flops"] == c["total_flops"]
+        assert c["train_tokens"] + c["probe_tokens"] == c["total_tokens"]
+    assert by["top"] == by["middle"] and by["top"]["probe_flops"] == 0
+    assert by["adaptive"]["train_flops"] == by["top"]["train_flops"]  # the winner's probe steps are its stage's
+    assert by["adaptive"]["probe_flops"] > 0 and by["adaptive"]["eval_flops"] > 0
+    # scratch: the target's steps that adaptive's total buys; less than one step is left over
+    step = by["scratch"]["train_flops"] / record["scratch_steps"]
+    assert by["scratch"]["total_flops"] <= by["adaptive"]["total_flops"] < by["scratch"]["total_flops"] + step
+    # the curves' last FLOPs are the totals
+    rows = _curves(stacked)
+    for method, c in by.items():
+        assert [r for r in rows if r["method"] == method][-1]["flops"] == c["total_flops"]
+
+
+def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, tmp_path):
+    from laggrow.grow_run import grow_run
+
+    for run in _record(stacked)["runs"]:
+        loaded = runs.load_run(stacked / run["model_dir"], what="stacked model")
+        assert loaded.config.model.n_layers == 3 and int(loaded.state["step"]) == run["steps"]
+        assert loaded.data_position == run["steps"]  # a grown run continues the stream from here
+    record = grow_run(stacked / "models" / "adaptive-seed0", "stack_top", tmp_path / "grown", ["model.n_layers=4"])
+    assert record["eval_loss_before"] == pytest.approx(_record(stacked)["runs"][0]["final_eval_loss"], rel=1e-5)
+
+
+def test_a_second_run_on_a_finished_directory_redoes_nothing(stacked):
+    before = snapshot(stacked)
+    invoke_ok("stack", TINY, "--out", stacked)
+    after = snapshot(stacked)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert changed == [], changed
+
+
+def _without_seconds(record: dict) -> dict:
+    for run in record["runs"]:
+        run.pop("seconds")
+    return record
+
+
+def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_same_records(stacked, tmp_path):
+    out = tmp_path / "killed"
+    proc = start_laggrow("stack", TINY, "--out", out)
+    manifest = out / store.STAGES_DIR / "adaptive-seed0" / store.CHECKPOINT_DIR / "30" / store.CHECKPOINT_MANIFEST
+    wait_until(proc, manifest.is_file, "adaptive's second stage checkpointed")
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / store.STACK_FILE).is_file()
+    # the stage checkpoint holds the 2-layer model and its AdamW state of the same shapes
+    from laggrow.checkpoint import Checkpointer
+    from laggrow.stack.config import load_stack_plan
+    from laggrow.stack.runner import abstract_state
+
+    plan = load_stack_plan(TINY)
+    with Checkpointer(manifest.parent.parent.parent, read_only=True) as ckpt:
+        state, position = ckpt.restore(abstract_state(plan, plan.run.train, 2), step=30)
+    assert position == 30 and state["params"]["blocks"]["attn"]["w_qkv"].shape[0] == 2
+    adam = [s for s in jax.tree.leaves(state["opt_state"], is_leaf=lambda n: isinstance(n, optax.ScaleByAdamState))
+            if isinstance(s, optax.ScaleByAdamState)][0]
+    assert jax.tree.map(np.shape, adam.mu) == jax.tree.map(np.shape, state["params"])
+    assert jax.tree.map(np.shape, adam.nu) == jax.tree.map(np.shape, state["params"])
+    result = invoke_ok("stack", TINY, "--out", out)
+    assert "resumed after stage 2" in result.output
+    assert _without_seconds(_record(out)) == _without_seconds(_record(stacked))
+    assert _curves(out) == _curves(stacked)
+
+
+@pytest.mark.parametrize(("sets", "expected"), [
+    (["model.n_layers=1"], "model.n_layers: expected stack.start_layers (1) plus a positive multiple"),
+    (["stack.block=2"], "stack.start_layers: expected a positive multiple of stack.block (2)"),
+    (["stack.alpha=0"], "stack.alpha: expected a number > 0"),
+    (["stack.probe_steps=25"], "stack.probe_steps: expected at most the shortest stage that starts with a probe"),
+    (["stack.candidates=[blocks, bottom]"], "stack.candidates: expected names from blocks, top, zero, random"),
+    (["stack.methods=[adaptive, lag]"], "stack.methods: expected names from adaptive, top, middle, scratch"),
+    (["train.steps=2", "train.warmup_steps=0", "stack.probe_steps=1"],
+     "train.steps: expected a budget that gives each of the 3 stages at least one step"),
+    (["stack.seeds=-1"], "stack.seeds: expected a list"),
+])
+def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, sets, expected):
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    out = tmp_path / "never"
+    args = ["stack", str(TINY), "--out", str(out)] + [a for s in sets for a in ("--set", s)]
+    one_line_failure(CliRunner().invoke(app, args), expected)
+    assert not out.exists()
+
+
+def test_an_out_that_holds_something_else_or_another_stacking_run_is_refused(stacked, tmp_path):
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    one_line_failure(CliRunner().invoke(app, ["stack", str(TINY), "--out", str(other)]),
+                     "not empty and not a stacking directory")
+    before = snapshot(stacked)
+    one_line_failure(CliRunner().invoke(app, ["stack", str(TINY), "--out", str(stacked), "--set", "stack.alpha=2"]),
+                     "holds a different stacking run (stack.alpha: 1.0 there, 2.0 here)")
+    assert snapshot(stacked) == before
+
+
+def test_a_damaged_record_read_back_is_one_line(stacked, tmp_path):
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stacked, copy)
+    (copy / store.STACK_CONFIG_FILE).write_text("{not json")
+    one_line_failure(CliRunner().invoke(app, ["stack", str(TINY), "--out", str(copy)]),
+                     str(copy / store.STACK_CONFIG_FILE))
+    shutil.rmtree(copy)
+    shutil.copytree(stacked, copy)
+    shutil.rmtree(copy / store.MODELS_DIR / "top-seed0")
+    lines = (copy / store.CURVES_FILE).read_text().splitlines()
+    (copy / store.CURVES_FILE).write_text("\n".join([lines[0], "{broken", *lines[1:]]) + "\n")
+    # found once the run has started (after its header line): one error line, no traceback
+    result = CliRunner().invoke(app, ["stack", str(TINY), "--out", str(copy)])
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert f"{copy / store.CURVES_FILE} line 2: malformed" in errors[0]
