@@ -54,7 +54,9 @@ def grow_state(state: State, candidate: Candidate, src: ModelConfig, dst: ModelC
         opt_state = grow_opt_state_with_plan(state["opt_state"], src, dst, slots)
     else:
         opt_state = train.schedule_at(train.make_optimizer(train_cfg).init(params), int(state["step"]))
-    return {"params": params, "opt_state": opt_state, "step": state["step"]}
+    # committed to the device like a trained or restored state: jit keys its cache on it, and the
+    # evaluation right after a growth should share the stage's compiled program
+    return jax.device_put({"params": params, "opt_state": opt_state, "step": state["step"]}, jax.devices()[0])
 
 
 @dataclass
