@@ -36,17 +36,20 @@ def stack_command(
     depths = " -> ".join(str(s.depth) for s in plan.stages)
     console.print(f"[bold]laggrow stack[/] {config} -> {prepared.out}: depths {depths} over T={plan.final_steps} "
                   f"(PROP-{plan.stack.alpha:g}), K={plan.stack.probe_steps}, methods {', '.join(plan.stack.methods)}, "
-                  f"seeds {list(plan.stack.seeds)}; scratch trains {plan.scratch_steps()} steps", highlight=False)
+                  f"seeds {list(plan.stack.seeds)}; scratch trains {plan.scratch_steps()} steps", highlight=False,
+                  soft_wrap=True)
     command = shlex.join(["laggrow", "stack", str(config), "--out", str(out),
                           *[a for o in overrides or [] for a in ("--set", o)]])
-    record = run_stack(prepared, on_event=lambda line: console.print(line, highlight=False), command=command)
+    # one event a line, unwrapped: a log to read or grep, not a layout
+    record = run_stack(prepared, on_event=lambda line: console.print(line, highlight=False, soft_wrap=True),
+                       command=command)
     rows = store.read_jsonl(prepared.out / store.CURVES_FILE, "stacking curves")
     choices = choice_rows(record)
     if choices:
         console.print(tables.stack_choices_table(choices))
     console.print(tables.stack_methods_table(method_summaries(record, rows)))
     console.print(f"report: {prepared.out / store.REPORT_FILE} (figure: {prepared.out / store.STACK_PNG})",
-                  highlight=False)
+                  highlight=False, soft_wrap=True)
 
 
 def register(app: typer.Typer) -> None:

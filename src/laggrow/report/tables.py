@@ -190,19 +190,19 @@ def flops_saved_text(summary: dict) -> str:
 def stack_methods_table(summaries: list[dict]) -> Table:
     """Every method of a stacking run (`analysis.stacking.method_summaries`): final loss over seeds,
     compute, the gap to the best (paired SE) and the FLOPs saved against scratch at its final loss.
-    Sized for 100 columns."""
+    Sized for 80 columns (a terminal's, and rich's width off a terminal); report.md adds the tokens."""
     table = Table(title="Methods: held-out loss at the end, over seeds", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
                   caption="±: standard error over seeds (the gap's: of the per-seed paired difference)\n"
                           "FLOPs saved: share of scratch's FLOPs not needed to reach its final loss\n"
                           "(of the seeds, those that reached it)",
                   caption_justify="left")
-    for name in ("method", "seeds", "final loss", "FLOPs", "tokens", "gap to best", "FLOPs saved"):
+    for name in ("method", "seeds", "final loss", "FLOPs", "gap to best", "FLOPs saved"):
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for s in summaries:
         best = s["gap_to_best"] == 0  # the best, and any method tied with it
         table.add_row(s["method"], str(s["n_seeds"]), plus_minus(s["final_loss"], s["final_loss_se"], ".4f"),
-                      num(s["total_flops"], ".3g"), num(s["total_tokens"], ",.0f"),
+                      num(s["total_flops"], ".3g"),
                       "best" if best else plus_minus(s["gap_to_best"], s["gap_se"], "+.4f"), flops_saved_text(s),
                       style="green" if best else None)
     return table

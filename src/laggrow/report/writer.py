@@ -66,7 +66,8 @@ def write_stability(curves: Curves, stability: dict, directory: Path) -> list[Pa
 def read_experiment_record(out: Path) -> dict:
     out = Path(out)
     if not (out / store.EXPERIMENT_FILE).is_file():
-        raise LaggrowError(f"{out}: holds no experiment (expected a directory written by laggrow run)")
+        raise LaggrowError(f"{out}: holds no experiment or stacking run (expected a directory written by laggrow run "
+                           "or laggrow stack)")
     record = store.read_json(out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
     return store.require_keys(record, ("experiment_file", "experiment_given", "out_given"),
                               out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
