@@ -62,6 +62,20 @@ def test_each_stage_has_the_depth_it_should_and_the_curves_are_ordered(stacked):
     assert {r["depth"] for r in scratch} == {3} and scratch[-1]["step"] == _record(stacked)["scratch_steps"]
 
 
+def test_every_method_of_a_seed_starts_from_the_same_model_and_reads_the_same_batches(stacked):
+    rows = _curves(stacked)
+
+    def upto(method: str, stage: int) -> list[tuple]:
+        return [(r["step"], r["point"], r["eval_loss"], r["train_loss"]) for r in rows
+                if r["method"] == method and r["stage"] <= stage]
+
+    # top and middle both copy the one layer at the first growth: identical runs through stage 2,
+    # bit for bit, which they are only if their init and their batches are the same
+    assert upto("top", 2) == upto("middle", 2)
+    assert upto("top", 3) != upto("middle", 3)  # then top copies layer 1, middle layer 0
+    assert upto("adaptive", 1) == upto("top", 1)
+
+
 def test_the_adaptive_choice_is_the_argmin_of_the_probe_losses(stacked):
     adaptive = _record(stacked)["runs"][0]
     assert [c["stage"] for c in adaptive["choices"]] == [2, 3]
@@ -155,6 +169,25 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
     assert "resumed after stage 2" in result.output
     assert _without_seconds(_record(out)) == _without_seconds(_record(stacked))
     assert _curves(out) == _curves(stacked)
+
+
+def test_ctrl_c_stops_after_a_step_and_says_how_to_continue(tmp_path):
+    out = tmp_path / "interrupted"
+    # 3000 steps: stages of 500, 1000 and 1500, so the signal sent after the first lands in a stage
+    sets = ["stack.methods=[top]", "train.steps=3000", "train.eval_every=500"]
+    proc = start_laggrow("stack", TINY, "--out", out, *[a for s in sets for a in ("--set", s)])
+    manifest = out / store.STAGES_DIR / "top-seed0" / store.CHECKPOINT_DIR / "500" / store.CHECKPOINT_MANIFEST
+    wait_until(proc, manifest.is_file, "top's first stage checkpointed")
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("interrupted: top-seed0 stopped in stage") and "Traceback" not in stderr
+    assert f"continue with: laggrow stack {TINY} --out {out} --set 'stack.methods=[top]'" in last
+    assert not (out / store.STACK_FILE).is_file()
+    # what it kept: the first stage, from which the same command goes on
+    assert [json.loads(line)["stage"] for line in (out / store.STAGES_DIR / "top-seed0" / store.CHOICES_FILE)
+            .read_text().splitlines()] in ([], [2])
 
 
 @pytest.mark.parametrize(("sets", "expected"), [
