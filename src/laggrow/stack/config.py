@@ -50,7 +50,6 @@ from laggrow.resources import SEED_MAX, check_training_fits
 
 METHODS = ("adaptive", "top", "middle", "scratch")
 CANDIDATE_TYPES = ("blocks", "top", "zero", "random")
-STACKED_METHODS = ("adaptive", "top", "middle")  # the methods that grow in stages
 
 
 @dataclass(frozen=True)
