@@ -45,6 +45,9 @@ def test_the_whole_comparison_runs_and_writes_its_records(stacked):
     assert (stacked / store.STACK_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     for run in record["runs"]:
         assert np.isfinite(run["final_eval_loss"]) and run["depth"] == 3
+        stages = [(s["depth"], s["start"], s["end"]) for s in run["stages"]]
+        assert stages == ([(3, 0, record["scratch_steps"])] if run["method"] == "scratch"
+                          else [(1, 0, 10), (2, 10, 30), (3, 30, 60)])
 
 
 def test_each_stage_has_the_depth_it_should_and_the_curves_are_ordered(stacked):

@@ -301,6 +301,7 @@ class MethodRun:
         steps = self.stages[-1].end
         compute = {**progress.compute, "total_flops": int(progress.flops), "total_tokens": progress.tokens}
         entry = {"method": self.method, "seed": self.seed, "steps": steps, "depth": depth,
+                 "stages": [s.to_dict() for s in self.stages],
                  "final_eval_loss": final_loss, "model_dir": f"{store.MODELS_DIR}/{self.name}",
                  "seconds": progress.seconds, "compute": compute}
         tokens_per_step = self.plan.tokens_per_step
