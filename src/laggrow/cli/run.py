@@ -59,8 +59,10 @@ def report_command(
         metavar="DIR", help="An experiment directory written by laggrow run, or a stacking directory written "
                             "by laggrow stack.")],
 ) -> None:
-    """Render DIR/report.md again from the records on disk, without training (with stack.png for
-    a stacking directory)."""
+    """Render DIR/report.md again from the records on disk, without training.
+
+    DIR is an experiment directory (laggrow run) or a stacking directory (laggrow stack, whose
+    stack.png is drawn again too)."""
     import contextlib
 
     from laggrow import store

@@ -18,10 +18,11 @@ def stack_command(
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a value: section.key=value, e.g. stack.probe_steps=8 (repeatable).")] = None,
 ) -> None:
-    """Grow depth in stages, choosing what to copy at every growth by a short probe (LAG), and
-    compare with always copying the top block, the middle block, and scratch at equal FLOPs.
+    """Adaptive gradual stacking (LAG at every growth) against top, middle and scratch stacking.
 
-    Killed or stopped, the same command continues from each run's last completed stage.
+    Grows depth in stages, choosing what to copy at every growth by a short probe of every
+    candidate, and compares with always copying the top block, the middle block, and scratch at
+    equal FLOPs. Killed or stopped, the same command continues from each run's last completed stage.
     """
     from rich.console import Console
 
