@@ -47,6 +47,11 @@ def main() -> None:
     import sys
     import warnings
 
+    from laggrow import compile_cache
+
+    # before any verb imports jax: JAX reads its persistent-cache settings from the environment then
+    compile_cache.configure()
+
     # Orbax logs each failed background write with its traceback (hundreds of lines for one full
     # disk); the error boundary says it in one line.
     for name in ("absl", "asyncio"):

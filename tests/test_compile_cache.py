@@ -1,0 +1,63 @@
+"""The command line's persistent compilation cache: where it goes, how it is turned off, and that a
+real `laggrow` process writes it there (and nowhere when off)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from conftest import CONFIGS, REPO
+from laggrow import compile_cache
+
+
+@pytest.mark.parametrize(("environ", "expected"), [
+    ({"HOME": "/h"}, "/h/.cache/laggrow/jax"),
+    ({"HOME": "/h", "XDG_CACHE_HOME": "/x"}, "/x/laggrow/jax"),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "/mine"}, "/mine"),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "~/c"}, str(Path("~/c").expanduser())),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "/mine", "JAX_COMPILATION_CACHE_DIR": "/jax"}, "/jax"),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "off"}, None),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "OFF"}, None),
+    ({"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "0"}, None),
+])
+def test_the_cache_directory_follows_the_environment(environ, expected):
+    got = compile_cache.cache_dir(dict(environ))
+    assert (None if got is None else str(got)) == expected
+
+
+def test_configure_sets_jax_variables_and_keeps_what_the_user_set():
+    environ = {"HOME": "/h"}
+    assert compile_cache.configure(environ) == Path("/h/.cache/laggrow/jax")
+    assert environ["JAX_COMPILATION_CACHE_DIR"] == "/h/.cache/laggrow/jax"
+    assert environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0.5"
+    mine = {"HOME": "/h", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "3"}
+    compile_cache.configure(mine)
+    assert mine["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "3"
+    off = {"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "off"}
+    assert compile_cache.configure(off) is None and "JAX_COMPILATION_CACHE_DIR" not in off
+
+
+def _train(tmp_path: Path, name: str, **env: str) -> Path:
+    """A real 2-step `laggrow train` with HOME in tmp_path and no JAX cache variable inherited."""
+    home = tmp_path / f"home-{name}"
+    environ = {k: v for k, v in os.environ.items()
+               if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME", compile_cache.ENV)}
+    environ.update(HOME=str(home), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
+    proc = subprocess.run([sys.executable, "-m", "laggrow", "train", str(CONFIGS / "tiny.yaml"), "--out",
+                           str(tmp_path / f"run-{name}"), "--set", "train.steps=2", "--set", "train.eval_every=2",
+                           "--set", "train.warmup_steps=0"],
+                          cwd=REPO, env=environ, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    return home
+
+
+def test_a_laggrow_process_caches_its_compilations_by_default_and_not_when_off(tmp_path):
+    home = _train(tmp_path, "default")
+    cached = list((home / ".cache" / "laggrow" / "jax").iterdir())
+    assert cached, "the default cache directory holds the run's compiled programs"
+    home = _train(tmp_path, "off", LAGGROW_COMPILATION_CACHE="off")
+    assert not (home / ".cache").exists()
