@@ -194,6 +194,17 @@ class RunConfig:
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
 
 
+def differences(now: Any, then: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two config dicts, as `key: THEN there, NOW here`
+    (what a directory refused for holding another run's config says)."""
+    if isinstance(now, dict) and isinstance(then, dict):
+        out = []
+        for key in sorted(set(now) | set(then)):
+            out += differences(now.get(key), then.get(key), f"{prefix}{key}.")
+        return out
+    return [] if now == then else [f"{prefix.rstrip('.')}: {then!r} there, {now!r} here"]
+
+
 def require(ok: bool, key: str, expected: str, got: Any) -> None:
     """The one form of a config error: `key: expected X, got Y`."""
     if not ok:

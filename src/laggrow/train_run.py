@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from laggrow import runs, store
-from laggrow.config import RunConfig
+from laggrow.config import RunConfig, differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
 
@@ -35,17 +35,6 @@ class PreparedRun:
     dataset: Dataset
     resume: bool  # True: continue from the checkpoint in `out`
     finished: bool = False  # `out` holds this run, finished: nothing to train
-
-
-def _differences(a: dict, b: dict, prefix: str = "") -> list[str]:
-    diffs = []
-    for key in sorted(set(a) | set(b)):
-        va, vb = a.get(key), b.get(key)
-        if isinstance(va, dict) and isinstance(vb, dict):
-            diffs += _differences(va, vb, f"{prefix}{key}.")
-        elif va != vb:
-            diffs.append(f"{prefix}{key}: {vb!r} there, {va!r} here")
-    return diffs
 
 
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
@@ -67,7 +56,7 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     finished = False
     if existing.is_file():
         previous = runs.read_run_config(out, what="--out")
-        diffs = _differences(cfg.to_dict(), previous.to_dict())
+        diffs = differences(cfg.to_dict(), previous.to_dict())
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different run ({'; '.join(diffs[:3])})")
         summary = runs.read_summary(out, "--out")

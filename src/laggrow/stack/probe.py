@@ -26,7 +26,7 @@ from laggrow.config import ModelConfig, TrainConfig
 from laggrow.errors import LaggrowError
 from laggrow.growth.depth import Slot
 from laggrow.growth.transform import grow_opt_state_with_plan, grow_with_plan
-from laggrow.pool.step import PoolRunner, stack, take
+from laggrow.pool.step import PoolRunner, candidate_state, stack, take
 from laggrow.stack.config import Candidate
 
 State = dict
@@ -79,7 +79,8 @@ def probe(states: list[State], model_cfg: ModelConfig, train_cfg: TrainConfig,
     raising `interrupt.Interrupted` (nothing of a probe is kept)."""
     n = len(states)
     g = int(states[0]["step"])
-    pool = stack([{**s, "lr_scale": np.float32(1.0), "diverged_at": np.int32(-1)} for s in states])
+    # the pool's own bookkeeping (lr_scale 1, healthy), at the global step the growth happened at
+    pool = stack([{**candidate_state(s["params"], s["opt_state"], 1.0), "step": s["step"]} for s in states])
 
     def same_batch(i: int) -> np.ndarray:
         one = batch(i)

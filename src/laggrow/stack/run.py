@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from laggrow import interrupt, runs, store
+from laggrow.config import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
 from laggrow.stack.config import StackPlan, load_stack_plan, plan_with_vocab
@@ -34,15 +35,6 @@ class PreparedStack:
     out: Path
     dataset: Dataset
     resume: bool  # DIR already holds this stacking run (finished or not)
-
-
-def _differences(now: Any, then: Any, prefix: str = "") -> list[str]:
-    if isinstance(now, dict) and isinstance(then, dict):
-        out = []
-        for key in sorted(set(now) | set(then)):
-            out += _differences(now.get(key), then.get(key), f"{prefix}{key}.")
-        return out
-    return [] if now == then else [f"{prefix.rstrip('.')}: {then!r} there, {now!r} here"]
 
 
 def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -> PreparedStack:
@@ -59,7 +51,7 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
     dataset = load_dataset(plan.run.data, out if recorded.is_file() else None)
     plan = plan_with_vocab(plan, dataset.vocab_size)
     if recorded.is_file():
-        diffs = _differences(plan.to_dict(), store.read_json(recorded, "stacking config written by laggrow stack"))
+        diffs = differences(plan.to_dict(), store.read_json(recorded, "stacking config written by laggrow stack"))
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different stacking run ({'; '.join(diffs[:3])}); "
                                "choose another --out")

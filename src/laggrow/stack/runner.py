@@ -151,7 +151,7 @@ class MethodRun:
                 return state, Progress(stage.stage, {k: compute[k] for k in COMPUTE_KEYS},
                                        float(meta.get("seconds") or 0.0))
             warn(f"warning: stage checkpoint {step} in {ckpt.directory} is damaged ({reason}); "
-                 "falling back to the one before")
+                 "falling back to an earlier stage (or the start, if none is intact)")
             damaged.append(step)
         if damaged:
             ckpt.discard(damaged)
