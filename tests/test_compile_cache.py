@@ -31,14 +31,26 @@ def test_the_cache_directory_follows_the_environment(environ, expected):
 
 def test_configure_sets_jax_variables_and_keeps_what_the_user_set():
     environ = {"HOME": "/h"}
-    assert compile_cache.configure(environ) == Path("/h/.cache/laggrow/jax")
+    assert compile_cache.configure(environ, create=False) == Path("/h/.cache/laggrow/jax")
     assert environ["JAX_COMPILATION_CACHE_DIR"] == "/h/.cache/laggrow/jax"
     assert environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "0.5"
     mine = {"HOME": "/h", "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "3"}
-    compile_cache.configure(mine)
+    compile_cache.configure(mine, create=False)
     assert mine["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] == "3"
     off = {"HOME": "/h", "LAGGROW_COMPILATION_CACHE": "off"}
     assert compile_cache.configure(off) is None and "JAX_COMPILATION_CACHE_DIR" not in off
+
+
+def test_a_cache_directory_that_cannot_be_made_is_one_warning_and_no_cache(tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    environ = {"HOME": str(tmp_path), compile_cache.ENV: str(blocker / "cache")}
+    assert compile_cache.configure(environ) is None
+    assert "JAX_COMPILATION_CACHE_DIR" not in environ
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"warning: compilation cache {blocker / 'cache'}: ")
+    made = {"HOME": str(tmp_path), compile_cache.ENV: str(tmp_path / "new" / "cache")}
+    assert compile_cache.configure(made) == tmp_path / "new" / "cache" and (tmp_path / "new" / "cache").is_dir()
 
 
 def _train(tmp_path: Path, name: str, **env: str) -> Path:

@@ -9,6 +9,7 @@ imported, so `laggrow.cli.main` calls `configure` before any verb imports jax.
 - `LAGGROW_COMPILATION_CACHE=off` (or `0`, `false`, `no`): no persistent cache.
 - `LAGGROW_COMPILATION_CACHE=DIR`: the cache in DIR.
 - otherwise: `$XDG_CACHE_HOME/laggrow/jax`, by default `~/.cache/laggrow/jax`.
+- a directory laggrow cannot create or write: one warning line, and no cache.
 
 Programs that compile in under `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` (laggrow's default 0.5 s,
 JAX's 1 s) are not written: reading them back would cost about what compiling does.
@@ -17,6 +18,7 @@ JAX's 1 s) are not written: reading them back would cost about what compiling do
 from __future__ import annotations
 
 import os
+import sys
 from collections.abc import MutableMapping
 from pathlib import Path
 
@@ -38,14 +40,26 @@ def cache_dir(environ: MutableMapping[str, str]) -> Path | None:
     return Path(base) / "laggrow" / "jax"
 
 
-def configure(environ: MutableMapping[str, str] | None = None) -> Path | None:
+def configure(environ: MutableMapping[str, str] | None = None, create: bool = True) -> Path | None:
     """Set JAX's cache variables in `environ` (default `os.environ`) as the module docstring says;
-    returns the directory, or None when off. Creates nothing: JAX makes the directory when it
-    first writes there."""
+    returns the directory, or None when off. laggrow's own choice of directory is created and
+    checked first (`create`): one that cannot be written is one warning line and no cache, instead
+    of a multi-line JAX warning at every compilation."""
     environ = os.environ if environ is None else environ
     directory = cache_dir(environ)
     if directory is None:
         return None
+    if create and not environ.get("JAX_COMPILATION_CACHE_DIR"):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            usable = os.access(directory, os.W_OK)
+            reason = "not writable"
+        except OSError as err:
+            usable, reason = False, (err.strerror or type(err).__name__).lower()
+        if not usable:
+            print(f"warning: compilation cache {directory}: {reason}; compiling without it "
+                  f"(set {ENV} to a writable directory, or to off)", file=sys.stderr, flush=True)
+            return None
     environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", MIN_COMPILE_SECONDS)
     return directory
