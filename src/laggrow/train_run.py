@@ -112,19 +112,34 @@ def execute_run(
 
 
 def _has_checkpoint(out: Path) -> bool:
+    """Whether `out` holds a checkpoint worth keeping: one whose manifest was written, i.e. whose
+    save finished. A step directory without one (a save that failed after Orbax renamed it) could
+    not be restored anyway."""
     directory = out / store.CHECKPOINT_DIR
-    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+    return directory.is_dir() and any(p.name.isdigit() and (p / store.CHECKPOINT_MANIFEST).is_file()
+                                      for p in directory.iterdir())
 
 
 def _discard(out: Path, created: bool) -> None:
     """Remove what a fresh run wrote before it had anything worth keeping."""
     for name in _RUN_FILES:
         (out / name).unlink(missing_ok=True)
-    shutil.rmtree(out / store.CHECKPOINT_DIR, ignore_errors=True)
+    _remove_tree(out / store.CHECKPOINT_DIR)
     if created:  # the directory is ours too; the lock file goes with it (its fd stays valid)
         (out / store.LOCK_FILE).unlink(missing_ok=True)
         if not any(out.iterdir()):
             out.rmdir()
+
+
+def _remove_tree(path: Path, attempts: int = 20) -> None:
+    """rmtree that also removes what arrives while it runs: after a failed save, tensorstore's
+    threads can still create files in the checkpoint's temporary directory for a moment, and one
+    pass of rmtree (errors ignored) then leaves a non-empty directory behind (seen once in CI)."""
+    for _ in range(attempts):
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists():
+            return
+        time.sleep(0.05)
 
 
 def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None] | None,
