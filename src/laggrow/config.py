@@ -39,6 +39,13 @@ class ModelConfig:
     tie_embeddings: bool = False
     dtype: str = "float32"  # compute dtype; params stay float32
     ln_eps: float = 1e-5
+    # How the model is computed, not what it computes: none of these changes a parameter or the
+    # model's math (beyond float rounding), and a run saved before they existed reads back with
+    # their defaults. What `auto` means is decided per backend at trace time (attention.py,
+    # model.choose_scan); docs/design.md has the measurements behind the defaults.
+    attention: str = "auto"  # auto | xla | cudnn (cuDNN fused flash attention, GPU, bf16/fp16)
+    scan_layers: object = "auto"  # auto | true | false: lax.scan over the layer axis, or unrolled
+    loss_chunk: int = 0  # tokens per chunk of the cross-entropy's logits; 0: all logits at once
 
     @property
     def head_dim(self) -> int:
@@ -56,6 +63,21 @@ class ModelConfig:
                      "d_model / n_heads even (RoPE rotates pairs)", self.d_model)
         require(self.dtype in ("float32", "bfloat16"), "model.dtype", "'float32' or 'bfloat16'", self.dtype)
         require(self.ln_eps > 0, "model.ln_eps", "a number > 0", self.ln_eps)
+        require(self.attention in ("auto", "xla", "cudnn"), "model.attention", "'auto', 'xla' or 'cudnn'",
+                self.attention)
+        if self.attention == "cudnn":  # what no machine runs; the backend itself is checked at trace time
+            require(self.dtype in ("bfloat16", "float16"), "model.attention",
+                    f"'auto' or 'xla' with model.dtype={self.dtype} (cuDNN attention needs bfloat16)",
+                    self.attention)
+            require(self.head_dim % 8 == 0 and self.head_dim <= 256, "model.attention",
+                    f"'auto' or 'xla' with head dim {self.head_dim} (cuDNN takes a multiple of 8, at most 256)",
+                    self.attention)
+        # `1 == True` in Python: check the type, not membership, so an integer 1 is refused
+        require(self.scan_layers == "auto" or isinstance(self.scan_layers, bool), "model.scan_layers",
+                "'auto', true or false", self.scan_layers)
+        require(isinstance(self.loss_chunk, int) and not isinstance(self.loss_chunk, bool), "model.loss_chunk",
+                "an integer (0: whole logits)", self.loss_chunk)
+        _require_int(self, "model", "loss_chunk", 0)
 
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from laggrow import attention
 from laggrow.config import ModelConfig
 
 Params = dict
@@ -152,43 +153,85 @@ def rope(x: jax.Array) -> jax.Array:
     return jnp.concatenate([x1 * cos - x2 * sin, x1 * sin + x2 * cos], axis=-1)
 
 
-def _dropout(x: jax.Array, rate: float, key: jax.Array | None, layer: int, site: int) -> jax.Array:
+def _dropout(x: jax.Array, rate: float, key: jax.Array | None, layer, site: int) -> jax.Array:
+    """Residual dropout keyed by `fold_in(key, 2 * layer + site)`; `layer` may be traced (the
+    scanned loop carries it), so scanned and unrolled models draw the same bits."""
     if rate <= 0.0 or key is None:
         return x
     keep = jax.random.bernoulli(jax.random.fold_in(key, 2 * layer + site), 1.0 - rate, x.shape)
     return jnp.where(keep, x / (1.0 - rate), jnp.zeros_like(x))
 
 
-def forward(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
-            key: jax.Array | None = None) -> jax.Array:
+SCAN_CHOICES = ("auto", True, False)
+
+
+def choose_scan(requested, backend: str) -> bool:
+    """Whether the layer loop is a `lax.scan` (True) or unrolled (False). `auto` unrolls on CPU,
+    where the unrolled loop measured faster per step (docs/design.md, "Scan over layers"), and
+    scans on GPU / TPU, as maxtext does by default (`scan_layers: True` in its base.yml): one
+    compiled layer body, compile time flat in depth. Not measured here (no accelerator)."""
+    if requested == "auto":
+        return backend != "cpu"
+    return bool(requested)
+
+
+def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: int,
+           dropout: float, key: jax.Array | None) -> jax.Array:
+    """One pre-LN layer on 2-D (B*T, D) activations; `layer` holds one layer's weights."""
+    dtype = jnp.dtype(cfg.dtype)
+    d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
+    y = layer_norm(x, layer["ln1"]["scale"], layer["ln1"]["bias"], cfg.ln_eps)
+    qkv = y @ layer["attn"]["w_qkv"].reshape(d, 3 * h * dh).astype(dtype)
+    qkv = qkv.reshape(b, t, 3, h, dh)
+    q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+    if cfg.pos_emb == "rope":
+        q, k = rope(q), rope(k)
+    att = attend(q, k, v)
+    att = att.reshape(b * t, h * dh) @ layer["attn"]["w_out"].reshape(h * dh, d).astype(dtype)
+    x = x + _dropout(att, dropout, key, i, 0)
+
+    y = layer_norm(x, layer["ln2"]["scale"], layer["ln2"]["bias"], cfg.ln_eps)
+    y = jax.nn.gelu(y @ layer["mlp"]["w_in"].astype(dtype))
+    return x + _dropout(y @ layer["mlp"]["w_out"].astype(dtype), dropout, key, i, 1)
+
+
+def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
+           key: jax.Array | None = None) -> jax.Array:
+    """The final (LayerNormed) hidden states (B*T, D) in the compute dtype: what the head
+    multiplies. The loss can take them in chunks instead of whole logits (`train.loss_fn`)."""
     dtype = jnp.dtype(cfg.dtype)
     b, t = tokens.shape
-    d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
     blocks = params["blocks"]
 
     x = params["embed"]["tokens"][tokens]
     if cfg.pos_emb == "learned":
         x = x + params["pos"]["embedding"][:t][None]
-    x = x.astype(dtype).reshape(b * t, d)  # 2-D activations: see the module docstring
+    x = x.astype(dtype).reshape(b * t, cfg.d_model)  # 2-D activations: see the module docstring
 
-    # An unrolled loop over the layer axis: on CPU it measured faster than lax.scan.
+    attend = attention.attention_fn(cfg.attention, cfg.dtype, cfg.head_dim, t)
+    block = functools.partial(_block, cfg=cfg, attend=attend, b=b, t=t, dropout=dropout, key=key)
     n_layers = blocks["ln1"]["scale"].shape[0]
-    for i in range(n_layers):
-        y = layer_norm(x, blocks["ln1"]["scale"][i], blocks["ln1"]["bias"][i], cfg.ln_eps)
-        qkv = y @ blocks["attn"]["w_qkv"][i].reshape(d, 3 * h * dh).astype(dtype)
-        qkv = qkv.reshape(b, t, 3, h, dh)
-        q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
-        if cfg.pos_emb == "rope":
-            q, k = rope(q), rope(k)
-        att = jax.nn.dot_product_attention(q, k, v, is_causal=True)
-        att = att.reshape(b * t, h * dh) @ blocks["attn"]["w_out"][i].reshape(h * dh, d).astype(dtype)
-        x = x + _dropout(att, dropout, key, i, 0)
+    if choose_scan(cfg.scan_layers, attention.runtime().backend):
+        # the layer index rides along as a scanned input, so dropout folds in the same index
+        def body(x, layer_and_index):
+            layer, i = layer_and_index
+            return block(x, layer, i), None
 
-        y = layer_norm(x, blocks["ln2"]["scale"][i], blocks["ln2"]["bias"][i], cfg.ln_eps)
-        y = jax.nn.gelu(y @ blocks["mlp"]["w_in"][i].astype(dtype))
-        x = x + _dropout(y @ blocks["mlp"]["w_out"][i].astype(dtype), dropout, key, i, 1)
+        x, _ = jax.lax.scan(body, x, (blocks, jnp.arange(n_layers, dtype=jnp.int32)))
+    else:
+        for i in range(n_layers):
+            x = block(x, jax.tree.map(lambda w, i=i: w[i], blocks), i)
+    return layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
 
-    x = layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
+
+def head_weight(params: Params, cfg: ModelConfig) -> jax.Array:
+    """The output projection (D, V) in the compute dtype (the embedding's transpose when tied)."""
     head = params["embed"]["tokens"].T if cfg.tie_embeddings else params["head"]["w"]
-    logits = x @ head.astype(dtype)
+    return head.astype(jnp.dtype(cfg.dtype))
+
+
+def forward(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
+            key: jax.Array | None = None) -> jax.Array:
+    b, t = tokens.shape
+    logits = hidden(params, tokens, cfg, dropout=dropout, key=key) @ head_weight(params, cfg)
     return logits.astype(jnp.float32).reshape(b, t, cfg.vocab_size)

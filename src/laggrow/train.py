@@ -85,9 +85,44 @@ def schedule_at(opt_state: Any, step: int) -> Any:
 def loss_fn(params: dict, batch: jax.Array, cfg: ModelConfig, dropout: float = 0.0,
             key: jax.Array | None = None) -> jax.Array:
     """Mean next-token cross-entropy (nats) of int batch (B, T+1); the same for train and eval
-    (eval passes no dropout)."""
-    logits = model.apply(params, batch[:, :-1], cfg, dropout=dropout, key=key)
-    return optax.softmax_cross_entropy_with_integer_labels(logits, batch[:, 1:]).mean()
+    (eval passes no dropout). With `cfg.loss_chunk` > 0 the (B*T, V) logits are never held whole
+    (`chunked_cross_entropy`)."""
+    inputs, labels = batch[:, :-1], batch[:, 1:]
+    if cfg.loss_chunk == 0 or cfg.loss_chunk >= labels.size:
+        logits = model.apply(params, inputs, cfg, dropout=dropout, key=key)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean()
+    h = model.hidden(params, inputs, cfg, dropout=dropout, key=key)
+    return chunked_cross_entropy(h, model.head_weight(params, cfg), labels.reshape(-1), cfg.loss_chunk)
+
+
+def chunked_cross_entropy(h: jax.Array, w: jax.Array, labels: jax.Array, chunk: int) -> jax.Array:
+    """Mean cross-entropy of logits `h @ w` (h: (N, D), w: (D, V), int labels (N,)), `chunk`
+    tokens at a time: each chunk's logits are computed in h's dtype (the compute dtype, as the
+    whole-logits path does), their log-sum-exp and the sum of losses in float32. The chunk is
+    rematerialised in the backward pass (`jax.checkpoint`), so neither pass holds more than one
+    chunk's (chunk, V) logits. N is padded to a multiple of `chunk`; padded tokens weigh 0."""
+    n = labels.shape[0]
+    n_chunks = -(-n // chunk)
+    pad = n_chunks * chunk - n
+    weights = jnp.ones((n,), jnp.float32)
+    if pad:
+        h = jnp.concatenate([h, jnp.zeros((pad, h.shape[1]), h.dtype)])
+        labels = jnp.concatenate([labels, jnp.zeros((pad,), labels.dtype)])
+        weights = jnp.concatenate([weights, jnp.zeros((pad,), jnp.float32)])
+
+    @jax.checkpoint
+    def chunk_loss(hc: jax.Array, yc: jax.Array, wc: jax.Array) -> jax.Array:
+        logits = (hc @ w).astype(jnp.float32)  # (chunk, V): computed in h's dtype, like model.apply
+        lse = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, yc[:, None], axis=-1)[:, 0]
+        return ((lse - picked) * wc).sum()
+
+    def body(total: jax.Array, xs) -> tuple[jax.Array, None]:
+        return total + chunk_loss(*xs), None
+
+    xs = (h.reshape(n_chunks, chunk, h.shape[1]), labels.reshape(n_chunks, chunk), weights.reshape(n_chunks, chunk))
+    total, _ = jax.lax.scan(body, jnp.zeros((), jnp.float32), xs)
+    return total / n
 
 
 def init_state(params: dict, optimizer: optax.GradientTransformation) -> State:
