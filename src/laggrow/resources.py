@@ -122,6 +122,36 @@ def check_training_fits(cfg: RunConfig, where: str = "config", candidates: int =
         f"expected {advice}")
 
 
+# ---- a pool's chunk -------------------------------------------------------------------------------
+
+# `chunk_size: auto` counts on this fraction of the device's memory: the estimate is a lower bound
+# (XLA's temporaries and the allocator's fragmentation are not in it), so half is left for them.
+AUTO_CHUNK_FRACTION = 0.5
+
+
+def pool_chunk_bytes(cfg: RunConfig, candidates: int) -> tuple[int, int]:
+    """(fixed, per_candidate) bytes of training a pool of `candidates` of `cfg`: the states of the
+    whole pool (and the held-out windows), and what each candidate trained in the same step adds
+    (its gradient and activations), so that `training_bytes(cfg, candidates, k)` is
+    fixed + k * per_candidate."""
+    fixed = training_bytes(cfg, candidates, together=0)[0]
+    return fixed, training_bytes(cfg, candidates, together=1)[0] - fixed
+
+
+def chunk_that_fits(per_candidate: int, fixed: int, memory: int, candidates: int,
+                    fraction: float = AUTO_CHUNK_FRACTION) -> int:
+    """The most candidates, in [1, candidates], to train in one step when the pool holds `fixed`
+    bytes and each candidate of the step `per_candidate` more, within `fraction` of `memory`
+    bytes. All of them when they fit (a pool that fits trains as one program, exactly as with
+    chunk_size 0); at least one, as one at a time is the least a pool can do (whether that fits at
+    all is `check_training_fits`'s to refuse)."""
+    if candidates < 1 or per_candidate < 1 or memory < 1:
+        raise ValueError(f"chunk_that_fits: expected positive sizes, got per_candidate={per_candidate}, "
+                         f"memory={memory}, candidates={candidates}")
+    budget = int(memory * fraction) - fixed
+    return max(1, min(candidates, budget // per_candidate))
+
+
 # ---- the bootstrap of `laggrow correlate` ---------------------------------------------------------
 
 

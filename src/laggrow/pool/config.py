@@ -16,6 +16,8 @@
     eval_every: 4                  # also every 4 steps in [0, k] (0: off): what the predictors read
     eval_at: [48, 64]              # and at these steps, each in [0, final_steps]
     halving: {eta: 2, first: 8}    # successive halving (laggrow probe --halving); predictor: loss
+    chunk_size: auto               # candidates trained together: 0 (default) all, N, or auto (what
+                                   # the device's memory holds: all of them when they fit)
 
 Every candidate (strategy x seed) sees the same batches as every other candidate of its seed and
 the same learning-rate schedule, so a probe of k steps is exactly the prefix of the final run.
@@ -63,6 +65,9 @@ from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_traini
 # (PoolConfig.optimizer_state); it gave the best final loss and the highest rho at k on both corpora.
 DEFAULT_POST_GROWTH_WARMUP = 0
 
+# chunk_size's automatic value: the most candidates the device's memory holds (pool.step.chunk_for)
+AUTO = "auto"
+
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
 
@@ -91,7 +96,9 @@ class PoolConfig:
     eval_every: int = 0  # also evaluate every this many steps in [0, lag_steps]; 0: off
     eval_at: tuple[int, ...] = ()  # and at these steps
     halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor}; empty: none
-    chunk_size: int = 0  # candidates trained together; 0: the whole pool at once
+    # candidates trained together; 0: the whole pool at once; "auto": the most that the device's
+    # memory holds by resources.py's estimate (all of them when they fit; see `chunk_for`)
+    chunk_size: int | str = 0
     checkpoint_every: int = 0  # train-final checkpoints; 0: only at the end
 
     def to_dict(self) -> dict[str, Any]:
@@ -159,7 +166,8 @@ class PoolConfig:
                 raise LaggrowError(f"pool strategy {spec.label}: lr_scale {spec.lr_scale:g} x train.lr "
                                    f"{target.train.lr:g} is not a finite learning rate")
         n = len(self.strategies) * len(self.seeds)
-        together = n if self.chunk_size <= 0 else min(self.chunk_size, n)
+        # auto goes down to one at a time if it must: the device's memory decides when training
+        together = 1 if self.chunk_size == AUTO else n if self.chunk_size <= 0 else min(self.chunk_size, n)
         check_training_fits(target, "pool target", candidates=n, together=together)
         return target
 
@@ -218,8 +226,10 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
     if not isinstance(entries, list) or not entries:
         raise LaggrowError(f"{where}.strategies: expected a non-empty list of strategies")
     specs = _labelled([_strategy_spec(e, f"{where}.strategies[{i}]") for i, e in enumerate(entries)])
+    chunk_size = raw.pop("chunk_size", 0)  # an integer or "auto": checked in _validate
     pool = build_dataclass(PoolConfig, {**raw, "strategies": ()}, where)
-    pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at))
+    pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at),
+                               chunk_size=chunk_size)
     _validate(pool, where)
     return pool
 
@@ -254,7 +264,10 @@ def _validate(pool: PoolConfig, where: str) -> None:
     _validate_halving(pool, where)
     check(len(pool.eval_steps()) <= MAX_EVAL_POINTS, "eval_every", f"an evaluation grid of at most "
           f"{MAX_EVAL_POINTS} steps", f"{len(pool.eval_steps())} steps")
-    check(0 <= pool.chunk_size <= INT32_MAX, "chunk_size", "an integer >= 0 (0: all at once)", pool.chunk_size)
+    check(pool.chunk_size == AUTO or (isinstance(pool.chunk_size, int) and not isinstance(pool.chunk_size, bool)
+                                      and 0 <= pool.chunk_size <= INT32_MAX),
+          "chunk_size", f"an integer >= 0 (0: all at once) or '{AUTO}' (what the device's memory holds)",
+          pool.chunk_size)
     check(0 <= pool.checkpoint_every <= INT32_MAX, "checkpoint_every", "an integer in [0, 2**31 - 1]",
             pool.checkpoint_every)
     known = {f.name for f in dataclasses.fields(TrainConfig)} - {"steps"}

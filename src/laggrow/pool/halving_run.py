@@ -37,7 +37,7 @@ from laggrow.pool.probe import (
     run_segments,
     runner_for,
 )
-from laggrow.pool.step import take
+from laggrow.pool.step import chunk_for, take
 
 
 def strategy_curve(curves: list[dict], members: list[int], budget: int, final_step: int,
@@ -80,7 +80,8 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
             "pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
             "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
             "source": str(source.path.absolute()), "candidates": candidates,
-            "data_stream": data_stream(source, target), "protocol": pool.protocol(target), "halving": True})
+            "data_stream": data_stream(source, target), "protocol": pool.protocol(target), "halving": True,
+            "chunking": chunk_for(pool.chunk_size, target, len(candidates))})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         curves_path = tmp / store.CURVES_FILE
         eval_steps = pool.eval_steps()

@@ -27,7 +27,7 @@ from laggrow.errors import LaggrowError
 from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.records import make_records, ranking
-from laggrow.pool.step import PoolRunner, candidate_state, stack, take
+from laggrow.pool.step import PoolRunner, candidate_state, chunk_for, stack, take
 
 OnEval = Callable[[int, list[dict]], None]
 
@@ -158,7 +158,8 @@ def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: l
         return np.stack([per_seed[s] for s in seeds])
 
     eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
-    return PoolRunner(target.model, target.train, batches, eval_batches, pool.chunk_size)
+    together = chunk_for(pool.chunk_size, target, len(candidates))["together"]
+    return PoolRunner(target.model, target.train, batches, eval_batches, together)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -190,7 +191,8 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
         store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates,
-                                    "data_stream": data_stream(source, target), "protocol": pool.protocol(target)})
+                                    "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
+                                    "chunking": chunk_for(pool.chunk_size, target, len(candidates))})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
         runner = runner_for(pool, target, data, candidates, int(source.data_position))

@@ -9,12 +9,15 @@ whose update would make its parameters so, is frozen at its last finite state an
 shares no arithmetic across candidates, so the others go on exactly as before.
 
 A pool too large for memory is trained in chunks of `chunk_size` candidates, each chunk padded to
-the same size so the program still compiles once.
+the same size so the program still compiles once. `chunk_size: auto` takes the most candidates the
+device's memory holds by resources.py's estimate (`chunk_for`): all of them when they fit, so such
+a pool trains exactly as with chunk_size 0.
 """
 
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -22,8 +25,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from laggrow import train
-from laggrow.config import ModelConfig, TrainConfig
+from laggrow import resources, train
+from laggrow.config import ModelConfig, RunConfig, TrainConfig
+from laggrow.pool.config import AUTO
 
 State = dict
 
@@ -75,6 +79,39 @@ def take(state: State, index) -> State:
     """Candidates `index` (an int array) of a stacked state."""
     index = np.asarray(index)
     return jax.tree.map(lambda x: x[index], state)
+
+
+def device_memory() -> tuple[int, str]:
+    """Bytes the default device holds and where the figure comes from: the accelerator's
+    `bytes_limit` (what JAX's allocator may take) where `memory_stats()` has one, else the host's
+    memory (CPU, as resources.available_memory counts it); never more than LAGGROW_MEMORY when set."""
+    device = jax.devices()[0]
+    try:
+        stats = device.memory_stats() or {}
+    except Exception:  # a backend without memory statistics (CPU returns None; some raise)
+        stats = {}
+    if stats.get("bytes_limit"):
+        memory, source = int(stats["bytes_limit"]), f"{device.device_kind} bytes_limit"
+    else:
+        memory, source = resources.available_memory(), f"{device.platform} host memory"
+    if os.environ.get(resources.MEMORY_ENV, "").strip():
+        limit = resources.available_memory()
+        if limit < memory:
+            memory, source = limit, resources.MEMORY_ENV
+    return memory, source
+
+
+def chunk_for(chunk_size: int | str, target: RunConfig, n: int) -> dict:
+    """How many of `n` candidates of `target` train together, as pool.json records it: `together`,
+    and for `chunk_size: auto` the memory it was sized from. An integer is taken as it is (0: all)."""
+    if chunk_size != AUTO:
+        return {"chunk_size": chunk_size, "together": n if chunk_size <= 0 else min(chunk_size, n)}
+    memory, source = device_memory()
+    fixed, per_candidate = resources.pool_chunk_bytes(target, n)
+    together = resources.chunk_that_fits(per_candidate, fixed, memory, n)
+    return {"chunk_size": AUTO, "together": together, "memory_bytes": memory, "memory_from": source,
+            "fraction": resources.AUTO_CHUNK_FRACTION, "pool_state_bytes": fixed,
+            "per_candidate_bytes": per_candidate}
 
 
 @dataclass
