@@ -52,6 +52,15 @@ def test_the_fraction_of_memory_counted_on_is_a_parameter():
     assert resources.chunk_that_fits(100, 100, 1000, 8, fraction=0.3) == 2
 
 
+def test_without_laggrow_memory_a_cpu_sizes_from_the_host_s_memory(monkeypatch):
+    from laggrow.pool.step import device_memory
+
+    monkeypatch.delenv(resources.MEMORY_ENV, raising=False)
+    assert device_memory() == (resources.available_memory(), "cpu host memory")
+    monkeypatch.setenv(resources.MEMORY_ENV, "3G")
+    assert device_memory() == (3 * 2**30, resources.MEMORY_ENV)
+
+
 @pytest.mark.parametrize("args", [(0, 1, 1, 1), (1, 1, 0, 1), (1, 1, 1, 0)])
 def test_sizes_that_are_not_positive_are_a_programming_error(args):
     with pytest.raises(ValueError, match="expected positive sizes"):
@@ -135,7 +144,7 @@ def test_auto_trains_a_pool_that_fits_all_at_once_with_identical_records(whole_p
     meta, curves = _probe(tmp_path, tiny_base_run, chunk_size="auto")
     chunking = meta["chunking"]
     assert chunking["chunk_size"] == "auto" and chunking["together"] == 4
-    assert chunking["memory_bytes"] == 64 * 2**30 and chunking["memory_from"] == "cpu host memory"
+    assert chunking["memory_bytes"] == 64 * 2**30 and chunking["memory_from"] == resources.MEMORY_ENV
     fixed, per_candidate = resources.pool_chunk_bytes(_target(tiny_base_run), 4)
     assert (chunking["pool_state_bytes"], chunking["per_candidate_bytes"]) == (fixed, per_candidate)
     whole_meta, whole_curves = whole_pool
@@ -150,6 +159,7 @@ def test_auto_trains_in_chunks_when_the_memory_holds_fewer(whole_pool, tmp_path,
     monkeypatch.setenv(resources.MEMORY_ENV, str(memory))
     meta, curves = _probe(tmp_path, tiny_base_run, chunk_size="auto")
     assert meta["chunking"]["together"] == 2 and meta["chunking"]["memory_bytes"] == memory
+    assert meta["chunking"]["memory_from"] == resources.MEMORY_ENV
     assert meta["pool"]["chunk_size"] == "auto"
     _, whole_curves = whole_pool
     assert [c[:2] for c in curves] == [c[:2] for c in whole_curves]

@@ -87,17 +87,16 @@ def device_memory() -> tuple[int, str]:
     memory (CPU, as resources.available_memory counts it); never more than LAGGROW_MEMORY when set."""
     device = jax.devices()[0]
     try:
-        stats = device.memory_stats() or {}
-    except Exception:  # a backend without memory statistics (CPU returns None; some raise)
-        stats = {}
-    if stats.get("bytes_limit"):
-        memory, source = int(stats["bytes_limit"]), f"{device.device_kind} bytes_limit"
-    else:
-        memory, source = resources.available_memory(), f"{device.platform} host memory"
+        limit = (device.memory_stats() or {}).get("bytes_limit")  # CPU: None
+    except (RuntimeError, NotImplementedError, AttributeError):  # a backend without memory statistics
+        limit = None
+    memory, source = (int(limit), f"{device.device_kind} bytes_limit") if limit else (None, "")
     if os.environ.get(resources.MEMORY_ENV, "").strip():
-        limit = resources.available_memory()
-        if limit < memory:
-            memory, source = limit, resources.MEMORY_ENV
+        allowed = resources.available_memory()
+        if memory is None or allowed < memory:
+            memory, source = allowed, resources.MEMORY_ENV
+    if memory is None:
+        memory, source = resources.available_memory(), f"{device.platform} host memory"
     return memory, source
 
 
