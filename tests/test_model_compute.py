@@ -253,3 +253,22 @@ def test_chunked_cross_entropy_is_optax_on_random_logits():
     ref = optax.softmax_cross_entropy_with_integer_labels(h @ w, labels).mean()
     for chunk in (1, 4, 13, 20):
         np.testing.assert_allclose(float(train.chunked_cross_entropy(h, w, labels, chunk)), float(ref), rtol=1e-6)
+
+
+def test_laggrow_train_with_cudnn_forced_on_a_cpu_is_one_line(tmp_path, tiny_config_path):
+    if HAS_GPU:
+        pytest.skip("this machine has a GPU: cuDNN may well run here")
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    out = tmp_path / "run"
+    result = CliRunner().invoke(app, ["train", str(tiny_config_path), "--out", str(out), "--set",
+                                      "model.attention=cudnn", "--set", "model.dtype=bfloat16"])
+    assert result.exit_code == 2, result.output
+    # the backend is known when the step is traced: after the run's header, one error line
+    errors = [line for line in result.stderr.strip().splitlines() if line.startswith("error")]
+    assert errors == [f"error: model.attention: expected 'auto' or 'xla' here, got 'cudnn' (the "
+                      f"{jax.default_backend()} backend has no cuDNN (it needs an NVIDIA GPU))"]
+    assert result.stderr.strip().splitlines()[-1] == errors[0]
+    assert "Traceback" not in result.output and not out.exists()

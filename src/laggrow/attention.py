@@ -129,10 +129,11 @@ def attention_fn(requested: str, dtype: str, head_dim: int, seq_len: int, rt: Ru
     """The kernel `requested` resolves to on `rt` (this process's backend by default).
 
     XLA on CPU is the written-out `causal_attention_einsum`: measured on the 2-core CPU in one
-    process, alternating rounds, fwd+bwd of attention alone, it took 0.69-0.74x the time of
-    `jax.nn.dot_product_attention` at configs/small.yaml's shape (B16 T128 H4 Dh32) and 0.77-0.89x
-    at DESIGN's reference (B32 T128 H4 Dh64); the train-step figures are in docs/design.md. On
-    accelerators XLA's own path (`jax.nn.dot_product_attention(implementation="xla")`) is kept."""
+    process, alternating rounds, fwd+bwd of attention alone took 0.69x the time of
+    `jax.nn.dot_product_attention` at configs/small.yaml's shape (B16 T128 H4 Dh32) and 0.89x at
+    DESIGN's reference (B32 T128 H4 Dh64); small.yaml's whole train step 0.939x (11 rounds, range
+    0.85-0.98), the reference's 0.994x (no change measurable); docs/design.md. On accelerators
+    XLA's own path (`jax.nn.dot_product_attention(implementation="xla")`) is kept."""
     rt = runtime() if rt is None else rt
     choice = choose_attention(requested, rt, dtype, head_dim, seq_len)
     if choice == CUDNN:
