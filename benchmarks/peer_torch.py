@@ -186,6 +186,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=5, help="timed steps of each trainer per round")
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--set", dest="overrides", action="append", default=[])
+    parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
+                        help="the peer's intra-op threads (default: the CPU count, what torch would pick)")
     args = parser.parse_args()
     if torch is None:
         print(INSTALL, file=sys.stderr)
@@ -199,7 +201,7 @@ def main() -> None:
     cfg = load_run_config(args.config, args.overrides)
     m, t = cfg.model, cfg.train
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    torch.set_num_threads(os.cpu_count())
+    torch.set_num_threads(args.torch_threads)
     tokens = t.batch_size * cfg.data.seq_len
     batch = np.random.default_rng(0).integers(0, m.vocab_size, (t.batch_size, cfg.data.seq_len + 1), dtype=np.int32)
     torch_batch = torch.from_numpy(batch.astype(np.int64)).to(device)
