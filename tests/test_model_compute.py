@@ -120,7 +120,7 @@ def test_scan_layers_reads_from_set_and_yaml_alike(tmp_path, text, expected):
 def test_defaults_and_a_config_written_before_the_keys_existed(tmp_path):
     cfg = ModelConfig()
     assert (cfg.attention, cfg.scan_layers, cfg.loss_chunk) == ("auto", "auto", 0)
-    raw = load_run_config(None, ["train.steps=40"]).to_dict()
+    raw = dataclasses.asdict(load_run_config(None, ["train.steps=40"]))
     for key in ("attention", "scan_layers", "loss_chunk"):
         del raw["model"][key]
     run = tmp_path / "old-run"
@@ -272,3 +272,24 @@ def test_laggrow_train_with_cudnn_forced_on_a_cpu_is_one_line(tmp_path, tiny_con
                       f"{jax.default_backend()} backend has no cuDNN (it needs an NVIDIA GPU))"]
     assert result.stderr.strip().splitlines()[-1] == errors[0]
     assert "Traceback" not in result.output and not out.exists()
+
+
+def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fingerprint(tiny_config_path):
+    cfg = load_run_config(tiny_config_path)
+    before = dataclasses.asdict(cfg)  # what RunConfig.to_dict wrote before the keys existed
+    for key in ModelConfig.COMPUTE_KEYS:
+        del before["model"][key]
+    assert cfg.to_dict() == before and store.fingerprint(cfg.to_dict()) == store.fingerprint(before)
+    assert run_config_from_dict(json.loads(json.dumps(before))) == cfg
+    # a value that is set is written, and read back as set
+    chosen = load_run_config(tiny_config_path, ["model.scan_layers=true", "model.loss_chunk=64"])
+    written = json.loads(json.dumps(chosen.to_dict()))
+    assert written["model"]["scan_layers"] is True and written["model"]["loss_chunk"] == 64
+    assert "attention" not in written["model"] and run_config_from_dict(written) == chosen
+
+
+def test_a_trained_run_at_the_defaults_loads_back(tiny_base_run):
+    raw = json.loads((tiny_base_run / store.CONFIG_FILE).read_text())
+    assert not set(ModelConfig.COMPUTE_KEYS) & set(raw["model"])
+    loaded = runs.load_run(tiny_base_run)  # verifies the checkpoint's config fingerprint
+    assert loaded.config.model.scan_layers == "auto" and int(loaded.state["step"]) == 10

@@ -79,6 +79,19 @@ class ModelConfig:
                 "an integer (0: whole logits)", self.loss_chunk)
         _require_int(self, "model", "loss_chunk", 0)
 
+    # Keys added after runs were first saved: written to a run's config (and so to its checkpoint
+    # fingerprint) only when they differ from their defaults, so a run saved before they existed
+    # has the very config, and fingerprint, of the same run saved now and still resumes and loads.
+    COMPUTE_KEYS = ("attention", "scan_layers", "loss_chunk")
+
+    def to_dict(self) -> dict[str, Any]:
+        """The fields as a dict, the compute keys (`COMPUTE_KEYS`) only where not at their defaults."""
+        out = dataclasses.asdict(self)
+        for key in self.COMPUTE_KEYS:
+            if out[key] == getattr(ModelConfig, key) and type(out[key]) is type(getattr(ModelConfig, key)):
+                del out[key]
+        return out
+
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
         """Infer the architecture from a params tree (see model.py for the layout). What the
@@ -210,7 +223,7 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
