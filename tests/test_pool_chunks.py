@@ -85,7 +85,7 @@ def test_auto_and_integers_are_chunk_sizes_and_integers_resolve_as_before(tiny_c
 
     source = load_run_config(tiny_config_path)
     raw = {**POOL, "source": str(tmp_path)}
-    assert pool_config_from_dict(raw).chunk_size == 0  # the default: all at once, as before
+    assert pool_config_from_dict(raw).chunk_size == "auto"  # the default: what the memory holds
     auto = pool_config_from_dict({**raw, "chunk_size": "auto"})
     assert auto.chunk_size == "auto" and auto.to_dict()["chunk_size"] == "auto"
     target = auto.target_run_config(source)
@@ -135,7 +135,7 @@ def _target(tiny_base_run):
 
 @pytest.fixture(scope="module")
 def whole_pool(tmp_path_factory, tiny_base_run):
-    return _probe(tmp_path_factory.mktemp("whole"), tiny_base_run)
+    return _probe(tmp_path_factory.mktemp("whole"), tiny_base_run, chunk_size=0)
 
 
 def test_auto_trains_a_pool_that_fits_all_at_once_with_identical_records(whole_pool, tmp_path, tiny_base_run,

@@ -200,7 +200,7 @@ def test_the_shipped_configs_fit_a_24_gib_machine(monkeypatch, name):
 def test_a_pool_counts_its_candidates_and_its_chunk(monkeypatch, tmp_path):
     source = load_run_config(TINY)
     raw = {"source": str(tmp_path), "target": {"n_layers": 3}, "strategies": ["stack", "zero_top"],
-           "seeds": list(range(10)), "lag_steps": 2, "final_steps": 4, "eval_points": 3}
+           "seeds": list(range(10)), "lag_steps": 2, "final_steps": 4, "eval_points": 3, "chunk_size": 0}
     target = pool_config_from_dict(raw).target_run_config(source)  # fits this machine
     all_at_once = resources.training_bytes(target, candidates=20, together=20)[0]
     one_at_a_time = resources.training_bytes(target, candidates=20, together=1)[0]
@@ -209,6 +209,11 @@ def test_a_pool_counts_its_candidates_and_its_chunk(monkeypatch, tmp_path):
     with pytest.raises(LaggrowError, match="for 20 candidates, 20 at a time, needs about .*fewer candidates"):
         pool_config_from_dict(raw).target_run_config(source)
     pool_config_from_dict({**raw, "chunk_size": 1}).target_run_config(source)
+    # the default, auto, sizes its chunks to the memory: only one candidate at a time must fit
+    auto = dict(raw)
+    del auto["chunk_size"]
+    assert pool_config_from_dict(auto).chunk_size == "auto"
+    pool_config_from_dict(auto).target_run_config(source)
 
 
 # ---- pools: every key checked when the pool is read, before its source is -----------------------

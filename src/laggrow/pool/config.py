@@ -16,8 +16,8 @@
     eval_every: 4                  # also every 4 steps in [0, k] (0: off): what the predictors read
     eval_at: [48, 64]              # and at these steps, each in [0, final_steps]
     halving: {eta: 2, first: 8}    # successive halving (laggrow probe --halving); predictor: loss
-    chunk_size: auto               # candidates trained together: 0 (default) all, N, or auto (what
-                                   # the device's memory holds: all of them when they fit)
+    chunk_size: auto               # candidates trained together: auto (default: what the device's
+                                   # memory holds, all of them when they fit), 0 (all), or N
 
 Every candidate (strategy x seed) sees the same batches as every other candidate of its seed and
 the same learning-rate schedule, so a probe of k steps is exactly the prefix of the final run.
@@ -98,7 +98,9 @@ class PoolConfig:
     halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor}; empty: none
     # candidates trained together; 0: the whole pool at once; "auto": the most that the device's
     # memory holds by resources.py's estimate (all of them when they fit; see `chunk_for`)
-    chunk_size: int | str = 0
+    # An execution choice, not part of what the pool is: pool directories are compared without it
+    # (records.EXECUTION_KEYS), so a pool probed with one chunk size continues with another.
+    chunk_size: int | str = AUTO
     checkpoint_every: int = 0  # train-final checkpoints; 0: only at the end
 
     def to_dict(self) -> dict[str, Any]:
@@ -226,7 +228,7 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
     if not isinstance(entries, list) or not entries:
         raise LaggrowError(f"{where}.strategies: expected a non-empty list of strategies")
     specs = _labelled([_strategy_spec(e, f"{where}.strategies[{i}]") for i, e in enumerate(entries)])
-    chunk_size = raw.pop("chunk_size", 0)  # an integer or "auto": checked in _validate
+    chunk_size = raw.pop("chunk_size", AUTO)  # an integer or "auto": checked in _validate
     pool = build_dataclass(PoolConfig, {**raw, "strategies": ()}, where)
     pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at),
                                chunk_size=chunk_size)

@@ -63,11 +63,19 @@ def as_json(obj: Any) -> Any:
     return json.loads(store.dumps(obj))
 
 
+# Keys that say how a pool is trained, not what it is: a pool that fits trains identically in one
+# chunk or several (to float rounding), so a changed chunk_size never makes it another pool (and a
+# pool.json written when the default was 0 matches the default auto of today).
+EXECUTION_KEYS = ("chunk_size",)
+
+
 def changed_keys(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:
     """The top-level keys whose values differ between a pool stored in pool.json and a pool's
-    `to_dict()`, both compared as JSON: a tuple and the list it was stored as are equal."""
+    `to_dict()`, both compared as JSON (a tuple and the list it was stored as are equal), leaving
+    out `ignore` and the execution keys."""
     a, b = as_json(stored), as_json(current)
-    return [k for k in sorted(set(a) | set(b)) if k not in ignore and a.get(k) != b.get(k)]
+    skip = set(ignore) | set(EXECUTION_KEYS)
+    return [k for k in sorted(set(a) | set(b)) if k not in skip and a.get(k) != b.get(k)]
 
 
 def _is_int(value: Any) -> bool:
