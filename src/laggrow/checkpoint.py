@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from laggrow import store
+from laggrow import hosts, store
 from laggrow.errors import LaggrowError
 
 
@@ -88,6 +88,8 @@ class Checkpointer:
             raise LaggrowError(f"checkpoint {step} in {self.directory}: cannot be written ({_io_reason(err)}); "
                                "expected a writable directory with free space") from None
         step_dir = self.step_dir(step)
+        if not hosts.is_primary():  # every process wrote its shards; process 0 vouches for them
+            return
         store.write_json(step_dir / store.CHECKPOINT_MANIFEST, {
             "step": step,
             "config": self.fingerprint,
@@ -189,7 +191,7 @@ class Checkpointer:
         self._remove(steps)
 
     def _remove(self, steps: list[int]) -> None:
-        for step in steps:
+        for step in steps if hosts.is_primary() else []:
             shutil.rmtree(self.step_dir(step), ignore_errors=True)
         self._manager.reload()
 

@@ -204,11 +204,68 @@ class TrainConfig:
         _require_int(self, "train", "seed", 0, SEED_MAX)
 
 
+# `auto` where a key's value is chosen from the machine (mesh axes, a pool's chunk_size)
+AUTO = "auto"
+
+
+@dataclass(frozen=True)
+class MeshConfig:
+    """How a run or a pool is laid out over devices (laggrow.mesh): devices on the candidate axis
+    (pools only), devices on the data axis, and whether parameters and optimizer state are split
+    over the data axis (FSDP). Where it runs, not what it computes: never part of a run's or a
+    pool's identity, so a run checkpointed on one layout resumes on another."""
+
+    candidates: int | str = AUTO
+    data: int | str = AUTO
+    fsdp: bool = False
+
+    def validate(self, where: str = "mesh") -> MeshConfig:
+        for name in ("candidates", "data"):
+            value = getattr(self, name)
+            ok = value == AUTO or (isinstance(value, int) and not isinstance(value, bool) and 1 <= value <= 1 << 16)
+            require(ok, f"{where}.{name}", f"an integer >= 1 or '{AUTO}'", value)
+        require(isinstance(self.fsdp, bool), f"{where}.fsdp", "true or false", self.fsdp)
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def mesh_config_from_dict(raw: Any, where: str = "mesh") -> MeshConfig:
+    """A `mesh` section: candidates, data (an integer or auto) and fsdp, each checked."""
+    if raw is None:
+        return MeshConfig()
+    if not isinstance(raw, dict):
+        raise LaggrowError(f"{where}: expected a mapping (candidates, data, fsdp), got {shown(raw)}")
+    known = [f.name for f in dataclasses.fields(MeshConfig)]
+    for key in raw:
+        if key not in known:
+            near = difflib.get_close_matches(str(key), known, n=1)
+            hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
+            raise LaggrowError(f"{where}.{shown(key)}: unknown key{hint}")
+    return MeshConfig(**raw).validate(where)
+
+
+def with_mesh_overrides(base: MeshConfig, overrides: list[str] | None) -> MeshConfig:
+    """`base` with `--set mesh.KEY=VALUE` overrides (probe, train-final: a pool's other keys are
+    what the pool is, and are changed in its file)."""
+    if not overrides:
+        return base
+    raw = apply_overrides({"mesh": base.to_dict()}, overrides)
+    if set(raw) != {"mesh"}:
+        other = sorted(set(raw) - {"mesh"})[0]
+        raise LaggrowError(f"--set {other}.…: only mesh.KEY=VALUE here (expected mesh.candidates, mesh.data "
+                           "or mesh.fsdp; the pool's other keys are changed in its file)")
+    return mesh_config_from_dict(raw["mesh"], "mesh")
+
+
 @dataclass(frozen=True)
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    # where it runs, not what: left out of to_dict (the run's identity, its checkpoints' fingerprint)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def validate(self, where: str = "config", check_fits: bool = True) -> RunConfig:
         """Check every value, then (unless `check_fits` is off, for a run only read back) that
@@ -223,7 +280,9 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        return {**dataclasses.asdict(self), "model": self.model.to_dict()}
+        """What the run is (written to config.json, compared on resume): every section but `mesh`."""
+        return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
+                "train": dataclasses.asdict(self.train)}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}
@@ -408,8 +467,8 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train), got {shown(raw)}")
     for key in raw:
-        if key not in SECTIONS:
-            raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train)")
+        if key not in SECTIONS and key != "mesh":
+            raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train, mesh)")
     sections = {}
     for name in SECTIONS:
         section = raw.get(name)
@@ -424,7 +483,8 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     model_raw.setdefault("max_seq_len", data.seq_len)
     model = build_dataclass(ModelConfig, model_raw, "model")
     train = build_dataclass(TrainConfig, sections["train"], "train")
-    return RunConfig(model=model, data=data, train=train).validate(where, check_fits)
+    mesh = mesh_config_from_dict(raw.get("mesh"), "mesh")
+    return RunConfig(model=model, data=data, train=train, mesh=mesh).validate(where, check_fits)
 
 
 def load_run_config(path: str | Path | None, overrides: list[str] | None = None) -> RunConfig:

@@ -29,6 +29,9 @@ Guarantees, each relied on elsewhere:
 - Outputs that only make sense together are staged and renamed into place together
   (`staged_dir`, `write_outputs`); a staged directory is flocked, so leftovers of a killed
   process are recognised and removed by the next one.
+- Several processes (laggrow.hosts): process 0 alone writes, creates and locks; the others
+  return from every writer at once (Orbax checkpoints, which every process writes its shards of,
+  are laggrow.checkpoint's). A staged directory has one name on every process.
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+from laggrow import hosts
 from laggrow.errors import LaggrowError
 
 # ---- names -------------------------------------------------------------------------------------
@@ -133,6 +137,8 @@ def _fsync_dir(directory: Path) -> None:
 
 def write_file(path: Path, write: Callable[[Path], None]) -> None:
     """Run `write(tmp)` on a temporary file beside `path`, then rename it onto `path`."""
+    if not hosts.is_primary():
+        return
     path = Path(path)
     tmp = _tmp_path(path)
     try:
@@ -150,6 +156,8 @@ def write_file(path: Path, write: Callable[[Path], None]) -> None:
 def write_text(path: Path, text: str, *, if_changed: bool = False) -> bool:
     """Replace `path` by `text` atomically. With `if_changed`, an identical file is left alone
     (its mtime too). Returns whether the file was written."""
+    if not hosts.is_primary():
+        return False
     path = Path(path)
     if if_changed and path.is_file():
         with contextlib.suppress(OSError, UnicodeDecodeError):
@@ -167,7 +175,7 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
     """Append records, one JSON object a line, and flush them to disk. A torn last line left by
     a killed writer is cut off first, so the file stays a sequence of whole records."""
     path = Path(path)
-    if not records:
+    if not records or not hosts.is_primary():
         return
     if path.is_file():
         _truncate_torn_tail(path)
@@ -187,6 +195,8 @@ def write_outputs(directory: Path, writers: dict[str, str | Callable[[Path], Non
     file in `directory`, then rename them all into place. If any fails, every temporary file is
     removed and nothing is renamed."""
     directory = Path(directory)
+    if not hosts.is_primary():
+        return [directory / name for name in writers]
     staged: list[tuple[Path, Path]] = []
     try:
         for name, write in writers.items():
@@ -213,7 +223,7 @@ def write_outputs(directory: Path, writers: dict[str, str | Callable[[Path], Non
 def remove_stale_temporaries(directory: Path) -> None:
     """Remove the temporary files a killed writer left in `directory`. Call it holding the lock."""
     directory = Path(directory)
-    if directory.is_dir():
+    if directory.is_dir() and hosts.is_primary():
         for leftover in directory.glob(f".*{_TMP_SUFFIX}"):
             with contextlib.suppress(OSError):
                 leftover.unlink()
@@ -311,8 +321,10 @@ def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
 
 
 def ensure_dir(path: Path, what: str) -> Path:
-    """Create `path` (and its parents) or say in one line why it cannot be."""
+    """Create `path` (and its parents) or say in one line why it cannot be (process 0 only)."""
     path = Path(path)
+    if not hosts.is_primary():
+        return path
     try:
         path.mkdir(parents=True, exist_ok=True)
     except FileExistsError:
@@ -358,6 +370,8 @@ class DirLock:
         self._fd: int | None = None
 
     def acquire(self) -> DirLock:
+        if not hosts.is_primary():  # process 0 holds it for all of them
+            return self
         ensure_dir(self.directory, self.what)
         path = self.directory / LOCK_FILE
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -411,16 +425,26 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
     directory is flocked while in use: one left by a killed process is removed on the next try."""
     out = Path(out).absolute()
     check_new_dir(out, what)
+    # one name on every process (process 0's pid): they all write their checkpoint shards into it
+    tmp = out.with_name(f".{out.name}.{hosts.agree(os.getpid())}{_PARTIAL_SUFFIX}")
+    if not hosts.is_primary():
+        hosts.barrier(f"staged {out}")  # process 0 has made it
+        yield tmp
+        hosts.barrier(f"staged {out} written")
+        hosts.barrier(f"staged {out} renamed")
+        return
     ensure_dir(out.parent, what)
     remove_stale_partials(out)
-    tmp = out.with_name(f".{out.name}.{os.getpid()}{_PARTIAL_SUFFIX}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     lock = DirLock(tmp, what).acquire()
     try:
+        hosts.barrier(f"staged {out}")
         yield tmp
+        hosts.barrier(f"staged {out} written")
         (tmp / LOCK_FILE).unlink()
         tmp.rename(out)
+        hosts.barrier(f"staged {out} renamed")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -483,7 +507,9 @@ def fingerprint(obj: Any) -> str:
 
 def check_unlocked(directory: Path, what: str = "directory") -> None:
     """One line if a live process holds `directory`'s DirLock; creates and writes nothing (a
-    check made before the directory is known to be ours to write)."""
+    check made before the directory is known to be ours to write). Process 0 checks for all."""
+    if not hosts.is_primary():
+        return
     path = Path(directory) / LOCK_FILE
     try:
         fd = os.open(path, os.O_RDONLY)

@@ -19,9 +19,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from laggrow import interrupt, model
+from laggrow import interrupt, mesh, model
 from laggrow.config import ModelConfig, TrainConfig
 from laggrow.errors import LaggrowError
+from laggrow.mesh import SINGLE, Layout
 
 State = dict
 
@@ -153,11 +154,16 @@ def make_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
     return step_fn
 
 
+def jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout = SINGLE) -> Callable:
+    """Jitted once per (model, train) config and device layout, with the state donated: the old
+    state's buffers are reused for the new one. Cached so that tests and repeated runs share the
+    compilation."""
+    return _jit_train_step(model_cfg, train_cfg, layout)  # one cache key, layout given or not
+
+
 @functools.lru_cache(maxsize=16)
-def jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
-    """Jitted once per (model, train) config, with the state donated: the old state's buffers
-    are reused for the new one. Cached so that tests and repeated runs share the compilation."""
-    return jax.jit(make_train_step(model_cfg, train_cfg), donate_argnums=0)
+def _jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout) -> Callable:
+    return mesh.sharded_step(make_train_step(model_cfg, train_cfg), layout, stacked=False)
 
 
 def make_eval(model_cfg: ModelConfig) -> Callable:
@@ -170,15 +176,22 @@ def make_eval(model_cfg: ModelConfig) -> Callable:
     return evaluate
 
 
-@functools.lru_cache(maxsize=16)
-def jit_eval(model_cfg: ModelConfig) -> Callable:
+def jit_eval(model_cfg: ModelConfig, layout: Layout = SINGLE) -> Callable:
     """Mean loss over a stack of batches (n, B, T+1), one compiled program for the whole set."""
-    return jax.jit(make_eval(model_cfg))
+    return _jit_eval(model_cfg, layout)
 
 
-def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray) -> float:
+@functools.lru_cache(maxsize=16)
+def _jit_eval(model_cfg: ModelConfig, layout: Layout) -> Callable:
+    return mesh.replicated_result(make_eval(model_cfg), layout)
+
+
+def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray | jax.Array,
+             layout: Layout = SINGLE) -> float:
     """Held-out loss of `params` on fixed batches (n, B, T+1)."""
-    return float(jit_eval(model_cfg)(params, jnp.asarray(batches)))
+    if isinstance(batches, np.ndarray):
+        batches = mesh.place_eval(batches, layout)
+    return float(jit_eval(model_cfg, layout)(params, batches))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -232,7 +245,7 @@ _all_finite_jit = jax.jit(all_finite)
 def _params_finite(params: dict) -> bool:
     # one compiled reduction: op by op, each leaf's isfinite and all would be dispatched (and
     # compiled, the first time) on its own
-    return bool(_all_finite_jit(params))
+    return bool(mesh.to_host(_all_finite_jit(params)))
 
 
 def train_loop(
@@ -245,6 +258,7 @@ def train_loop(
     on_record: Callable[[dict], None] | None = None,
     on_checkpoint: Callable[[State], None] | None = None,
     stop_at: int | None = None,
+    layout: Layout = SINGLE,
 ) -> tuple[State, History]:
     """Train from `state["step"]` to `train_cfg.steps` (or to `stop_at`, a pause that a resumed
     run continues exactly: the schedule is always that of `train_cfg.steps`). `next_batch(i)` is
@@ -261,12 +275,17 @@ def train_loop(
 
     Interruption (inside `interrupt.deferred()`): after the step during which SIGINT/SIGTERM
     arrived, the state is checkpointed (unless it just was) and `interrupt.Interrupted` raised.
+
+    `layout` spreads the run over devices (laggrow.mesh): each batch split over the data axis,
+    the state replicated or, with FSDP, split too; the records are the same to float rounding.
     """
-    step_fn = jit_train_step(model_cfg, train_cfg)
+    step_fn = jit_train_step(model_cfg, train_cfg, layout)
     # jit keys its cache on whether arguments are committed to a device: Orbax restores committed
-    # arrays, a fresh state is not. Committing every state to the default device lets a resumed
-    # run reuse the compilation of the run it continues (one trace per config, checked in tests).
-    state = jax.device_put(state, jax.devices()[0])
+    # arrays, a fresh state is not. Committing every state to the default device (or placing it on
+    # the layout's mesh) lets a resumed run reuse the compilation of the run it continues (one
+    # trace per config, checked in tests).
+    state = mesh.place_state(state, layout, stacked=False)
+    held_out = mesh.place_eval(eval_batches, layout)
     seq_len = eval_batches.shape[-1] - 1
     tokens_per_step = train_cfg.batch_size * seq_len
     flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
@@ -279,7 +298,7 @@ def train_loop(
     pending: list[tuple[int, dict]] = []  # steps whose metrics are not yet checked
     saved = start  # the step a checkpoint holds (the restored state's, or the last saved)
     for i in range(start, stop):
-        state, metrics = step_fn(state, jnp.asarray(next_batch(i)))
+        state, metrics = step_fn(state, mesh.place_batch(next_batch(i), layout, stacked=False))
         step = i + 1
         pending.append((step, metrics))
         if t_first is None:
@@ -307,7 +326,7 @@ def train_loop(
             }
             last_t, last_step = now, step
             if do_eval:
-                record["eval_loss"] = evaluate(state["params"], model_cfg, eval_batches)
+                record["eval_loss"] = evaluate(state["params"], model_cfg, held_out, layout)
             history.records.append(record)
             if on_record is not None:
                 on_record(record)

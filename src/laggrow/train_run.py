@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow import runs, store
+from laggrow import hosts, runs, store
 from laggrow.config import RunConfig, differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
@@ -35,6 +35,7 @@ class PreparedRun:
     dataset: Dataset
     resume: bool  # True: continue from the checkpoint in `out`
     finished: bool = False  # `out` holds this run, finished: nothing to train
+    layout: Any = None  # laggrow.mesh.Layout: the devices it trains on (cfg.mesh resolved here)
 
 
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
@@ -49,6 +50,12 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     if resume and not existing.is_file():
         raise LaggrowError(f"--resume: {out} holds no run to resume (expected a directory made by laggrow train)")
 
+    import jax
+
+    from laggrow import mesh
+
+    # an impossible layout is one line before the corpus is even read
+    layout = mesh.resolve(cfg.mesh, jax.device_count(), cfg.train.batch_size)
     dataset = load_dataset(cfg.data, out if existing.is_file() else None)
     cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab_size))
     cfg.validate()
@@ -66,7 +73,7 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
             hint = "choose another --out" if finished else "pass --resume to continue it"
             raise LaggrowError(f"--out {out}: already holds {state} run of this config ({hint})")
         runs.check_data(out, cfg, dataset)
-    return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume, finished=finished)
+    return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume, finished=finished, layout=layout)
 
 
 def _fresh_state(cfg: RunConfig) -> dict[str, Any]:
@@ -93,6 +100,8 @@ def execute_run(
     from laggrow import interrupt
 
     out = run.out
+    # every process has read `out` as it was (prepare_run) before process 0 writes to it
+    hosts.barrier(f"train {out} prepared")
     created = not out.exists()
     # Signals are deferred from here: the lock is taken, files are written and the loop saves
     # and stops cleanly on the first Ctrl-C instead of dying in the middle of an Orbax save.
@@ -106,7 +115,7 @@ def execute_run(
         try:
             return _train(run, until, on_record, resume_command or runs.resume_command(out))
         except BaseException:
-            if not run.resume and not _has_checkpoint(out):
+            if not run.resume and not _has_checkpoint(out) and hosts.is_primary():
                 _discard(out, created)
             raise
 
@@ -146,9 +155,10 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
            resume_command: str) -> dict[str, Any]:
     import jax
 
-    from laggrow import checkpoint, interrupt, train
+    from laggrow import checkpoint, interrupt, mesh, train
 
     cfg, out, data = run.config, run.out, run.dataset
+    layout = run.layout if run.layout is not None else mesh.SINGLE
     if not (out / store.CONFIG_FILE).is_file():  # a resumed run's was checked equal by prepare_run
         store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
     if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
@@ -166,8 +176,9 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         offset = 0
         if run.resume and ckpt.latest_step() is not None:
             # The newest intact checkpoint; damaged newer ones are reported and removed. Its
-            # target is abstract: initialising a model just for its shapes costs compiles.
-            target = jax.eval_shape(lambda: _fresh_state(cfg))
+            # target is abstract: initialising a model just for its shapes costs compiles. It is
+            # restored straight onto this run's layout, whichever layout saved it.
+            target = mesh.abstract_state(jax.eval_shape(lambda: _fresh_state(cfg)), layout, stacked=False)
             state, position = ckpt.restore(target, remove_damaged=True)
             offset = position - int(state["step"])
             seconds_before = float(ckpt.restored_meta.get("seconds") or 0.0)
@@ -199,7 +210,8 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
 
         try:
             state, history = train.train_loop(state, cfg.model, cfg.train, next_batch, eval_batches,
-                                              on_record=record, on_checkpoint=save, stop_at=stop)
+                                              on_record=record, on_checkpoint=save, stop_at=stop,
+                                              layout=layout)
         except train.Diverged as err:
             last = ckpt.latest_step()
             good = f"step {last} in {out}" if last is not None else "none (nothing is kept)"
@@ -210,6 +222,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     finally:
         ckpt.close()
 
+    hosts.barrier(f"train {out} records")  # process 0 has written them
     records = store.read_jsonl(metrics_path, "training records")
     evals = [r for r in records if "eval_loss" in r]
     tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
@@ -230,6 +243,9 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         "seconds": seconds,
         "tokens_per_second": rate,
         "heldout_unigram_entropy": data.unigram_entropy(),
+        # where this process trained (not what: the records are the same on every layout)
+        "layout": {**layout.to_dict(), "devices": layout.devices, "devices_present": jax.device_count(),
+                   "platform": jax.devices()[0].platform, "processes": jax.process_count()},
     }
     if summary["complete"]:
         store.write_json(out / store.SUMMARY_FILE, summary)

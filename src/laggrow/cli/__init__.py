@@ -8,8 +8,13 @@ on the app; `laggrow.cli.errors` is the one error boundary and `laggrow.cli.prog
 from __future__ import annotations
 
 import importlib
+import io
+import sys
+from typing import Annotated
 
 import typer
+
+from laggrow.cli.errors import user_errors
 
 app = typer.Typer(
     name="laggrow",
@@ -21,8 +26,52 @@ app = typer.Typer(
 
 
 @app.callback()
-def _root() -> None:
+def _root(
+    coordinator: Annotated[str | None, typer.Option(
+        "--coordinator", help="Several processes: process 0's HOST:PORT [env JAX_COORDINATOR_ADDRESS].")] = None,
+    num_processes: Annotated[int | None, typer.Option(
+        "--num-processes", help="Several processes: how many [env LAGGROW_NUM_PROCESSES].")] = None,
+    process_id: Annotated[int | None, typer.Option(
+        "--process-id", help="Several processes: this one's index, 0 first [env LAGGROW_PROCESS_ID].")] = None,
+    distributed: Annotated[bool, typer.Option(
+        "--distributed", help="Several processes, found by jax.distributed itself (SLURM, Open MPI, "
+        "a Cloud TPU VM slice).")] = False,
+) -> None:
     """Grow Transformer LMs and choose the growth strategy with Landscape-Aware Growing (LAG)."""
+    _join(coordinator, num_processes, process_id, distributed)
+
+
+@user_errors
+def _join(coordinator: str | None, num_processes: int | None, process_id: int | None, distributed: bool) -> None:
+    """Join the other processes of a multi-host command (laggrow.hosts); the others print only
+    their errors and warnings, process 0 everything."""
+    from laggrow import hosts
+
+    cluster = hosts.cluster_from(coordinator, num_processes, process_id, distributed)
+    hosts.initialize(cluster)
+    if not hosts.is_primary():
+        sys.stdout = _ProblemsOnly(sys.__stderr__, f"[process {hosts.process_index()}] ")
+        sys.stderr = _ProblemsOnly(sys.__stderr__, f"[process {hosts.process_index()}] ")
+
+
+class _ProblemsOnly(io.TextIOBase):
+    """A text stream passing on only the lines that report a problem (`error:`, `warning:`,
+    `interrupted:`), prefixed with the process: a process other than 0 repeats no tables."""
+
+    def __init__(self, target, prefix: str):
+        self.target, self.prefix, self.pending = target, prefix, ""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self.pending += text
+        *lines, self.pending = self.pending.split("\n")
+        for line in lines:
+            if line.lstrip().startswith(("error:", "warning:", "interrupted:")):
+                self.target.write(self.prefix + line + "\n")
+                self.target.flush()
+        return len(text)
 
 
 # Order is the order of `laggrow --help`.

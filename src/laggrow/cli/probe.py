@@ -58,11 +58,16 @@ def probe_command(
     halving: Annotated[bool, typer.Option(
         "--halving", help="Successive halving instead (the pool's halving key: eta, first, predictor): "
         "train all K0 steps, keep the best 1/eta, continue those, until one strategy remains.")] = False,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="The device layout: mesh.candidates=N, mesh.data=M, mesh.fsdp=true (repeatable).")] = None,
 ) -> None:
     """Grow every candidate of POOL and train them all lag_steps steps in one vmapped program; rank them."""
+    import dataclasses
+
     from rich.console import Console
 
     from laggrow.cli.progress import pool_progress
+    from laggrow.config import with_mesh_overrides
     from laggrow.pool import probe
     from laggrow.pool.config import load_pool_config
 
@@ -77,11 +82,13 @@ def probe_command(
         state["progress"].start()
         state["k"] = cfg.lag_steps
 
+    pool_cfg = load_pool_config(pool)
+    pool_cfg = dataclasses.replace(pool_cfg, mesh=with_mesh_overrides(pool_cfg.mesh, overrides))
     if halving:
-        _halving(console, load_pool_config(pool), pool, out)
+        _halving(console, pool_cfg, pool, out)
         return
     try:
-        rows = probe.probe(load_pool_config(pool), out, pool_file=pool,
+        rows = probe.probe(pool_cfg, out, pool_file=pool,
                            on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
     finally:
         if "progress" in state:
@@ -95,11 +102,15 @@ def train_final_command(
     directory: Annotated[Path, typer.Argument(help="A pool directory written by laggrow probe.")],
     steps: Annotated[int | None, typer.Option("--steps", help="Stop at this step [default: final_steps].")] = None,
     only: Annotated[int | None, typer.Option("--only", help="Continue only the best N candidates at k.")] = None,
+    overrides: Annotated[list[str] | None, typer.Option(
+        "--set", help="The device layout, if not the probe's: mesh.candidates=N, mesh.data=M, mesh.fsdp=true "
+        "(repeatable).")] = None,
 ) -> None:
     """Continue the probed candidates to the full budget (resumable); rank them at T."""
     from rich.console import Console
 
     from laggrow.cli.progress import pool_progress
+    from laggrow.config import with_mesh_overrides
     from laggrow.pool import probe
 
     console = Console()
@@ -116,7 +127,8 @@ def train_final_command(
         show(step, records)
 
     try:
-        rows = probe.train_final(directory, steps=steps, only=only, on_eval=on_eval)
+        rows = probe.train_final(directory, steps=steps, only=only, on_eval=on_eval,
+                                 mesh_cfg=with_mesh_overrides(pool.mesh, overrides))
     finally:
         if started:
             progress.stop()

@@ -18,6 +18,7 @@
     halving: {eta: 2, first: 8}    # successive halving (laggrow probe --halving); predictor: loss
     chunk_size: auto               # candidates trained together: auto (default: what the device's
                                    # memory holds, all of them when they fit), 0 (all), or N
+    mesh: {candidates: auto, data: auto, fsdp: false}   # the devices it spreads over (laggrow.mesh)
 
 Every candidate (strategy x seed) sees the same batches as every other candidate of its seed and
 the same learning-rate schedule, so a probe of k steps is exactly the prefix of the final run.
@@ -48,11 +49,14 @@ from typing import Any
 import numpy as np
 
 from laggrow.config import (
+    AUTO,
+    MeshConfig,
     ModelConfig,
     RunConfig,
     TrainConfig,
     build_dataclass,
     coerce,
+    mesh_config_from_dict,
     read_yaml,
     require,
     run_config_from_dict,
@@ -65,8 +69,8 @@ from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_traini
 # (PoolConfig.optimizer_state); it gave the best final loss and the highest rho at k on both corpora.
 DEFAULT_POST_GROWTH_WARMUP = 0
 
-# chunk_size's automatic value: the most candidates the device's memory holds (pool.step.chunk_for)
-AUTO = "auto"
+# chunk_size's automatic value (config.AUTO): the most candidates the device's memory holds
+# (pool.step.chunk_for)
 
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
@@ -102,9 +106,15 @@ class PoolConfig:
     # (records.EXECUTION_KEYS), so a pool probed with one chunk size continues with another.
     chunk_size: int | str = AUTO
     checkpoint_every: int = 0  # train-final checkpoints; 0: only at the end
+    # the devices the pool spreads over (laggrow.mesh); like chunk_size an execution choice, and
+    # written only when set, so pools recorded before it keep their fingerprint
+    mesh: MeshConfig = field(default_factory=MeshConfig)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        out = dataclasses.asdict(self)
+        if self.mesh == MeshConfig():
+            del out["mesh"]
+        return out
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:16]
@@ -229,9 +239,10 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
         raise LaggrowError(f"{where}.strategies: expected a non-empty list of strategies")
     specs = _labelled([_strategy_spec(e, f"{where}.strategies[{i}]") for i, e in enumerate(entries)])
     chunk_size = raw.pop("chunk_size", AUTO)  # an integer or "auto": checked in _validate
+    mesh = mesh_config_from_dict(raw.pop("mesh", None), f"{where}.mesh")
     pool = build_dataclass(PoolConfig, {**raw, "strategies": ()}, where)
     pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at),
-                               chunk_size=chunk_size)
+                               chunk_size=chunk_size, mesh=mesh)
     _validate(pool, where)
     return pool
 

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import interrupt, runs, store
+from laggrow import hosts, interrupt, runs, store
 from laggrow.analysis.halving import successive_halving
 from laggrow.analysis.predictors import score_curves
 from laggrow.errors import LaggrowError
@@ -34,10 +34,11 @@ from laggrow.pool.probe import (
     check_probe_inputs,
     data_stream,
     grow_candidates,
+    layout_for,
     run_segments,
     runner_for,
 )
-from laggrow.pool.step import chunk_for, take
+from laggrow.pool.step import take
 
 
 def strategy_curve(curves: list[dict], members: list[int], budget: int, final_step: int,
@@ -81,7 +82,7 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
             "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
             "source": str(source.path.absolute()), "candidates": candidates,
             "data_stream": data_stream(source, target), "protocol": pool.protocol(target), "halving": True,
-            "chunking": chunk_for(pool.chunk_size, target, len(candidates))})
+            **layout_for(pool, target, len(candidates))})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         curves_path = tmp / store.CURVES_FILE
         eval_steps = pool.eval_steps()
@@ -106,6 +107,7 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
 
         def curve(strategy: str, budget: int) -> tuple[np.ndarray, np.ndarray]:
             if budget not in read:
+                hosts.barrier(f"halving {out} {budget}")  # process 0 has written the round's records
                 read[budget] = records.read_pool_curves(curves_path)
             return strategy_curve(read[budget], members[strategy], budget, pool.final_steps, predictor)
 

@@ -19,9 +19,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, interrupt, runs, store, train
+from laggrow import growth, hosts, interrupt, mesh, runs, store, train
 from laggrow.checkpoint import Checkpointer
-from laggrow.config import RunConfig
+from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
@@ -116,7 +116,8 @@ def run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start:
         if position < mark:
             return state, position
         if mark in eval_steps:
-            rows = make_records(candidates, mark, runner.evaluate(state), train_losses, state,
+            counts = mesh.to_host({"step": state["step"], "diverged_at": state["diverged_at"]})
+            rows = make_records(candidates, mark, runner.evaluate(state), train_losses, counts,
                                 flops_per_step, tokens_per_step)
             store.append_jsonl(curves, rows)
             if on_eval is not None:
@@ -147,7 +148,26 @@ def read_data_stream(meta: dict, path: Path) -> int:
     return stream["start"]
 
 
-def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int) -> PoolRunner:
+def layout_for(pool: PoolConfig, target: RunConfig, n: int, mesh_cfg: MeshConfig | None = None) -> dict[str, Any]:
+    """How `n` candidates of `pool` train, as pool.json records it: the chunking (`chunk_for`)
+    and the device layout (`mesh.resolve` of `mesh_cfg`, default the pool's `mesh`), with the
+    devices and processes it ran on. One line if the layout is impossible here."""
+    chunking = chunk_for(pool.chunk_size, target, n)
+    layout = mesh.resolve(mesh_cfg or pool.mesh, jax.device_count(), target.train.batch_size,
+                          n_candidates=chunking["together"])
+    return {"chunking": chunking, "layout": {**layout.to_dict(), "devices": layout.devices,
+                                             "devices_present": jax.device_count(),
+                                             "platform": jax.devices()[0].platform,
+                                             "processes": jax.process_count()}}
+
+
+def _layout(record: dict[str, Any]) -> mesh.Layout:
+    lay = record["layout"]
+    return mesh.Layout(lay["candidates"], lay["data"], lay["fsdp"])
+
+
+def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int,
+               mesh_cfg: MeshConfig | None = None) -> PoolRunner:
     """Batches: the candidates of one seed all see that seed's stream, batch for batch, from
     position `start` on (the source's stopping point, see `data_stream`)."""
     seeds = [c["seed"] for c in candidates]
@@ -158,8 +178,8 @@ def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: l
         return np.stack([per_seed[s] for s in seeds])
 
     eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
-    together = chunk_for(pool.chunk_size, target, len(candidates))["together"]
-    return PoolRunner(target.model, target.train, batches, eval_batches, together)
+    how = layout_for(pool, target, len(candidates), mesh_cfg)
+    return PoolRunner(target.model, target.train, batches, eval_batches, how["chunking"]["together"], _layout(how))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -185,6 +205,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
     data = runs.load_source_dataset(source)
+    how = layout_for(pool, target, len(candidates))  # an impossible mesh is one line, before anything
     if on_start is not None:
         on_start(pool, candidates)
     with interrupt.deferred(), store.staged_dir(out) as tmp:
@@ -192,7 +213,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates,
                                     "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
-                                    "chunking": chunk_for(pool.chunk_size, target, len(candidates))})
+                                    **how})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
         runner = runner_for(pool, target, data, candidates, int(source.data_position))
@@ -203,6 +224,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
             raise interrupt.Interrupted("nothing written; run the probe again")
         with Checkpointer(tmp / store.PROBE_STATE) as ckpt:
             ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
+        hosts.barrier(f"probe {out} curves")  # process 0 has written them
         rows = ranking(candidates, store.read_jsonl(curves, "pool records"), pool.lag_steps)
         store.write_json(tmp / store.PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                      "candidates": rows})
@@ -230,15 +252,21 @@ def read_pool_dir(directory: Path) -> tuple[PoolConfig, dict, RunConfig]:
     return pool, meta, runs.read_run_config(directory, what="pool directory")
 
 
-def _restore(directory: Path, pool: PoolConfig, target: RunConfig, n: int, selected: list[int]) -> tuple[dict, int]:
-    """The state to continue: train-final's own last checkpoint, else the probe's at k. Reads
-    only (a Checkpointer is opened only on a directory that exists: it would create one)."""
+def _restore(directory: Path, pool: PoolConfig, target: RunConfig, n: int, selected: list[int],
+             layout: mesh.Layout) -> tuple[dict, int]:
+    """The state to continue: train-final's own last checkpoint, else the probe's at k, restored
+    onto `layout` whichever layout saved it. Reads only (a Checkpointer is opened only on a
+    directory that exists: it would create one)."""
     final_dir = directory / store.FINAL_STATE
+
+    def abstract(count: int) -> dict:
+        return mesh.abstract_state(abstract_pool_state(target, count), layout, stacked=True)
+
     if (final_dir / store.CHECKPOINT_DIR).is_dir():
         with Checkpointer(final_dir) as ckpt:
             if ckpt.latest_step() is not None:
                 # the newest intact one; damaged newer ones are removed so their steps can be saved again
-                state, position = ckpt.restore(abstract_pool_state(target, len(selected)), remove_damaged=True)
+                state, position = ckpt.restore(abstract(len(selected)), remove_damaged=True)
                 return state, position
     probe_dir = directory / store.PROBE_STATE
     if not (probe_dir / store.CHECKPOINT_DIR).is_dir():
@@ -248,24 +276,26 @@ def _restore(directory: Path, pool: PoolConfig, target: RunConfig, n: int, selec
         if ckpt.latest_step() != pool.lag_steps:
             raise LaggrowError(f"{probe_dir}: no finished checkpoint at step k={pool.lag_steps} (expected the "
                                "probe's states; is it damaged?); probe again into a new --out")
-        state, _ = ckpt.restore(abstract_pool_state(target, n), step=pool.lag_steps)
+        state, _ = ckpt.restore(abstract(n), step=pool.lag_steps)
     return take(state, selected), pool.lag_steps
 
 
 def train_final(directory: Path, steps: int | None = None, only: int | None = None,
-                on_eval: OnEval | None = None) -> list[dict] | None:
+                on_eval: OnEval | None = None, mesh_cfg: MeshConfig | None = None) -> list[dict] | None:
     """Continue the probed candidates (or the best `only` at k) to T, resumably, holding the
     pool directory's lock. Returns the final ranking once T is reached, else None. Everything
     is read and checked before anything is written; interrupted (Ctrl-C, SIGTERM), it saves a
-    checkpoint at the step it reached and raises `interrupt.Interrupted`."""
+    checkpoint at the step it reached and raises `interrupt.Interrupted`. `mesh_cfg` (default: the
+    pool's `mesh`) lays it out over devices; it may differ from the probe's."""
     directory = Path(directory).absolute()
     if not (directory / store.POOL_FILE).is_file():  # the lock would create a missing directory
         raise LaggrowError(f"{directory}: holds no probe (expected a directory written by laggrow probe)")
     with store.DirLock(directory, "pool directory"):
-        return _train_final(directory, steps, only, on_eval)
+        return _train_final(directory, steps, only, on_eval, mesh_cfg)
 
 
-def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: OnEval | None) -> list[dict] | None:
+def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: OnEval | None,
+                 mesh_cfg: MeshConfig | None) -> list[dict] | None:
     pool, meta, target = read_pool_dir(directory)
     stop = pool.final_steps if steps is None else steps
     if not pool.lag_steps <= stop <= pool.final_steps:
@@ -292,8 +322,11 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     source = Path(meta["source"])
     source_cfg = runs.read_run_config(source, what="pool source")
     data = runs.load_source_dataset(source, source_cfg)
+    how = layout_for(pool, target, len(chosen), mesh_cfg)
     with interrupt.deferred():
-        state, start = _restore(directory, pool, target, len(candidates), selected)
+        state, start = _restore(directory, pool, target, len(candidates), selected, _layout(how))
+        # every process has read the directory as it was before process 0 writes to it
+        hosts.barrier(f"train-final {directory} restored")
         # Every check is behind us: from here on the directory is written.
         store.ensure_dir(directory / store.FINAL_STATE, "pool directory")
         store.write_json(selection_file, {"candidates": selected}, if_changed=True)
@@ -307,7 +340,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                 saved.add(step)
 
             if start < stop:
-                runner = runner_for(pool, target, data, chosen, start_position)
+                runner = runner_for(pool, target, data, chosen, start_position, mesh_cfg)
                 state, reached = run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
                                                curves, on_eval, checkpoint=save,
                                                checkpoint_every=pool.checkpoint_every,
@@ -319,7 +352,8 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                                                 f"laggrow train-final {directory}")
     if stop < pool.final_steps:
         return None
+    hosts.barrier(f"train-final {directory} curves")  # process 0 has written them
     rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps)
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
-                                       "candidates": rows})
+                                       "candidates": rows, **how})
     return rows

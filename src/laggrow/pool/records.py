@@ -66,7 +66,8 @@ def as_json(obj: Any) -> Any:
 # Keys that say how a pool is trained, not what it is: a pool that fits trains identically in one
 # chunk or several (to float rounding), so a changed chunk_size never makes it another pool (and a
 # pool.json written when the default was 0 matches the default auto of today).
-EXECUTION_KEYS = ("chunk_size",)
+# The same for the device layout (mesh): records do not depend on it beyond float rounding.
+EXECUTION_KEYS = ("chunk_size", "mesh")
 
 
 def changed_keys(stored: dict, current: dict, ignore: tuple[str, ...] = ()) -> list[str]:

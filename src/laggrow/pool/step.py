@@ -12,6 +12,9 @@ A pool too large for memory is trained in chunks of `chunk_size` candidates, eac
 the same size so the program still compiles once. `chunk_size: auto` takes the most candidates the
 device's memory holds by resources.py's estimate (`chunk_for`): all of them when they fit, so such
 a pool trains exactly as with chunk_size 0.
+
+On a device mesh (laggrow.mesh) the stacked candidate axis is split over the mesh's `candidates`
+axis and every batch over `data`; a chunk is padded up to a multiple of the candidate axis.
 """
 
 from __future__ import annotations
@@ -25,8 +28,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from laggrow import resources, train
+from laggrow import mesh, resources, train
 from laggrow.config import ModelConfig, RunConfig, TrainConfig
+from laggrow.mesh import SINGLE, Layout
 from laggrow.pool.config import AUTO
 
 State = dict
@@ -50,17 +54,24 @@ def make_guarded_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callabl
     return guarded
 
 
-@functools.lru_cache(maxsize=8)
-def pool_step(model_cfg: ModelConfig, train_cfg: TrainConfig) -> Callable:
+def pool_step(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout = SINGLE) -> Callable:
     """The vmapped, jitted pool step `(stacked_state, batches (N, B, T+1)) -> (state, metrics)`,
-    with the stacked state donated. Cached: one compilation per configuration and pool size."""
-    return jax.jit(jax.vmap(make_guarded_step(model_cfg, train_cfg)), donate_argnums=0)
+    with the stacked state donated. Cached: one compilation per configuration, layout and pool size."""
+    return _pool_step(model_cfg, train_cfg, layout)  # one cache key, layout given or not
 
 
 @functools.lru_cache(maxsize=8)
-def pool_eval(model_cfg: ModelConfig) -> Callable:
+def _pool_step(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layout) -> Callable:
+    return mesh.sharded_step(jax.vmap(make_guarded_step(model_cfg, train_cfg)), layout, stacked=True)
+
+
+pool_step.cache_clear = _pool_step.cache_clear
+
+
+@functools.lru_cache(maxsize=8)
+def pool_eval(model_cfg: ModelConfig, layout: Layout = SINGLE) -> Callable:
     """Held-out loss of every candidate on the same fixed batches: (N,) losses."""
-    return jax.jit(jax.vmap(train.make_eval(model_cfg), in_axes=(0, None)))
+    return mesh.replicated_result(jax.vmap(train.make_eval(model_cfg), in_axes=(0, None)), layout)
 
 
 def candidate_state(params: dict, opt_state, lr_scale: float) -> State:
@@ -122,10 +133,16 @@ class PoolRunner:
     batches: Callable[[int], np.ndarray]  # step -> (N, B, T+1) batches, one per candidate
     eval_batches: np.ndarray  # (n, B, T+1), the same for every candidate
     chunk_size: int = 0  # 0: all candidates at once
+    layout: Layout = SINGLE  # the devices the candidates and batches are spread over
 
     def _chunks(self, n: int) -> tuple[list[np.ndarray], int]:
+        """The candidates of each chunk, and the size every chunk is padded to: a multiple of the
+        mesh's candidate axis, so each device trains the same number of candidates."""
         size = n if self.chunk_size <= 0 else min(self.chunk_size, n)
-        return [np.arange(i, min(i + size, n)) for i in range(0, n, size)], size
+        return [np.arange(i, min(i + size, n)) for i in range(0, n, size)], mesh.padded_size(size, self.layout)
+
+    def _place(self, state: State) -> State:
+        return mesh.place_state(state, self.layout, stacked=True)
 
     def advance(self, state: State, start: int, stop: int) -> tuple[State, np.ndarray]:
         """Train every candidate from step `start` to `stop`; returns the new state and each
@@ -141,26 +158,29 @@ class PoolRunner:
         of the returned state is at one step."""
         n = int(state["step"].shape[0])
         chunks, size = self._chunks(n)
-        step = pool_step(self.model_cfg, self.train_cfg)
+        step = pool_step(self.model_cfg, self.train_cfg, self.layout)
 
         def run(chunk: State, select, until: int, ask: bool) -> tuple[State, np.ndarray, int]:
             losses = np.full(size, np.nan)
+            chunk = self._place(chunk)
             i = start
             while i < until and not (ask and should_stop is not None and should_stop()):
                 batch = self.batches(i)
-                chunk, metrics = step(chunk, jnp.asarray(batch if select is None else batch[select]))
+                batch = batch if select is None else batch[select]
+                chunk, metrics = step(chunk, mesh.place_batch(batch, self.layout, stacked=True))
                 losses = metrics["loss"]
                 i += 1
             return chunk, np.asarray(losses, dtype=np.float64), i
 
-        if len(chunks) == 1:
+        if len(chunks) == 1 and size == n:
             return run(state, None, stop, ask=True)
         parts, losses, reached = [], [], stop
         for c, idx in enumerate(chunks):
             padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])  # one compiled shape
             chunk, chunk_losses, at = run(take(state, padded), padded, reached, ask=c == 0)
             reached = at if c == 0 else reached
-            parts.append(jax.device_get(take(chunk, np.arange(len(idx)))))
+            # on the host: the next chunk gets the device's memory (every process gets every piece)
+            parts.append(mesh.to_host(take(chunk, np.arange(len(idx)))))
             losses.append(chunk_losses[: len(idx)])
         state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
         return state, np.concatenate(losses), reached
@@ -168,12 +188,14 @@ class PoolRunner:
     def evaluate(self, state: State) -> np.ndarray:
         n = int(state["step"].shape[0])
         chunks, size = self._chunks(n)
-        evaluate = pool_eval(self.model_cfg)
+        evaluate = pool_eval(self.model_cfg, self.layout)
+        held_out = mesh.place_eval(self.eval_batches, self.layout)
         out = []
         for idx in chunks:
             padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
-            params = state["params"] if len(chunks) == 1 else take(state["params"], padded)
-            out.append(np.asarray(evaluate(params, jnp.asarray(self.eval_batches)), np.float64)[: len(idx)])
+            params = state["params"] if len(chunks) == 1 and size == n else take(state["params"], padded)
+            params = mesh.place_state(params, self.layout, stacked=True)
+            out.append(np.asarray(evaluate(params, held_out), np.float64)[: len(idx)])
         losses = np.concatenate(out)
-        losses[np.asarray(state["diverged_at"]) >= 0] = np.nan
+        losses[mesh.to_host(state["diverged_at"]) >= 0] = np.nan
         return losses

@@ -1,0 +1,70 @@
+"""The same tiny run and pool on several device layouts, in one process with 8 forced CPU devices.
+
+Run by tests/test_mesh_layouts.py as `python tests/mesh_layouts.py OUT` with
+XLA_FLAGS=--xla_force_host_platform_device_count=8 (the flag must be set before jax starts, so
+not in the test process). Every command goes through laggrow's own command line, in-process;
+the test compares what they wrote. What runs, into OUT/<name>:
+
+    train/<layout>       configs/tiny.yaml, 12 steps, on data = 1, 2, 4, 8 and data 4 with FSDP
+    train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
+    probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
+                         2x1 (padded to 4), 4x1, 2x2, 1x4 with FSDP, 8 devices auto
+    final/c2d2-then-1    probe/c2d2's directory copied, train-final to T on 1 device
+    final/c1             probe/c1d1's, train-final to T on 1 device (the reference)
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import yaml
+from typer.testing import CliRunner
+
+REPO = Path(__file__).resolve().parent.parent
+TINY = REPO / "configs" / "tiny.yaml"
+TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2"]
+TRAIN_LAYOUTS = {"d1": ["mesh.data=1"], "d2": ["mesh.data=2"], "d4": ["mesh.data=4"], "d8": ["mesh.data=8"],
+                 "d4-fsdp": ["mesh.data=4", "mesh.fsdp=true"]}
+PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d1": ["mesh.candidates=2", "mesh.data=1"],
+                 "c4d1": ["mesh.candidates=4", "mesh.data=1"], "c2d2": ["mesh.candidates=2", "mesh.data=2"],
+                 "c1d4-fsdp": ["mesh.candidates=1", "mesh.data=4", "mesh.fsdp=true"], "auto": []}
+
+
+def laggrow(*args) -> None:
+    from laggrow.cli import app
+
+    result = CliRunner().invoke(app, [str(a) for a in args])
+    if result.exit_code != 0:
+        raise SystemExit(f"laggrow {' '.join(map(str, args))}: exit {result.exit_code}\n{result.output}")
+
+
+def sets(items: list[str]) -> list[str]:
+    return [part for item in items for part in ("--set", item)]
+
+
+def main(out: Path) -> None:
+    import jax
+
+    assert jax.device_count() == 8, f"expected 8 forced CPU devices, got {jax.devices()}"
+    for name, layout in TRAIN_LAYOUTS.items():
+        laggrow("train", TINY, "--out", out / "train" / name, *sets(TRAIN_SETS + layout))
+    resumed = out / "train" / "d4-then-1"
+    laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=4"]), "--until", "6")
+    laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=1"]), "--resume")
+
+    pool = {"source": str(out / "train" / "d1"), "target": {"n_layers": 3},
+            "strategies": ["stack", "zero_top", "scratch"], "seeds": [0], "lag_steps": 4, "final_steps": 8,
+            "eval_points": 4, "eval_every": 2, "train": {"lr": 0.003}, "chunk_size": 0}
+    pool_file = out / "pool.yaml"
+    pool_file.write_text(yaml.safe_dump(pool))
+    for name, layout in PROBE_LAYOUTS.items():
+        laggrow("probe", pool_file, "--out", out / "probe" / name, *sets(layout))
+    for name, source in (("c1", "c1d1"), ("c2d2-then-1", "c2d2")):
+        shutil.copytree(out / "probe" / source, out / "final" / name)
+        laggrow("train-final", out / "final" / name, *sets(["mesh.candidates=1", "mesh.data=1"]))
+
+
+if __name__ == "__main__":
+    main(Path(sys.argv[1]))
