@@ -1,4 +1,5 @@
-"""The benchmarks' pure helpers: the device peak table, and the PyTorch peer (when torch is there)."""
+"""The benchmarks' pure helpers: the device peak table, the PyTorch peer (when torch is there), and
+bench_scale.py's table on two forced CPU devices."""
 
 from __future__ import annotations
 
@@ -101,3 +102,32 @@ def test_the_peer_says_in_one_line_how_to_install_torch_when_it_is_missing():
     assert out.returncode == 2, out.stderr
     assert out.stderr.strip().splitlines() == ["benchmarks/peer_torch.py needs PyTorch: pip install -e '.[bench]' "
                                                "(or pip install 'torch>=2.1')"]
+
+
+# ---- device scaling (benchmarks/bench_scale.py) -----------------------------------------------------
+
+
+def test_bench_scale_reports_a_run_and_a_pool_on_each_device_count():
+    """Two forced CPU devices (the flag must be set before jax starts: a subprocess): a row for 1
+    and 2 devices of both the run (data axis) and the pool (candidate axis), the same first loss."""
+    import os
+    import re
+    import subprocess
+
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_scale.py"), "configs/tiny.yaml", "--devices", "1",
+                          "2", "--steps", "2", "--rounds", "1", "--candidates", "2"],
+                         capture_output=True, text=True, cwd=BENCHMARKS.parent, env=env, timeout=120)
+    assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
+    assert "2 x cpu" in out.stdout and "share the same host cores" in out.stdout
+    rows = {}
+    for line in out.stdout.splitlines():
+        row = re.match(r"(run|pool)\s+(\d)\s+(\dx\d)\s+([\d.]+) ms.*\s(\S+)x\s.*\s(\S+)$", line)
+        if row:
+            rows[row[1], int(row[2])] = (row[3], float(row[4]), float(row[5]), float(row[6]))
+    assert set(rows) == {("run", 1), ("run", 2), ("pool", 1), ("pool", 2)}, out.stdout
+    assert rows["run", 2][0] == "1x2" and rows["pool", 2][0] == "2x1"
+    assert rows["run", 1][2] == rows["pool", 1][2] == 1.0  # the 1-device row is the baseline
+    for _layout, step_ms, speedup, loss_diff in rows.values():
+        assert step_ms > 0 and speedup > 0
+        assert loss_diff < 1e-4, out.stdout  # the same first step on either layout, up to rounding
