@@ -74,7 +74,9 @@ class Checkpointer:
         if self.read_only:
             raise RuntimeError(f"{self.directory}: opened read-only")  # a bug, not the user's
         step = int(state["step"]) if step is None else int(step)
-        item = dict(state, data_position=np.asarray(data_position, np.int64))
+        from laggrow import mesh
+
+        item = dict(mesh.global_arrays(state), data_position=np.asarray(data_position, np.int64))
         try:
             self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
             self._manager.wait_until_finished()
@@ -180,8 +182,19 @@ class Checkpointer:
                            "complete checkpoint (train again into a new directory)")
 
     def _restore_step(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
-        abstract = dict(target, data_position=np.zeros((), np.int64))
-        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, abstract)
+        # A leaf with no sharding of its own goes to this process's first device: left to
+        # Orbax, it would take the sharding it was saved with, which names devices that another
+        # layout or another process does not have.
+        local = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+
+        def placed(leaf: Any) -> jax.ShapeDtypeStruct:
+            struct = ocp.utils.to_shape_dtype_struct(leaf)
+            if getattr(struct, "sharding", None) is None:
+                struct = jax.ShapeDtypeStruct(struct.shape, struct.dtype, sharding=local)
+            return struct
+
+        abstract = jax.tree.map(placed, target)
+        abstract["data_position"] = ocp.utils.to_shape_dtype_struct(np.zeros((), np.int64))
         return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
 
     def discard(self, steps: list[int]) -> None:

@@ -18,7 +18,7 @@ parameter and its AdamW moments, so they line up); a leaf no dimension of which 
 replicated. XLA inserts the all-gathers and reduce-scatters; the step's code is the same on every
 layout. A layout is `Layout(candidates, data, fsdp)`, resolved from the config's `mesh` section
 (config.MeshConfig) by `resolve`; the 1-device layout keeps the original single-device path
-(arrays committed to `jax.devices()[0]`), which is what every other layout is checked against.
+(arrays committed to `jax.local_devices()[0]`), which is what every other layout is checked against.
 
 Results do not depend on the layout beyond float rounding: vmap shares no arithmetic across
 candidates, a batch split over `data` is reduced in a different order only, and dropout's key is
@@ -168,38 +168,60 @@ def place(tree: Any, shardings: Any) -> Any:
     """Put every leaf where `shardings` says. Host arrays must be the same on every process (they
     are: batches and grown states are pure functions of the config); each process then keeps
     only its own devices' pieces."""
-    return jax.tree.map(jax.device_put, tree, shardings)
+    return jax.tree.map(_put, tree, shardings)
+
+
+def _put(x: Any, sharding: NamedSharding) -> jax.Array:
+    if isinstance(x, jax.Array) and jax.process_count() > 1 and not sharding.is_fully_addressable:
+        if x.is_fully_addressable:  # on this process's devices: the same value on every process
+            x = np.asarray(x)
+        elif x.sharding != sharding:  # a global array: resharded by a program every process runs
+            return jax.jit(lambda a: a, out_shardings=sharding)(x)
+        else:
+            return x
+    return jax.device_put(x, sharding)
 
 
 def place_state(state: Any, layout: Layout, stacked: bool) -> Any:
     """A train state on `layout`; on the single layout, committed to the default device as
     before (jit keys its cache on committedness: a resumed run shares its compilation)."""
     if layout.single:
-        return jax.device_put(state, jax.devices()[0])
+        return jax.device_put(state, jax.local_devices()[0])
     return place(state, state_shardings(state, layout, stacked))
 
 
 def place_batch(batch: np.ndarray, layout: Layout, stacked: bool) -> jax.Array:
     if layout.single:
         return jax.numpy.asarray(batch)
-    return jax.device_put(batch, batch_sharding(layout, stacked))
+    return _put(batch, batch_sharding(layout, stacked))
 
 
 def place_eval(batches: np.ndarray, layout: Layout) -> jax.Array:
     if layout.single:
         return jax.numpy.asarray(batches)
-    return jax.device_put(batches, eval_sharding(layout))
+    return _put(batches, eval_sharding(layout))
 
 
 def abstract_state(abstract: Any, layout: Layout, stacked: bool) -> Any:
     """ShapeDtypeStructs of a state with the shardings to restore it onto: what Orbax needs to
     read a checkpoint written on any layout onto this one."""
     if layout.single:
-        one = SingleDeviceSharding(jax.devices()[0])
+        one = SingleDeviceSharding(jax.local_devices()[0])
         shardings = jax.tree.map(lambda _: one, abstract)
     else:
         shardings = state_shardings(abstract, layout, stacked)
     return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), abstract, shardings)
+
+
+def global_arrays(tree: Any) -> Any:
+    """With several processes, every leaf held by this process alone (a pool put back together
+    on the host) made a global array replicated over all devices, as Orbax saves only those.
+    One process: the tree as it is."""
+    if jax.process_count() == 1:
+        return tree
+    everywhere = NamedSharding(Mesh(np.array(jax.devices()), ("all",)), P())
+    return jax.tree.map(lambda x: _put(x, everywhere) if isinstance(x, jax.Array) and x.is_fully_addressable
+                        else x, tree)
 
 
 def to_host(tree: Any) -> Any:

@@ -83,7 +83,7 @@ def stack(states: list[State]) -> State:
     """Stack on a leading candidate axis, committed to the default device like a state restored
     by Orbax: jit keys its cache on committedness, and a probe then a train-final in one process
     should share one compiled program."""
-    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), jax.devices()[0])
+    return jax.device_put(jax.tree.map(lambda *xs: jnp.stack(xs), *states), jax.local_devices()[0])
 
 
 def take(state: State, index) -> State:
@@ -96,7 +96,7 @@ def device_memory() -> tuple[int, str]:
     """Bytes the default device holds and where the figure comes from: the accelerator's
     `bytes_limit` (what JAX's allocator may take) where `memory_stats()` has one, else the host's
     memory (CPU, as resources.available_memory counts it); never more than LAGGROW_MEMORY when set."""
-    device = jax.devices()[0]
+    device = jax.local_devices()[0]
     try:
         limit = (device.memory_stats() or {}).get("bytes_limit")  # CPU: None
     except (RuntimeError, NotImplementedError, AttributeError):  # a backend without memory statistics
