@@ -240,9 +240,10 @@ def mesh_config_from_dict(raw: Any, where: str = "mesh") -> MeshConfig:
     known = [f.name for f in dataclasses.fields(MeshConfig)]
     for key in raw:
         if key not in known:
-            near = difflib.get_close_matches(str(key), known, n=1)
+            name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
+            near = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
-            raise LaggrowError(f"{where}.{shown(key)}: unknown key{hint}")
+            raise LaggrowError(f"{where}.{name}: unknown key{hint}")
     return MeshConfig(**raw).validate(where)
 
 
