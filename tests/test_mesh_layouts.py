@@ -1,0 +1,108 @@
+"""Records do not depend on the device layout: a tiny run on 1, 2, 4, 8 devices (and FSDP), a
+checkpoint written on 4 devices resumed on 1, a tiny pool over candidate and data axes, and
+train-final on another layout than its probe's. The commands run in one subprocess with 8 forced
+CPU devices (tests/mesh_layouts.py); the test process itself keeps its one device."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from mesh_layouts import PROBE_LAYOUTS, TRAIN_LAYOUTS
+
+HERE = Path(__file__).resolve().parent
+# float32 sums in another order (a batch split over devices): rounding, nothing more
+TOLERANCE = dict(rtol=2e-5, atol=2e-5)
+RUN_KEYS = ("train_loss", "grad_norm", "lr", "eval_loss")
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("layouts")
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    proc = subprocess.run([sys.executable, str(HERE / "mesh_layouts.py"), str(out)], env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return out
+
+
+def metrics(run: Path) -> list[dict]:
+    return [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+def curves(pool: Path) -> list[dict]:
+    rows = [json.loads(line) for line in (pool / "curves.jsonl").read_text().splitlines()]
+    return sorted(rows, key=lambda r: (r["step"], r["candidate"]))
+
+
+def assert_same_records(got: list[dict], want: list[dict], keys: tuple[str, ...], where: str) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want], where
+    for g, w in zip(got, want, strict=True):
+        for key in keys:
+            assert (key in g) == (key in w), f"{where}: step {w['step']}: {key}"
+            if key in w and w[key] is not None:
+                np.testing.assert_allclose(g[key], w[key], **TOLERANCE, err_msg=f"{where}: step {w['step']} {key}")
+
+
+@pytest.mark.parametrize("layout", [name for name in TRAIN_LAYOUTS if name != "d1"])
+def test_a_run_records_the_same_on_every_layout(layouts, layout):
+    reference = metrics(layouts / "train" / "d1")
+    assert len(reference) >= 4 and any("eval_loss" in r for r in reference)
+    assert_same_records(metrics(layouts / "train" / layout), reference, RUN_KEYS, layout)
+    # tokens and flops are counted, not measured: exactly equal
+    assert [(r["tokens"], r["flops"]) for r in metrics(layouts / "train" / layout)] == \
+           [(r["tokens"], r["flops"]) for r in reference]
+
+
+def test_each_run_says_the_layout_it_trained_on(layouts):
+    for name, want in (("d1", (1, 1, False)), ("d2", (1, 2, False)), ("d8", (1, 8, False)),
+                       ("d4-fsdp", (1, 4, True))):
+        summary = json.loads((layouts / "train" / name / "summary.json").read_text())
+        got = summary["layout"]
+        assert (got["candidates"], got["data"], got["fsdp"]) == want, name
+        assert got["devices_present"] == 8 and got["processes"] == 1
+    # the layout is where, not what: the run's config.json has no mesh section
+    assert "mesh" not in json.loads((layouts / "train" / "d4-fsdp" / "config.json").read_text())
+
+
+def test_a_checkpoint_written_on_4_devices_resumes_on_1(layouts):
+    run = layouts / "train" / "d4-then-1"
+    assert_same_records(metrics(run), metrics(layouts / "train" / "d1"), RUN_KEYS, "d4-then-1")
+    assert json.loads((run / "summary.json").read_text())["layout"]["data"] == 1
+    assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "6"]
+
+
+@pytest.mark.parametrize("layout", [name for name in PROBE_LAYOUTS if name != "c1d1"])
+def test_a_pool_records_the_same_curves_on_every_layout(layouts, layout):
+    reference = curves(layouts / "probe" / "c1d1")
+    assert len({r["candidate"] for r in reference}) == 3
+    got = curves(layouts / "probe" / layout)
+    assert [(r["candidate"], r["diverged"]) for r in got] == [(r["candidate"], r["diverged"]) for r in reference]
+    assert_same_records(got, reference, ("eval_loss", "train_loss"), layout)
+
+
+def test_pool_json_records_the_layout_each_probe_ran_on(layouts):
+    def layout(name):
+        return json.loads((layouts / "probe" / name / "pool.json").read_text())["layout"]
+
+    assert (layout("c2d2")["candidates"], layout("c2d2")["data"]) == (2, 2)
+    assert layout("c1d4-fsdp")["fsdp"] is True
+    # 3 candidates on 8 devices, nothing asked: one device per candidate, the batch split over 2
+    assert (layout("auto")["candidates"], layout("auto")["data"]) == (3, 2)
+    # 3 candidates on a candidate axis of 2 and of 4: padded, and the padding is not recorded
+    assert len(curves(layouts / "probe" / "c2d1")) == len(curves(layouts / "probe" / "c1d1"))
+
+
+def test_train_final_continues_a_probe_on_another_layout(layouts):
+    reference = curves(layouts / "final" / "c1")
+    assert max(r["step"] for r in reference) == 8
+    assert_same_records(curves(layouts / "final" / "c2d2-then-1"), reference, ("eval_loss", "train_loss"),
+                        "final c2d2-then-1")
+    final = json.loads((layouts / "final" / "c2d2-then-1" / "final.json").read_text())
+    assert (final["layout"]["candidates"], final["layout"]["data"]) == (1, 1)
