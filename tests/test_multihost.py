@@ -1,0 +1,144 @@
+"""Two laggrow processes joined by jax.distributed on the loopback address (CPU collectives):
+one consistent set of records, written by process 0 alone, and checkpoints that both processes
+wrote and that a single process resumes from; the same curves as one process."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import CONFIGS, REPO, invoke_ok
+from typer.testing import CliRunner
+
+from laggrow import hosts
+from laggrow.errors import LaggrowError
+
+SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2"]
+TOLERANCE = dict(rtol=2e-5, atol=2e-5)
+
+
+def sets(items):
+    return [part for item in items for part in ("--set", item)]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def two_processes(*args, timeout: float = 300) -> list[subprocess.CompletedProcess]:
+    """`laggrow ARGS` as processes 0 and 1 of one cluster; both must succeed."""
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+    procs = [subprocess.Popen([sys.executable, "-m", "laggrow", "--coordinator", f"127.0.0.1:{port}",
+                               "--num-processes", "2", "--process-id", str(i), *map(str, args)],
+                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    results = []
+    for i, proc in enumerate(procs):
+        try:
+            out, err = proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"process {i} of laggrow {' '.join(map(str, args))} did not finish in {timeout} s")
+        results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
+    for i, r in enumerate(results):
+        assert r.returncode == 0, f"process {i}: {r.stderr[-3000:]}"
+    return results
+
+
+def jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def close(got: list[dict], want: list[dict], keys: tuple[str, ...]) -> None:
+    assert [r["step"] for r in got] == [r["step"] for r in want]
+    for g, w in zip(got, want, strict=True):
+        for key in keys:
+            if w.get(key) is not None:
+                np.testing.assert_allclose(g[key], w[key], **TOLERANCE, err_msg=f"step {w['step']} {key}")
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The same run in one process: what the two must agree with."""
+    out = tmp_path_factory.mktemp("single") / "run"
+    invoke_ok("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS))
+    return out
+
+
+def test_two_processes_train_one_run_and_one_process_resumes_it(tmp_path, reference):
+    out = tmp_path / "run"
+    results = two_processes("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--until", "6")
+    # process 0 alone wrote the records: each step once
+    assert [r["step"] for r in jsonl(out / "metrics.jsonl")] == [3, 6]
+    assert (out / "checkpoints" / "6" / "laggrow-manifest.json").is_file()
+    assert not (out / "summary.json").exists()  # paused, not finished
+    # process 1 prints nothing but problems (Gloo's own connection line aside); process 0 says it paused
+    said = [line for line in (results[1].stdout + results[1].stderr).splitlines() if not line.startswith("[Gloo]")]
+    assert said == [] and "paused at step 6" in results[0].stderr
+    # a checkpoint written by two processes, resumed by one
+    invoke_ok("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--resume")
+    close(jsonl(out / "metrics.jsonl"), jsonl(reference / "metrics.jsonl"),
+          ("train_loss", "grad_norm", "lr", "eval_loss"))
+    assert json.loads((out / "summary.json").read_text())["complete"] is True
+
+
+def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, reference):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(json.dumps({"source": str(reference), "target": {"n_layers": 3},
+                                "strategies": ["stack", "zero_top", "scratch"], "lag_steps": 4, "final_steps": 8,
+                                "eval_points": 4, "eval_every": 2, "train": {"lr": 0.003}, "chunk_size": 0}))
+    two_processes("probe", pool, "--out", tmp_path / "two")
+    invoke_ok("probe", pool, "--out", tmp_path / "one")
+    record = json.loads((tmp_path / "two" / "pool.json").read_text())
+    # 2 devices, one a process: a candidate axis of 2, the 3 candidates padded to 4
+    assert (record["layout"]["processes"], record["layout"]["candidates"]) == (2, 2)
+    key = lambda r: (r["step"], r["candidate"])  # noqa: E731
+    two, one = sorted(jsonl(tmp_path / "two" / "curves.jsonl"), key=key), sorted(jsonl(tmp_path / "one" / "curves.jsonl"), key=key)
+    close(two, one, ("eval_loss", "train_loss"))
+    assert not list(tmp_path.glob(".two.*"))  # the staging directory was renamed, once
+    # the probe's states, saved by both processes, continue in one
+    invoke_ok("train-final", tmp_path / "two")
+    invoke_ok("train-final", tmp_path / "one")
+    final = lambda d: sorted((r for r in jsonl(tmp_path / d / "curves.jsonl") if r["step"] == 8), key=key)  # noqa: E731
+    close(final("two"), final("one"), ("eval_loss", "train_loss"))
+
+
+@pytest.mark.parametrize(("args", "env", "message"), [
+    (("127.0.0.1", 2, 0), {}, "--coordinator: expected HOST:PORT (process 0's address), got '127.0.0.1'"),
+    (("127.0.0.1:1234", None, None), {}, "--coordinator 127.0.0.1:1234: expected --num-processes and --process-id"),
+    (("127.0.0.1:1234", 2, 2), {}, "--process-id: expected an integer in [0, 1], got 2"),
+    ((None, 2, 0), {}, "--num-processes/--process-id: given without --coordinator"),
+    ((None, None, None), {"JAX_COORDINATOR_ADDRESS": "h:1", "LAGGROW_NUM_PROCESSES": "two",
+                          "LAGGROW_PROCESS_ID": "0"}, "LAGGROW_NUM_PROCESSES: expected an integer, got 'two'"),
+])
+def test_a_bad_cluster_is_one_line(args, env, message):
+    with pytest.raises(LaggrowError) as err:
+        hosts.cluster_from(*args, auto=False, environ=env)
+    assert str(err.value).startswith(message)
+
+
+def test_the_cluster_comes_from_the_environment_when_flags_are_absent():
+    env = {"JAX_COORDINATOR_ADDRESS": "10.0.0.1:1234", "LAGGROW_NUM_PROCESSES": "4", "LAGGROW_PROCESS_ID": "3"}
+    assert hosts.cluster_from(None, None, None, False, env) == hosts.Cluster("10.0.0.1:1234", 4, 3, False)
+    assert not hosts.cluster_from(None, None, None, False, {}).wanted
+    assert hosts.cluster_from(None, None, None, True, {}).wanted  # --distributed: JAX detects the rest
+
+
+def test_laggrow_refuses_a_bad_coordinator_in_one_line(tmp_path):
+    from laggrow.cli import app
+
+    result = CliRunner().invoke(app, ["--coordinator", "nohost", "--num-processes", "2", "--process-id", "0",
+                                      "train", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / "run")])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        "error: --coordinator: expected HOST:PORT (process 0's address), got 'nohost'"]
+    assert not (tmp_path / "run").exists()
