@@ -6,9 +6,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from conftest import CONFIGS, invoke_ok
 from typer.testing import CliRunner
 
+from conftest import CONFIGS, invoke_ok
 from laggrow.config import MeshConfig, load_run_config, mesh_config_from_dict, with_mesh_overrides
 from laggrow.errors import LaggrowError
 from laggrow.mesh import Layout, leaf_spec, padded_size, resolve

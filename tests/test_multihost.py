@@ -12,9 +12,9 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import CONFIGS, REPO, invoke_ok
 from typer.testing import CliRunner
 
+from conftest import CONFIGS, REPO, invoke_ok
 from laggrow import hosts
 from laggrow.errors import LaggrowError
 
@@ -102,8 +102,8 @@ def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, r
     # 2 devices, one a process: a candidate axis of 2, the 3 candidates padded to 4
     assert (record["layout"]["processes"], record["layout"]["candidates"]) == (2, 2)
     key = lambda r: (r["step"], r["candidate"])  # noqa: E731
-    two, one = sorted(jsonl(tmp_path / "two" / "curves.jsonl"), key=key), sorted(jsonl(tmp_path / "one" / "curves.jsonl"), key=key)
-    close(two, one, ("eval_loss", "train_loss"))
+    two = sorted(jsonl(tmp_path / "two" / "curves.jsonl"), key=key)
+    close(two, sorted(jsonl(tmp_path / "one" / "curves.jsonl"), key=key), ("eval_loss", "train_loss"))
     assert not list(tmp_path.glob(".two.*"))  # the staging directory was renamed, once
     # the probe's states, saved by both processes, continue in one
     invoke_ok("train-final", tmp_path / "two")
