@@ -28,11 +28,11 @@ app = typer.Typer(
 @app.callback()
 def _root(
     coordinator: Annotated[str | None, typer.Option(
-        "--coordinator", help="Several processes: process 0's HOST:PORT [env JAX_COORDINATOR_ADDRESS].")] = None,
+        "--coordinator", help="Several processes: process 0's HOST:PORT (env JAX_COORDINATOR_ADDRESS).")] = None,
     num_processes: Annotated[int | None, typer.Option(
-        "--num-processes", help="Several processes: how many [env LAGGROW_NUM_PROCESSES].")] = None,
+        "--num-processes", help="Several processes: how many (env LAGGROW_NUM_PROCESSES).")] = None,
     process_id: Annotated[int | None, typer.Option(
-        "--process-id", help="Several processes: this one's index, 0 first [env LAGGROW_PROCESS_ID].")] = None,
+        "--process-id", help="Several processes: this one's index, 0 first (env LAGGROW_PROCESS_ID).")] = None,
     distributed: Annotated[bool, typer.Option(
         "--distributed", help="Several processes, found by jax.distributed itself (SLURM, Open MPI, "
         "a Cloud TPU VM slice).")] = False,
