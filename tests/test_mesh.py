@@ -8,7 +8,7 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, invoke_ok
+from conftest import CONFIGS
 from laggrow.config import MeshConfig, load_run_config, mesh_config_from_dict, with_mesh_overrides
 from laggrow.errors import LaggrowError
 from laggrow.mesh import Layout, leaf_spec, padded_size, resolve
@@ -122,18 +122,6 @@ def test_laggrow_probe_refuses_an_impossible_layout_and_writes_nothing(tmp_path,
     result = runner.invoke(_app(), ["probe", str(pool), "--out", str(out), "--set", "train.lr=1"])
     assert result.exit_code == 2 and "only mesh.KEY=VALUE here" in result.output
     assert not out.exists()
-
-
-def test_a_probe_on_one_device_records_its_layout(tmp_path, tiny_base_run):
-    pool = tmp_path / "pool.yaml"
-    pool.write_text(json.dumps({"source": str(tiny_base_run), "target": {"n_layers": 3},
-                                "strategies": ["stack", "zero_top"], "lag_steps": 2, "final_steps": 4, "eval_points": 3,
-                                "mesh": {"candidates": 1, "data": 1}}))
-    invoke_ok("probe", pool, "--out", tmp_path / "pool")
-    record = json.loads((tmp_path / "pool" / "pool.json").read_text())
-    assert {k: record["layout"][k] for k in ("candidates", "data", "fsdp", "devices", "processes")} == \
-           {"candidates": 1, "data": 1, "fsdp": False, "devices": 1, "processes": 1}
-    assert record["pool"]["mesh"] == {"candidates": 1, "data": 1, "fsdp": False}
 
 
 def _app():

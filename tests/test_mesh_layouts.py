@@ -61,14 +61,13 @@ def test_a_run_records_the_same_on_every_layout(layouts, layout):
 
 
 def test_each_run_says_the_layout_it_trained_on(layouts):
-    for name, want in (("d1", (1, 1, False)), ("d2", (1, 2, False)), ("d8", (1, 8, False)),
-                       ("d4-fsdp", (1, 4, True))):
+    for name, want in (("d1", (1, 1, False)), ("d2", (1, 2, False)), ("d8-fsdp", (1, 8, True))):
         summary = json.loads((layouts / "train" / name / "summary.json").read_text())
         got = summary["layout"]
         assert (got["candidates"], got["data"], got["fsdp"]) == want, name
         assert got["devices_present"] == 8 and got["processes"] == 1
     # the layout is where, not what: the run's config.json has no mesh section
-    assert "mesh" not in json.loads((layouts / "train" / "d4-fsdp" / "config.json").read_text())
+    assert "mesh" not in json.loads((layouts / "train" / "d8-fsdp" / "config.json").read_text())
 
 
 def test_a_checkpoint_written_on_4_devices_resumes_on_1(layouts):
@@ -92,10 +91,16 @@ def test_pool_json_records_the_layout_each_probe_ran_on(layouts):
         return json.loads((layouts / "probe" / name / "pool.json").read_text())["layout"]
 
     assert (layout("c2d2")["candidates"], layout("c2d2")["data"]) == (2, 2)
-    assert layout("c1d4-fsdp")["fsdp"] is True
+    assert {k: layout("c4d2-fsdp")[k] for k in ("candidates", "data", "fsdp", "devices", "devices_present")} == \
+           {"candidates": 4, "data": 2, "fsdp": True, "devices": 8, "devices_present": 8}
+    assert {k: layout("c1d1")[k] for k in ("candidates", "data", "fsdp", "devices", "processes")} == \
+           {"candidates": 1, "data": 1, "fsdp": False, "devices": 1, "processes": 1}
+    # the mesh asked for is kept with the pool (an execution key: train-final may choose another)
+    pool = json.loads((layouts / "probe" / "c2d2" / "pool.json").read_text())["pool"]
+    assert pool["mesh"] == {"candidates": 2, "data": 2, "fsdp": False}
     # 3 candidates on 8 devices, nothing asked: one device per candidate, the batch split over 2
     assert (layout("auto")["candidates"], layout("auto")["data"]) == (3, 2)
-    # 3 candidates on a candidate axis of 2 and of 4: padded, and the padding is not recorded
+    # 3 candidates on a candidate axis of 2: padded, and the padding is not recorded
     assert len(curves(layouts / "probe" / "c2d1")) == len(curves(layouts / "probe" / "c1d1"))
 
 
