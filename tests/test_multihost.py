@@ -141,3 +141,21 @@ def test_laggrow_refuses_a_bad_coordinator_in_one_line(tmp_path):
     assert result.output.strip().splitlines() == [
         "error: --coordinator: expected HOST:PORT (process 0's address), got 'nohost'"]
     assert not (tmp_path / "run").exists()
+
+
+LIBRARY_USE = """
+import sys
+import jax
+jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
+from laggrow import hosts
+print(hosts.process_index(), hosts.process_count(), hosts.is_primary())
+"""
+
+
+def test_a_program_that_joins_the_cluster_itself_has_process_0_write():
+    port = free_port()
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    procs = [subprocess.Popen([sys.executable, "-c", LIBRARY_USE, f"127.0.0.1:{port}", str(i)], env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+    said = [p.communicate(timeout=120)[0].split()[-3:] for p in procs]
+    assert said == [["0", "2", "True"], ["1", "2", "False"]]

@@ -15,12 +15,14 @@ mesh (laggrow.mesh). What the processes must agree on is here:
   command first waits for it there.
 
 Importing this module does not import jax (`laggrow --help` stays instant); a single process
-never touches jax.distributed and every function here is then free.
+never touches jax.distributed and every function here is then free. A program that imports
+laggrow as a library and calls `jax.distributed.initialize` itself is recognised too.
 """
 
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 
 from laggrow.errors import LaggrowError
@@ -102,23 +104,34 @@ def initialize(cluster: Cluster) -> None:
     _process = (jax.process_index(), jax.process_count())
 
 
+def _current() -> tuple[int, int]:
+    """(process index, count): as `initialize` set it, or as jax.distributed says when a program
+    using laggrow as a library joined the cluster itself (jax already imported, so asking is free)."""
+    if _process[1] == 1 and "jax" in sys.modules:
+        import jax
+
+        if jax.distributed.is_initialized():
+            return jax.process_index(), jax.process_count()
+    return _process
+
+
 def process_index() -> int:
-    return _process[0]
+    return _current()[0]
 
 
 def process_count() -> int:
-    return _process[1]
+    return _current()[1]
 
 
 def is_primary() -> bool:
     """Whether this process writes laggrow's records (process 0, or the only one)."""
-    return _process[0] == 0
+    return process_index() == 0
 
 
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived (no-op for one process). `name` must be
     the same on every process and different from the previous barrier's."""
-    if _process[1] > 1:
+    if process_count() > 1:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
@@ -126,7 +139,7 @@ def barrier(name: str) -> None:
 
 def agree(value: int) -> int:
     """Process 0's `value`, on every process (a name every process must spell the same)."""
-    if _process[1] == 1:
+    if process_count() == 1:
         return value
     import numpy as np
     from jax.experimental import multihost_utils
