@@ -27,7 +27,9 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yaml"
-TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2"]
+# held-out batches of 6: split over a data axis of 2, held whole where 8 devices do not divide them
+TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2",
+              "data.eval_batch_size=6"]
 TRAIN_LAYOUTS = {"d1": ["mesh.data=1"], "d2": ["mesh.data=2"], "d8-fsdp": ["mesh.data=8", "mesh.fsdp=true"]}
 PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d1": ["mesh.candidates=2", "mesh.data=1"],
                  "c2d2": ["mesh.candidates=2", "mesh.data=2"],

@@ -10,7 +10,8 @@
 | single run state (...)        | replicated                      | P(..., 'data' on one dim)                |
 | pool batches (N, B, T+1)      | P('candidates', 'data')         | the same                                 |
 | run batches (B, T+1)          | P('data')                       | the same                                 |
-| held-out batches (n, B, T+1)  | P(None, 'data')                 | the same                                 |
+| held-out batches (n, B, T+1)  | P(None, 'data'), or whole when  | the same                                 |
+|                               | `data` does not divide B        |                                          |
 | losses, metrics               | replicated (every process reads them) |                                    |
 
 FSDP splits each leaf on its largest dimension that the data axis divides (the same rule for a
@@ -155,9 +156,11 @@ def batch_sharding(layout: Layout, stacked: bool) -> NamedSharding:
     return NamedSharding(make_mesh(layout), spec)
 
 
-def eval_sharding(layout: Layout) -> NamedSharding:
-    """Held-out batches (n, B, T+1), the same for every candidate: split over `data`."""
-    return NamedSharding(make_mesh(layout), P(None, DATA))
+def eval_sharding(layout: Layout, batch_size: int) -> NamedSharding:
+    """Held-out batches (n, B, T+1), the same for every candidate: split over `data` when it
+    divides the held-out batch size (data.eval_batch_size, which need not be the training
+    batch's), else held whole by every device."""
+    return NamedSharding(make_mesh(layout), P(None, DATA) if batch_size % layout.data == 0 else P())
 
 
 def replicated(layout: Layout) -> NamedSharding:
@@ -199,7 +202,7 @@ def place_batch(batch: np.ndarray, layout: Layout, stacked: bool) -> jax.Array:
 def place_eval(batches: np.ndarray, layout: Layout) -> jax.Array:
     if layout.single:
         return jax.numpy.asarray(batches)
-    return _put(batches, eval_sharding(layout))
+    return _put(batches, eval_sharding(layout, batches.shape[1]))
 
 
 def abstract_state(abstract: Any, layout: Layout, stacked: bool) -> Any:
