@@ -87,8 +87,14 @@ def stack(states: list[State]) -> State:
 
 
 def take(state: State, index) -> State:
-    """Candidates `index` (an int array) of a stacked state."""
-    index = np.asarray(index)
+    """Candidates `index` (an int array) of a stacked state: one compiled gather for the whole
+    tree (per tree and index length), where indexing leaf by leaf compiled a program per leaf
+    shape, about a hundred per chunked pool."""
+    return _take(state, jnp.asarray(np.asarray(index), jnp.int32))
+
+
+@jax.jit
+def _take(state: State, index: jax.Array) -> State:
     return jax.tree.map(lambda x: x[index], state)
 
 
