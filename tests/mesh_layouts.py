@@ -8,7 +8,7 @@ the test compares what they wrote. What runs, into OUT/<name>:
     train/<layout>       configs/tiny.yaml, 12 steps, on data = 1, 2 and 8 with FSDP
     train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
     probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
-                         2x1 (padded to 4), 2x2, 4x2 with FSDP (padded), 8 devices auto (3x2)
+                         2x1 (padded to 4), 2x2, 4x2 with FSDP (padded to 4): 1, 2, 4, 8 devices
     final/c2d2-then-1    probe/c2d2's directory copied, train-final to T on 1 device
     final/c1             probe/c1d1's, train-final to T on 1 device (the reference)
 
@@ -33,7 +33,7 @@ TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "trai
 TRAIN_LAYOUTS = {"d1": ["mesh.data=1"], "d2": ["mesh.data=2"], "d8-fsdp": ["mesh.data=8", "mesh.fsdp=true"]}
 PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d1": ["mesh.candidates=2", "mesh.data=1"],
                  "c2d2": ["mesh.candidates=2", "mesh.data=2"],
-                 "c4d2-fsdp": ["mesh.candidates=4", "mesh.data=2", "mesh.fsdp=true"], "auto": []}
+                 "c4d2-fsdp": ["mesh.candidates=4", "mesh.data=2", "mesh.fsdp=true"]}
 
 
 def laggrow(*args) -> None:
