@@ -9,6 +9,7 @@ the test compares what they wrote. What runs, into OUT/<name>:
     train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
     probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
                          2x1 (padded to 4), 2x2, 4x2 with FSDP (padded to 4): 1, 2, 4, 8 devices
+    probe/c2d1-chunked   the same pool on 2 x 1 in chunks of 2 (chunk_size auto, memory bounded)
     final/c2d2-then-1    probe/c2d2's directory copied, train-final to T on 1 device
     final/c1             probe/c1d1's, train-final to T on 1 device (the reference)
 
@@ -65,9 +66,32 @@ def main(out: Path) -> None:
     pool_file.write_text(yaml.safe_dump(pool))
     for name, layout in PROBE_LAYOUTS.items():
         laggrow("probe", pool_file, "--out", out / "probe" / name, *sets(layout))
+    chunked_probe(out, pool)
     for name, source in (("c1", "c1d1"), ("c2d2-then-1", "c2d2")):
         shutil.copytree(out / "probe" / source, out / "final" / name)
         laggrow("train-final", out / "final" / name, *sets(["mesh.candidates=1", "mesh.data=1"]))
+
+
+def chunked_probe(out: Path, pool: dict) -> None:
+    """probe/c2d1-chunked: `chunk_size: auto` with LAGGROW_MEMORY set so that the two devices of
+    the candidate axis hold 2 of the 3 candidates a step (one device would hold 1): two chunks of
+    2, the second padded, each spread over the 2 devices."""
+    import os
+
+    from laggrow import resources, runs
+    from laggrow.pool.config import pool_config_from_dict
+
+    auto = {**pool, "chunk_size": "auto"}
+    pool_file = out / "pool-auto.yaml"
+    pool_file.write_text(yaml.safe_dump(auto))
+    target = pool_config_from_dict(auto).target_run_config(runs.read_run_config(Path(pool["source"])))
+    fixed, per_candidate = resources.pool_chunk_bytes(target, 3)
+    os.environ[resources.MEMORY_ENV] = str(fixed + 5 * per_candidate // 2)
+    try:
+        laggrow("probe", pool_file, "--out", out / "probe" / "c2d1-chunked",
+                *sets(["mesh.candidates=2", "mesh.data=1"]))
+    finally:
+        del os.environ[resources.MEMORY_ENV]
 
 
 if __name__ == "__main__":

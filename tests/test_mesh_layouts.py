@@ -86,6 +86,14 @@ def test_a_pool_records_the_same_curves_on_every_layout(layouts, layout):
     assert_same_records(got, reference, ("eval_loss", "train_loss"), layout)
 
 
+def test_a_pool_in_chunks_over_a_candidate_axis_sizes_them_from_both_devices(layouts):
+    chunked = layouts / "probe" / "c2d1-chunked"
+    record = json.loads((chunked / "pool.json").read_text())
+    assert record["chunking"]["together"] == 2
+    assert record["chunking"]["memory_from"].endswith("x 2 devices")
+    assert_same_records(curves(chunked), curves(layouts / "probe" / "c1d1"), ("eval_loss", "train_loss"), "chunked")
+
+
 def test_pool_json_records_the_layout_each_probe_ran_on(layouts):
     def layout(name):
         return json.loads((layouts / "probe" / name / "pool.json").read_text())["layout"]

@@ -170,3 +170,19 @@ def test_auto_trains_in_chunks_when_the_memory_holds_fewer(whole_pool, tmp_path,
     np.testing.assert_allclose(losses(curves), losses(whole_curves), rtol=0, atol=1e-5)
     invoke_ok("train-final", tmp_path / "out")  # resolved again for the continued candidates
     assert (tmp_path / "out" / store.FINAL_FILE).is_file()
+
+
+def test_auto_counts_the_memory_of_every_device_of_the_candidate_axis(tiny_config_path, monkeypatch):
+    from laggrow.config import load_run_config
+
+    target = load_run_config(tiny_config_path)
+    fixed, per_candidate = resources.pool_chunk_bytes(target, 64)
+    # memory for the pool's states and exactly 3 candidates a step on one device
+    memory = int((fixed + 3 * per_candidate) / resources.AUTO_CHUNK_FRACTION) + 1
+    monkeypatch.setenv(resources.MEMORY_ENV, str(memory))
+    one = chunk_for("auto", target, 64)
+    assert one["together"] == 3
+    # four devices on the candidate axis: four times the memory (the states counted once, as above)
+    four = chunk_for("auto", target, 64, devices=4)
+    assert four["together"] == (4 * memory // 2 - fixed) // per_candidate > 4 * 3 - 1
+    assert four["memory_bytes"] == 4 * memory and four["memory_from"] == f"{resources.MEMORY_ENV} x 4 devices"

@@ -25,7 +25,7 @@ from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
-from laggrow.pool.config import PoolConfig, load_pool_config, pool_config_from_dict
+from laggrow.pool.config import AUTO, PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.records import make_records, ranking
 from laggrow.pool.step import PoolRunner, candidate_state, chunk_for, stack, take
 
@@ -152,9 +152,15 @@ def layout_for(pool: PoolConfig, target: RunConfig, n: int, mesh_cfg: MeshConfig
     """How `n` candidates of `pool` train, as pool.json records it: the chunking (`chunk_for`)
     and the device layout (`mesh.resolve` of `mesh_cfg`, default the pool's `mesh`), with the
     devices and processes it ran on. One line if the layout is impossible here."""
-    chunking = chunk_for(pool.chunk_size, target, n)
-    layout = mesh.resolve(mesh_cfg or pool.mesh, jax.device_count(), target.train.batch_size,
-                          n_candidates=chunking["together"])
+    wanted = mesh_cfg or pool.mesh
+    # the memory `auto` sizes chunks from is that of the devices the candidate axis would spread
+    # the whole pool over; the layout is then that of the candidates trained together
+    spread = mesh.resolve(wanted, jax.device_count(), target.train.batch_size, n_candidates=n)
+    chunking = chunk_for(pool.chunk_size, target, n, devices=spread.candidates)
+    c = spread.candidates
+    if pool.chunk_size == AUTO and chunking["together"] < n and chunking["together"] > c:
+        chunking["together"] -= chunking["together"] % c  # padded chunks would outgrow what fits
+    layout = mesh.resolve(wanted, jax.device_count(), target.train.batch_size, n_candidates=chunking["together"])
     return {"chunking": chunking, "layout": {**layout.to_dict(), "devices": layout.devices,
                                              "devices_present": jax.device_count(),
                                              "platform": jax.devices()[0].platform,

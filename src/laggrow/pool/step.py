@@ -117,12 +117,16 @@ def device_memory() -> tuple[int, str]:
     return memory, source
 
 
-def chunk_for(chunk_size: int | str, target: RunConfig, n: int) -> dict:
+def chunk_for(chunk_size: int | str, target: RunConfig, n: int, devices: int = 1) -> dict:
     """How many of `n` candidates of `target` train together, as pool.json records it: `together`,
-    and for `chunk_size: auto` the memory it was sized from. An integer is taken as it is (0: all)."""
+    and for `chunk_size: auto` the memory it was sized from: one device's, times the `devices` of
+    the mesh's candidate axis that share the pool (each holds its part of the candidates). An
+    integer is taken as it is (0: all)."""
     if chunk_size != AUTO:
         return {"chunk_size": chunk_size, "together": n if chunk_size <= 0 else min(chunk_size, n)}
     memory, source = device_memory()
+    if devices > 1:
+        memory, source = memory * devices, f"{source} x {devices} devices"
     fixed, per_candidate = resources.pool_chunk_bytes(target, n)
     together = resources.chunk_that_fits(per_candidate, fixed, memory, n)
     return {"chunk_size": AUTO, "together": together, "memory_bytes": memory, "memory_from": source,
