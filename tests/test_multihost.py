@@ -32,10 +32,18 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def loopback_env(port: int) -> dict[str, str]:
+    """One CPU device a process, and the coordinator bound to the loopback address only (JAX's
+    default, [::]:port, needs IPv6)."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"
+    return env
+
+
 def two_processes(*args, timeout: float = 300) -> list[subprocess.CompletedProcess]:
     """`laggrow ARGS` as processes 0 and 1 of one cluster; both must succeed."""
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # one CPU device each
+    env = loopback_env(port)
     procs = [subprocess.Popen([sys.executable, "-m", "laggrow", "--coordinator", f"127.0.0.1:{port}",
                                "--num-processes", "2", "--process-id", str(i), *map(str, args)],
                               cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -154,7 +162,7 @@ print(hosts.process_index(), hosts.process_count(), hosts.is_primary())
 
 def test_a_program_that_joins_the_cluster_itself_has_process_0_write():
     port = free_port()
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = loopback_env(port)
     procs = [subprocess.Popen([sys.executable, "-c", LIBRARY_USE, f"127.0.0.1:{port}", str(i)], env=env,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
     said = [p.communicate(timeout=120)[0].split()[-3:] for p in procs]
