@@ -82,7 +82,7 @@ def reference(tmp_path_factory):
     return out
 
 
-def test_two_processes_train_one_run_and_one_process_resumes_it(tmp_path, reference):
+def test_two_processes_and_one_take_turns_training_one_run(tmp_path, reference):
     out = tmp_path / "run"
     results = two_processes("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--until", "6")
     # process 0 alone wrote the records: each step once
@@ -92,11 +92,14 @@ def test_two_processes_train_one_run_and_one_process_resumes_it(tmp_path, refere
     # process 1 prints nothing but problems (Gloo's own connection line aside); process 0 says it paused
     said = [line for line in (results[1].stdout + results[1].stderr).splitlines() if not line.startswith("[Gloo]")]
     assert said == [] and "paused at step 6" in results[0].stderr
-    # a checkpoint written by two processes, resumed by one
-    invoke_ok("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--resume")
+    # a checkpoint written by two processes, resumed by one, whose checkpoint two processes resume
+    invoke_ok("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--resume", "--until", "9")
+    assert [r["step"] for r in jsonl(out / "metrics.jsonl")] == [3, 6, 9]
+    two_processes("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--resume")
     close(jsonl(out / "metrics.jsonl"), jsonl(reference / "metrics.jsonl"),
           ("train_loss", "grad_norm", "lr", "eval_loss"))
-    assert json.loads((out / "summary.json").read_text())["complete"] is True
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["complete"] is True and summary["layout"]["processes"] == 2
 
 
 def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, reference):
@@ -117,6 +120,13 @@ def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, r
     assert (tmp_path / "two" / "probe_state" / "checkpoints" / "4" / "laggrow-manifest.json").is_file()
     ranked = lambda d: [r["strategy"] for r in json.loads((tmp_path / d / "probe.json").read_text())["candidates"]]  # noqa: E731
     assert ranked("two") == ranked("one")
+    # and two processes restore them and continue to T as one process does
+    two_processes("train-final", tmp_path / "two")
+    invoke_ok("train-final", tmp_path / "one")
+    final = lambda d: sorted((r for r in jsonl(tmp_path / d / "curves.jsonl") if r["step"] == 8), key=key)  # noqa: E731
+    assert len(final("two")) == 3
+    close(final("two"), final("one"), ("eval_loss", "train_loss"))
+    assert json.loads((tmp_path / "two" / "final.json").read_text())["layout"]["processes"] == 2
 
 
 @pytest.mark.parametrize(("args", "env", "message"), [
