@@ -129,3 +129,18 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 
     return {str(p.relative_to(directory)): (p.read_bytes() if p.is_file() else b"<dir>")
             for p in sorted(directory.rglob("*")) if p.name != store.LOCK_FILE}
+
+
+# ---- scheduling: the longest files first ---------------------------------------------------------
+
+# `make test` runs two workers that take files in collection order (`--dist loadfile`). A long file
+# taken last leaves one worker busy while the other idles, so the files that take a minute or more
+# (measured with --durations, cold cache) are collected first. Order within a file is kept.
+LONGEST_FIRST = ("test_mesh_layouts.py", "test_multihost.py", "test_stack_run.py", "test_model_compute.py",
+                 "test_pool_resilience.py", "test_experiment_resilience.py", "test_compile_cache.py",
+                 "test_probe.py", "test_stack.py", "test_benchmarks.py", "test_train_resilience.py")
+
+
+def pytest_collection_modifyitems(config, items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: file order kept otherwise
