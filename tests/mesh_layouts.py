@@ -8,8 +8,9 @@ the test compares what they wrote. What runs, into OUT/<name>:
     train/<layout>       configs/tiny.yaml, 12 steps, on data = 1, 2 and 8 with FSDP
     train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
     probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
-                         2x1 (padded to 4), 2x2, 4x2 with FSDP (padded to 4): 1, 2, 4, 8 devices
-    probe/c2d1-chunked   the same pool on 2 x 1 in chunks of 2 (chunk_size auto, memory bounded)
+                         2x2, 4x2 with FSDP (padded to 4): 1, 4, 8 devices
+    probe/c2d1-chunked   the same pool on 2 x 1 in chunks of 2, the second padded (chunk_size
+                         auto, memory bounded): 2 devices
     final/c2d2-then-1    probe/c2d2's directory copied, train-final to T on 1 device
     final/c1             probe/c1d1's, train-final to T on 1 device (the reference)
 
@@ -32,8 +33,7 @@ TINY = REPO / "configs" / "tiny.yaml"
 TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2",
               "data.eval_batch_size=6"]
 TRAIN_LAYOUTS = {"d1": ["mesh.data=1"], "d2": ["mesh.data=2"], "d8-fsdp": ["mesh.data=8", "mesh.fsdp=true"]}
-PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d1": ["mesh.candidates=2", "mesh.data=1"],
-                 "c2d2": ["mesh.candidates=2", "mesh.data=2"],
+PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d2": ["mesh.candidates=2", "mesh.data=2"],
                  "c4d2-fsdp": ["mesh.candidates=4", "mesh.data=2", "mesh.fsdp=true"]}
 
 
@@ -60,7 +60,7 @@ def main(out: Path) -> None:
     laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=1"]), "--resume")
 
     pool = {"source": str(out / "train" / "d1"), "target": {"n_layers": 3},
-            "strategies": ["stack", "zero_top", "scratch"], "seeds": [0], "lag_steps": 4, "final_steps": 8,
+            "strategies": ["stack", "zero_top", "copy_zero"], "seeds": [0], "lag_steps": 4, "final_steps": 8,
             "eval_points": 4, "eval_every": 2, "train": {"lr": 0.003}, "chunk_size": 0}
     pool_file = out / "pool.yaml"
     pool_file.write_text(yaml.safe_dump(pool))

@@ -106,8 +106,8 @@ def test_pool_json_records_the_layout_each_probe_ran_on(layouts):
     # the mesh asked for is kept with the pool (an execution key: train-final may choose another)
     pool = json.loads((layouts / "probe" / "c2d2" / "pool.json").read_text())["pool"]
     assert pool["mesh"] == {"candidates": 2, "data": 2, "fsdp": False}
-    # 3 candidates on a candidate axis of 2: padded, and the padding is not recorded
-    assert len(curves(layouts / "probe" / "c2d1")) == len(curves(layouts / "probe" / "c1d1"))
+    # 3 candidates on a candidate axis of 4: padded, and the padding is not recorded
+    assert len(curves(layouts / "probe" / "c4d2-fsdp")) == len(curves(layouts / "probe" / "c1d1"))
 
 
 def test_train_final_continues_a_probe_on_another_layout(layouts):

@@ -105,7 +105,7 @@ def test_two_processes_and_one_take_turns_training_one_run(tmp_path, reference):
 def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, reference):
     pool = tmp_path / "pool.yaml"
     pool.write_text(json.dumps({"source": str(reference), "target": {"n_layers": 3},
-                                "strategies": ["stack", "zero_top", "scratch"], "lag_steps": 4, "final_steps": 8,
+                                "strategies": ["stack", "zero_top", "copy_zero"], "lag_steps": 4, "final_steps": 8,
                                 "eval_points": 4, "eval_every": 2, "train": {"lr": 0.003}, "chunk_size": 0}))
     two_processes("probe", pool, "--out", tmp_path / "two")
     invoke_ok("probe", pool, "--out", tmp_path / "one")
