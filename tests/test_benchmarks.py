@@ -9,6 +9,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import TEST_XLA_FLAGS
+
 BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
 
 
@@ -114,7 +116,7 @@ def test_bench_scale_reports_a_run_and_a_pool_on_each_device_count():
     import re
     import subprocess
 
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=2 {TEST_XLA_FLAGS}")
     out = subprocess.run([sys.executable, str(BENCHMARKS / "bench_scale.py"), "configs/tiny.yaml", "--devices", "1",
                           "2", "--steps", "2", "--rounds", "1", "--candidates", "2"],
                          capture_output=True, text=True, cwd=BENCHMARKS.parent, env=env, timeout=120)

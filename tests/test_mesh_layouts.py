@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import TEST_XLA_FLAGS
 from mesh_layouts import PROBE_LAYOUTS, TRAIN_LAYOUTS
 
 HERE = Path(__file__).resolve().parent
@@ -25,7 +26,7 @@ RUN_KEYS = ("train_loss", "grad_norm", "lr", "eval_loss")
 @pytest.fixture(scope="module")
 def layouts(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("layouts")
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8")
+    env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count=8 {TEST_XLA_FLAGS}")
     proc = subprocess.run([sys.executable, str(HERE / "mesh_layouts.py"), str(out)], env=env,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]

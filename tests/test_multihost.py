@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, REPO, invoke_ok
+from conftest import CONFIGS, REPO, TEST_XLA_FLAGS, invoke_ok
 from laggrow import hosts
 from laggrow.errors import LaggrowError
 
@@ -35,7 +35,7 @@ def free_port() -> int:
 def loopback_env(port: int) -> dict[str, str]:
     """One CPU device a process, and the coordinator bound to the loopback address only (JAX's
     default, [::]:port, needs IPv6)."""
-    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    env = dict(os.environ, XLA_FLAGS=TEST_XLA_FLAGS)  # no forced device count
     env["JAX_COORDINATOR_BIND_ADDRESS"] = f"127.0.0.1:{port}"
     return env
 
