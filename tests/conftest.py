@@ -18,9 +18,10 @@ os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
 # The suite's time is mostly XLA compiling tiny programs it then runs for a few steps, and most of
 # compiling is LLVM's optimisation of the CPU code: without it, the suite ran 5 min 48 s cold from a
-# fresh clone instead of 7 min 18 s (the many-device layouts' commands: 39 s instead of about 70). Tests compare runs with each other, never with
-# figures of an optimised build; benchmarks and laggrow itself keep XLA's default. The persistent
-# cache is keyed on these flags, so the two kinds of program never mix.
+# fresh clone instead of 7 min 18 s (the many-device layouts' commands: 39 s instead of about 70).
+# Tests compare runs with each other, never with figures of an optimised build; benchmarks and
+# laggrow itself keep XLA's default. The persistent cache is keyed on these flags, so the two kinds
+# of program never mix. Appended, not set: a worker re-appending them changes nothing.
 TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
