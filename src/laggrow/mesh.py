@@ -65,6 +65,12 @@ class Layout:
     def to_dict(self) -> dict[str, Any]:
         return {"candidates": self.candidates, "data": self.data, "fsdp": self.fsdp}
 
+    def record(self) -> dict[str, Any]:
+        """Where a command ran, as summary.json, pool.json and final.json keep it: the layout,
+        the devices it used and had, their platform and the processes."""
+        return {**self.to_dict(), "devices": self.devices, "devices_present": jax.device_count(),
+                "platform": jax.devices()[0].platform, "processes": jax.process_count()}
+
 
 SINGLE = Layout()
 

@@ -35,7 +35,7 @@ class PreparedRun:
     dataset: Dataset
     resume: bool  # True: continue from the checkpoint in `out`
     finished: bool = False  # `out` holds this run, finished: nothing to train
-    layout: Any = None  # laggrow.mesh.Layout: the devices it trains on (cfg.mesh resolved here)
+    layout: Any = None  # laggrow.mesh.Layout: the devices it trains on (cfg.mesh resolved by prepare_run)
 
 
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
@@ -158,7 +158,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     from laggrow import checkpoint, interrupt, mesh, train
 
     cfg, out, data = run.config, run.out, run.dataset
-    layout = run.layout if run.layout is not None else mesh.SINGLE
+    layout = run.layout
     if not (out / store.CONFIG_FILE).is_file():  # a resumed run's was checked equal by prepare_run
         store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
     if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
@@ -244,8 +244,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         "tokens_per_second": rate,
         "heldout_unigram_entropy": data.unigram_entropy(),
         # where this process trained (not what: the records are the same on every layout)
-        "layout": {**layout.to_dict(), "devices": layout.devices, "devices_present": jax.device_count(),
-                   "platform": jax.devices()[0].platform, "processes": jax.process_count()},
+        "layout": layout.record(),
     }
     if summary["complete"]:
         store.write_json(out / store.SUMMARY_FILE, summary)

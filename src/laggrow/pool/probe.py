@@ -13,6 +13,7 @@ probe leaves nothing; train-final checkpoints as it goes and resumes from the la
 from __future__ import annotations
 
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -148,10 +149,23 @@ def read_data_stream(meta: dict, path: Path) -> int:
     return stream["start"]
 
 
-def layout_for(pool: PoolConfig, target: RunConfig, n: int, mesh_cfg: MeshConfig | None = None) -> dict[str, Any]:
-    """How `n` candidates of `pool` train, as pool.json records it: the chunking (`chunk_for`)
-    and the device layout (`mesh.resolve` of `mesh_cfg`, default the pool's `mesh`), with the
-    devices and processes it ran on. One line if the layout is impossible here."""
+@dataclass(frozen=True)
+class Placement:
+    """How a pool's candidates train: how many together (`chunking`, as `chunk_for` records it)
+    and on which devices (`layout`)."""
+
+    chunking: dict[str, Any]
+    layout: mesh.Layout
+
+    def record(self) -> dict[str, Any]:
+        """pool.json's and final.json's entries."""
+        return {"chunking": self.chunking, "layout": self.layout.record()}
+
+
+def placement_for(pool: PoolConfig, target: RunConfig, n: int, mesh_cfg: MeshConfig | None = None) -> Placement:
+    """How `n` candidates of `pool` train: the chunking (`chunk_for`) and the device layout
+    (`mesh.resolve` of `mesh_cfg`, default the pool's `mesh`). One line if the layout is
+    impossible here."""
     wanted = mesh_cfg or pool.mesh
     # the memory `auto` sizes chunks from is that of the devices the candidate axis would spread
     # the whole pool over; the layout is then that of the candidates trained together
@@ -161,21 +175,14 @@ def layout_for(pool: PoolConfig, target: RunConfig, n: int, mesh_cfg: MeshConfig
     if pool.chunk_size == AUTO and chunking["together"] < n and chunking["together"] > c:
         chunking["together"] -= chunking["together"] % c  # padded chunks would outgrow what fits
     layout = mesh.resolve(wanted, jax.device_count(), target.train.batch_size, n_candidates=chunking["together"])
-    return {"chunking": chunking, "layout": {**layout.to_dict(), "devices": layout.devices,
-                                             "devices_present": jax.device_count(),
-                                             "platform": jax.devices()[0].platform,
-                                             "processes": jax.process_count()}}
-
-
-def _layout(record: dict[str, Any]) -> mesh.Layout:
-    lay = record["layout"]
-    return mesh.Layout(lay["candidates"], lay["data"], lay["fsdp"])
+    return Placement(chunking, layout)
 
 
 def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: list[dict], start: int,
-               mesh_cfg: MeshConfig | None = None) -> PoolRunner:
+               placement: Placement | None = None) -> PoolRunner:
     """Batches: the candidates of one seed all see that seed's stream, batch for batch, from
-    position `start` on (the source's stopping point, see `data_stream`)."""
+    position `start` on (the source's stopping point, see `data_stream`). `placement` (default:
+    `placement_for` these candidates) says how many train together, on which devices."""
     seeds = [c["seed"] for c in candidates]
     base = target.train.seed
 
@@ -184,8 +191,9 @@ def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: l
         return np.stack([per_seed[s] for s in seeds])
 
     eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
-    how = layout_for(pool, target, len(candidates), mesh_cfg)
-    return PoolRunner(target.model, target.train, batches, eval_batches, how["chunking"]["together"], _layout(how))
+    placement = placement or placement_for(pool, target, len(candidates))
+    return PoolRunner(target.model, target.train, batches, eval_batches, placement.chunking["together"],
+                      placement.layout)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -211,7 +219,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
     data = runs.load_source_dataset(source)
-    how = layout_for(pool, target, len(candidates))  # an impossible mesh is one line, before anything
+    placement = placement_for(pool, target, len(candidates))  # an impossible mesh is one line, before anything
     if on_start is not None:
         on_start(pool, candidates)
     with interrupt.deferred(), store.staged_dir(out) as tmp:
@@ -219,10 +227,10 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates,
                                     "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
-                                    **how})
+                                    **placement.record()})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
-        runner = runner_for(pool, target, data, candidates, int(source.data_position))
+        runner = runner_for(pool, target, data, candidates, int(source.data_position), placement)
         curves = tmp / store.CURVES_FILE
         state, reached = run_segments(runner, state, candidates, 0, pool.lag_steps, pool.eval_steps(), target,
                                        curves, on_eval, should_stop=interrupt.requested)
@@ -328,9 +336,9 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     source = Path(meta["source"])
     source_cfg = runs.read_run_config(source, what="pool source")
     data = runs.load_source_dataset(source, source_cfg)
-    how = layout_for(pool, target, len(chosen), mesh_cfg)
+    placement = placement_for(pool, target, len(chosen), mesh_cfg)
     with interrupt.deferred():
-        state, start = _restore(directory, pool, target, len(candidates), selected, _layout(how))
+        state, start = _restore(directory, pool, target, len(candidates), selected, placement.layout)
         # every process has read the directory as it was before process 0 writes to it
         hosts.barrier(f"train-final {directory} restored")
         # Every check is behind us: from here on the directory is written.
@@ -346,7 +354,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                 saved.add(step)
 
             if start < stop:
-                runner = runner_for(pool, target, data, chosen, start_position, mesh_cfg)
+                runner = runner_for(pool, target, data, chosen, start_position, placement)
                 state, reached = run_segments(runner, state, chosen, start, stop, pool.eval_steps(), target,
                                                curves, on_eval, checkpoint=save,
                                                checkpoint_every=pool.checkpoint_every,
@@ -361,5 +369,5 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     hosts.barrier(f"train-final {directory} curves")  # process 0 has written them
     rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps)
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
-                                       "candidates": rows, **how})
+                                       "candidates": rows, **placement.record()})
     return rows
