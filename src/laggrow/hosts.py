@@ -31,10 +31,6 @@ COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "LAGGROW_NUM_PROCESSES"
 PROCESS_ID_ENV = "LAGGROW_PROCESS_ID"
 
-# Set once by `initialize`: (process index, process count). A single process is (0, 1).
-_process: tuple[int, int] = (0, 1)
-
-
 @dataclass(frozen=True)
 class Cluster:
     """How to join: an explicit coordinator, or `auto` (JAX's own detection), or none."""
@@ -87,7 +83,6 @@ def _env_int(env, name: str) -> int | None:
 
 def initialize(cluster: Cluster) -> None:
     """Join the cluster (a no-op for a single process). Must run before any other use of jax."""
-    global _process
     if not cluster.wanted or cluster.num_processes == 1:
         return
     import jax
@@ -101,18 +96,18 @@ def initialize(cluster: Cluster) -> None:
         text = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise LaggrowError(f"jax.distributed: cannot join the cluster ({text}); expected every process "
                            "started with the same coordinator and its own process id") from None
-    _process = (jax.process_index(), jax.process_count())
 
 
 def _current() -> tuple[int, int]:
-    """(process index, count): as `initialize` set it, or as jax.distributed says when a program
-    using laggrow as a library joined the cluster itself (jax already imported, so asking is free)."""
-    if _process[1] == 1 and "jax" in sys.modules:
+    """(process index, count), as jax.distributed says once this process joined a cluster
+    (through `initialize`, or a program using laggrow as a library that joined it itself); a
+    process that never imported jax is alone, (0, 1), and is not made to import it."""
+    if "jax" in sys.modules:
         import jax
 
         if jax.distributed.is_initialized():
             return jax.process_index(), jax.process_count()
-    return _process
+    return 0, 1
 
 
 def process_index() -> int:
