@@ -237,13 +237,8 @@ def mesh_config_from_dict(raw: Any, where: str = "mesh") -> MeshConfig:
         return MeshConfig()
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping (candidates, data, fsdp), got {shown(raw)}")
-    known = [f.name for f in dataclasses.fields(MeshConfig)]
-    for key in raw:
-        if key not in known:
-            name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
-            near = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
-            raise LaggrowError(f"{where}.{name}: unknown key{hint}")
+    # not build_dataclass: its coerce takes the first type of `int | str` and would refuse "auto"
+    check_known_keys(MeshConfig, raw, where)
     return MeshConfig(**raw).validate(where)
 
 
@@ -338,16 +333,20 @@ def build_dataclass(cls: type, values: dict[str, Any], where: str) -> Any:
     if not isinstance(values, dict):
         raise LaggrowError(f"{where}: expected a mapping of keys to values, got {type(values).__name__}")
     hints = typing.get_type_hints(cls)
+    check_known_keys(cls, values, where)
+    return cls(**{key: coerce(value, hints[key], f"{where}.{key}") for key, value in values.items()})
+
+
+def check_known_keys(cls: type, values: dict[str, Any], where: str) -> None:
+    """One line for the first key of `values` that is not a field of dataclass `cls`, with the
+    nearest field's name when there is one."""
     known = [f.name for f in dataclasses.fields(cls)]
-    kwargs = {}
-    for key, value in values.items():
+    for key in values:
         if key not in known:
             name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
             near = difflib.get_close_matches(name, known, n=1)
             hint = f" (did you mean '{near[0]}'?)" if near else f" (expected one of: {', '.join(known)})"
             raise LaggrowError(f"{where}.{name}: unknown key{hint}")
-        kwargs[key] = coerce(value, hints[key], f"{where}.{key}")
-    return cls(**kwargs)
 
 
 def coerce(value: Any, typ: Any, where: str) -> Any:
