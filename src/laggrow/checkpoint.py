@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from laggrow import hosts, store
+from laggrow import hosts, mesh, store
 from laggrow.errors import LaggrowError
 
 
@@ -74,8 +74,6 @@ class Checkpointer:
         if self.read_only:
             raise RuntimeError(f"{self.directory}: opened read-only")  # a bug, not the user's
         step = int(state["step"]) if step is None else int(step)
-        from laggrow import mesh
-
         item = dict(mesh.global_arrays(state), data_position=np.asarray(data_position, np.int64))
         try:
             self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
