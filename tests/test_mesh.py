@@ -128,3 +128,26 @@ def _app():
     from laggrow.cli import app
 
     return app
+
+
+def test_laggrow_train_final_refuses_an_impossible_layout_and_writes_nothing(tmp_path, tiny_base_run):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(json.dumps({"source": str(tiny_base_run), "target": {"n_layers": 3},
+                                "strategies": ["stack"], "lag_steps": 2, "final_steps": 4, "eval_points": 3}))
+    probed = tmp_path / "pool"
+    runner = CliRunner()
+    assert runner.invoke(_app(), ["probe", str(pool), "--out", str(probed)]).exit_code == 0
+    from laggrow import store
+
+    def written():  # the pool directory's lock file aside, which every train-final takes
+        return sorted(p.relative_to(probed) for p in probed.rglob("*") if p.name != store.LOCK_FILE)
+
+    before = written()
+    for bad, message in ((["--set", "mesh.data=2"], "error: mesh: candidates 1 x data 2 = 2 devices, but 1 is present"),
+                         (["--set", "train.lr=1"], "error: --set train.…: only mesh.KEY=VALUE here")):
+        result = runner.invoke(_app(), ["train-final", str(probed), *bad])
+        assert result.exit_code == 2, result.output
+        lines = result.output.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith(message), lines
+        # nothing written: no final state, no final ranking, no records
+        assert written() == before
