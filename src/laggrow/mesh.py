@@ -185,10 +185,17 @@ def _put(x: Any, sharding: NamedSharding) -> jax.Array:
         if x.is_fully_addressable:  # on this process's devices: the same value on every process
             x = np.asarray(x)
         elif x.sharding != sharding:  # a global array: resharded by a program every process runs
-            return jax.jit(lambda a: a, out_shardings=sharding)(x)
+            return _reshard(sharding)(x)
         else:
             return x
     return jax.device_put(x, sharding)
+
+
+@functools.lru_cache(maxsize=64)
+def _reshard(sharding: NamedSharding) -> Callable:
+    """The identity, jitted once per target sharding (a fresh lambda each call would compile
+    again every time)."""
+    return jax.jit(lambda a: a, out_shardings=sharding)
 
 
 def place_state(state: Any, layout: Layout, stacked: bool) -> Any:
