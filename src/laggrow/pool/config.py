@@ -69,9 +69,6 @@ from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_traini
 # (PoolConfig.optimizer_state); it gave the best final loss and the highest rho at k on both corpora.
 DEFAULT_POST_GROWTH_WARMUP = 0
 
-# chunk_size's automatic value (config.AUTO): the most candidates the device's memory holds
-# (pool.step.chunk_for)
-
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
 
