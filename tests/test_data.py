@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 
 from laggrow.config import DataConfig
-from laggrow.data import BPETokenizer, ByteTokenizer, load_dataset, load_documents, split_documents
+from laggrow.data import (
+    BPETokenizer,
+    ByteTokenizer,
+    Dataset,
+    load_dataset,
+    load_documents,
+    split_documents,
+    split_heldout,
+)
 from laggrow.errors import LaggrowError
 
 
@@ -29,6 +37,41 @@ def test_split_is_by_document_deterministic_and_disjoint():
     assert (train_a, held_a) == (train_b, held_b) and held_a != held_c
     assert not set(train_a) & set(held_a) and len(train_a) + len(held_a) == 200
     assert sum(map(len, held_a)) >= 0.05 * sum(map(len, docs))
+
+
+def test_heldout_splits_into_a_selection_and_a_test_set_of_whole_documents():
+    docs = [f"held-out document {i} " * (i % 5 + 1) for i in range(23)]
+    selection, test = split_heldout(docs, seed=0)
+    assert sorted(selection + test) == sorted(docs) and not set(selection) & set(test)
+    assert abs(sum(map(len, selection)) - sum(map(len, test))) <= max(map(len, docs))  # about equal halves
+    assert [d for d in docs if d in selection] == selection  # the given order kept
+    assert split_heldout(docs, seed=0) == (selection, test) and split_heldout(docs, seed=1) != (selection, test)
+    # a corpus split keeps at least two held-out documents, so that each set has one
+    _, held = split_documents(["x" * 1000, "y" * 10, "z" * 10], 0.01, seed=0)
+    assert len(held) == 2
+
+
+def test_selection_and_test_windows_come_from_their_own_documents(kjv):
+    assert kjv.split["selection_documents"] + kjv.split["test_documents"] >= 2
+    held = bytes(kjv.heldout.astype(np.uint8))
+    selection, test = bytes(kjv.selection.astype(np.uint8)), bytes(kjv.test.astype(np.uint8))
+    for batches, own, other in ((kjv.selection_batches(2, 4), selection, test), (kjv.test_batches(2, 4), test,
+                                                                                 selection)):
+        assert batches.shape == (2, 4, 33)
+        for window in batches.reshape(-1, 33):
+            text = bytes(window.astype(np.uint8))
+            assert text in own and text in held and text not in other
+
+
+def test_a_heldout_set_too_small_to_split_is_one_line():
+    tokens = np.arange(100, dtype=np.int32)
+    data = Dataset(train=tokens, heldout=tokens[:20], tokenizer=ByteTokenizer(), seq_len=8,
+                   selection=tokens[:12], test=tokens[12:17],
+                   split={"selection_tokens": 12, "test_tokens": 5})
+    assert data.selection_batches(1, 2).shape == (1, 2, 9)
+    with pytest.raises(LaggrowError, match=r"^data.heldout_fraction: .* a test set of 5; expected each to hold at "
+                                           r"least one sequence \(data.seq_len \+ 1 = 9 tokens\)"):
+        data.test_batches(1, 2)
 
 
 def test_kjv_heldout_is_at_least_one_percent(kjv):

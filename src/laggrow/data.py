@@ -7,7 +7,13 @@ blank-line-separated paragraphs), a folder of .txt files (one document per file)
 (one document per line's text field). Documents, not tokens, are split into train and held-out, so no verse leaks
 across the split. Training batches are a pure function of (seed, position): the position is the
 only data state a checkpoint needs, and a resumed run sees exactly the batches it would have seen.
-Evaluation always uses the same fixed held-out batches.
+Evaluation always uses the same fixed held-out windows.
+
+The held-out documents are split once more, into a *selection* set and a *test* set
+(`split_heldout`): everything that chooses among candidates (a pool's probe, predictors,
+successive halving, adaptive stacking) reads the selection set, and every number reported as a
+result (final losses, regrets, gaps) is read on the test set, so no choice is judged on the windows
+it was made on. A single training run evaluates on the whole held-out stream.
 """
 
 from __future__ import annotations
@@ -170,14 +176,19 @@ def load_documents(cfg: DataConfig) -> list[str]:
     return docs
 
 
+# The held-out set takes at least this many documents, so that it splits into a selection set and a
+# test set of at least one document each.
+MIN_HELDOUT_DOCUMENTS = 2
+
+
 def split_documents(docs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
     """Deterministic split by document: a seeded permutation, held-out taken from its front until
-    it holds `heldout_fraction` of the characters (and at least one document)."""
+    it holds `heldout_fraction` of the characters (and at least MIN_HELDOUT_DOCUMENTS documents)."""
     order = np.random.default_rng(seed).permutation(len(docs))
     total = sum(len(d) for d in docs)
     heldout_ids, size = [], 0
     for i in order:
-        if size >= heldout_fraction * total and heldout_ids:
+        if size >= heldout_fraction * total and len(heldout_ids) >= MIN_HELDOUT_DOCUMENTS:
             break
         heldout_ids.append(int(i))
         size += len(docs[i])
@@ -185,6 +196,20 @@ def split_documents(docs: list[str], heldout_fraction: float, seed: int) -> tupl
     train = [d for i, d in enumerate(docs) if i not in chosen]
     heldout = [docs[i] for i in sorted(chosen)]
     return train, heldout
+
+
+def split_heldout(heldout: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """The held-out documents as (selection, test): taken in a seeded order, each document goes to
+    whichever set holds fewer characters so far (the selection set on a tie), so the two are about
+    equal in size and every document is in exactly one. Each keeps the documents' given order.
+    The seed is the split's own (`split_seed` + 1), not the train / held-out permutation's."""
+    order = np.random.default_rng([seed, 1]).permutation(len(heldout))
+    sizes, sets = [0, 0], ([], [])
+    for i in order:
+        side = 0 if sizes[0] <= sizes[1] else 1
+        sets[side].append(int(i))
+        sizes[side] += len(heldout[i])
+    return [heldout[i] for i in sorted(sets[0])], [heldout[i] for i in sorted(sets[1])]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -257,14 +282,26 @@ def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None)
 # Token streams and batches
 
 
+def windows(stream: np.ndarray, n_batches: int, batch_size: int, seq_len: int) -> np.ndarray:
+    """A fixed (n_batches, batch_size, seq_len + 1) set of windows evenly spaced over `stream`."""
+    count = n_batches * batch_size
+    starts = np.linspace(0, len(stream) - seq_len - 1, count).astype(np.int64)
+    return stream[starts[:, None] + np.arange(seq_len + 1)[None, :]].reshape(n_batches, batch_size, seq_len + 1)
+
+
 @dataclass
 class Dataset:
-    """Train and held-out token streams, with the tokenizer that made them."""
+    """Train and held-out token streams, with the tokenizer that made them, and the held-out
+    documents' two halves: the selection set (what choices read) and the test set (what results
+    are reported on), see `split_heldout`."""
 
     train: np.ndarray
     heldout: np.ndarray
     tokenizer: object
     seq_len: int
+    selection: np.ndarray | None = None
+    test: np.ndarray | None = None
+    split: dict | None = None  # how the held-out documents were split (recorded beside results)
 
     @property
     def vocab_size(self) -> int:
@@ -280,10 +317,25 @@ class Dataset:
     def eval_batches(self, n_batches: int, batch_size: int) -> np.ndarray:
         """A fixed (n_batches, batch_size, seq_len + 1) set of held-out windows, evenly spaced
         over the held-out stream, identical for every model evaluated on this corpus."""
-        count = n_batches * batch_size
-        starts = np.linspace(0, len(self.heldout) - self.seq_len - 1, count).astype(np.int64)
-        windows = self.heldout[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
-        return windows.reshape(n_batches, batch_size, self.seq_len + 1)
+        return windows(self.heldout, n_batches, batch_size, self.seq_len)
+
+    def selection_batches(self, n_batches: int, batch_size: int) -> np.ndarray:
+        """Windows of the selection set, laid out as `eval_batches`: what choices are made on."""
+        return windows(self._eval_set("selection"), n_batches, batch_size, self.seq_len)
+
+    def test_batches(self, n_batches: int, batch_size: int) -> np.ndarray:
+        """Windows of the test set, laid out as `eval_batches`: what results are reported on."""
+        return windows(self._eval_set("test"), n_batches, batch_size, self.seq_len)
+
+    def _eval_set(self, name: str) -> np.ndarray:
+        stream = getattr(self, name)
+        if stream is None or len(stream) < self.seq_len + 1:
+            held = self.split or {}
+            raise LaggrowError(f"data.heldout_fraction: the held-out documents split into a selection set of "
+                               f"{held.get('selection_tokens', 0)} tokens and a test set of "
+                               f"{held.get('test_tokens', 0)}; expected each to hold at least one sequence "
+                               f"(data.seq_len + 1 = {self.seq_len + 1} tokens): raise data.heldout_fraction")
+        return stream
 
     def unigram_entropy(self) -> float:
         """Cross-entropy (nats/token) of the held-out tokens under the train split's unigram
@@ -305,7 +357,14 @@ def load_dataset(cfg: DataConfig, run_dir: Path | None = None) -> Dataset:
         if len(stream) < need:
             raise LaggrowError(f"corpus {cfg.corpus}: its {name} split has {len(stream)} tokens, shorter than "
                                f"one sequence (expected at least data.seq_len + 1 = {need})")
-    return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len)
+    selection_docs, test_docs = split_heldout(heldout_docs, cfg.split_seed)
+    selection = tokenizer.encode(DOC_SEPARATOR.join(selection_docs))
+    test = tokenizer.encode(DOC_SEPARATOR.join(test_docs))
+    split = {"rule": "held-out documents in a seeded order, each to the smaller set by characters",
+             "selection_documents": len(selection_docs), "test_documents": len(test_docs),
+             "selection_tokens": int(len(selection)), "test_tokens": int(len(test))}
+    return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len,
+                   selection=selection, test=test, split=split)
 
 
 def data_fingerprint(dataset: Dataset, cfg: DataConfig) -> dict:
