@@ -166,18 +166,32 @@ def _jit_train_step(model_cfg: ModelConfig, train_cfg: TrainConfig, layout: Layo
     return mesh.sharded_step(make_train_step(model_cfg, train_cfg), layout, stacked=False)
 
 
+def window_losses(params: dict, batch: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """Mean next-token cross-entropy (nats) of each window of an int batch (B, T+1): (B,). The
+    evaluation's unit: the mean over windows is the held-out loss, and their spread its standard
+    error. With `cfg.loss_chunk` the logits are taken in chunks, one window at a time."""
+    inputs, labels = batch[:, :-1], batch[:, 1:]
+    if cfg.loss_chunk == 0 or cfg.loss_chunk >= labels.size:
+        logits = model.apply(params, inputs, cfg)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, labels).mean(axis=-1)
+    b, t = labels.shape
+    h = model.hidden(params, inputs, cfg).reshape(b, t, -1)
+    w = model.head_weight(params, cfg)
+    return jax.vmap(lambda hw, yw: chunked_cross_entropy(hw, w, yw, cfg.loss_chunk))(h, labels)
+
+
 def make_eval(model_cfg: ModelConfig) -> Callable:
-    """The pure `(params, batches (n, B, T+1)) -> mean loss` over a stack of batches; jitted for
-    one model by `jit_eval` and vmapped over candidates by the pool."""
+    """The pure `(params, batches (n, B, T+1)) -> (n * B,)` loss of every window of a stack of
+    batches; jitted for one model by `jit_eval` and vmapped over candidates by the pool."""
 
     def evaluate(params: dict, batches: jax.Array) -> jax.Array:
-        return jax.lax.map(lambda b: loss_fn(params, b, model_cfg), batches).mean()
+        return jax.lax.map(lambda b: window_losses(params, b, model_cfg), batches).reshape(-1)
 
     return evaluate
 
 
 def jit_eval(model_cfg: ModelConfig, layout: Layout = SINGLE) -> Callable:
-    """Mean loss over a stack of batches (n, B, T+1), one compiled program for the whole set."""
+    """Every window's loss over a stack of batches (n, B, T+1), one compiled program for the set."""
     return _jit_eval(model_cfg, layout)
 
 
@@ -186,12 +200,27 @@ def _jit_eval(model_cfg: ModelConfig, layout: Layout) -> Callable:
     return mesh.replicated_result(make_eval(model_cfg), layout)
 
 
-def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray | jax.Array,
-             layout: Layout = SINGLE) -> float:
-    """Held-out loss of `params` on fixed batches (n, B, T+1)."""
+def evaluate_windows(params: dict, model_cfg: ModelConfig, batches: np.ndarray | jax.Array,
+                     layout: Layout = SINGLE) -> np.ndarray:
+    """The loss of `params` on every window of fixed batches (n, B, T+1), as float64 (n * B,)."""
     if isinstance(batches, np.ndarray):
         batches = mesh.place_eval(batches, layout)
-    return float(jit_eval(model_cfg, layout)(params, batches))
+    return np.asarray(mesh.to_host(jit_eval(model_cfg, layout)(params, batches)), np.float64)
+
+
+def evaluate(params: dict, model_cfg: ModelConfig, batches: np.ndarray | jax.Array,
+             layout: Layout = SINGLE) -> float:
+    """Held-out loss of `params` on fixed batches (n, B, T+1): the mean over their windows."""
+    return float(evaluate_windows(params, model_cfg, batches, layout).mean())
+
+
+def mean_and_se(windows: np.ndarray) -> tuple[float, float | None]:
+    """The mean of per-window losses and its standard error over windows (sample sd / sqrt(n);
+    None for a single window). Windows of one document are correlated, so this SE is a lower
+    bound on the noise of which text was read."""
+    windows = np.asarray(windows, np.float64)
+    mean = float(windows.mean())
+    return mean, (float(windows.std(ddof=1) / np.sqrt(len(windows))) if len(windows) > 1 else None)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -326,7 +355,8 @@ def train_loop(
             }
             last_t, last_step = now, step
             if do_eval:
-                record["eval_loss"] = evaluate(state["params"], model_cfg, held_out, layout)
+                mean, se = mean_and_se(evaluate_windows(state["params"], model_cfg, held_out, layout))
+                record["eval_loss"], record["eval_loss_se"] = mean, se
             history.records.append(record)
             if on_record is not None:
                 on_record(record)
