@@ -238,9 +238,9 @@ def test_probe_and_train_final_are_one_run_with_several_seeds(probed, finished, 
     runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
     state = probe.grow_candidates(pool, source, target, candidates)
     state, _ = runner.advance(state, 0, K)
-    at_k = runner.evaluate(state)
+    at_k = runner.evaluate(state)["selection"].mean(axis=1)
     state, _ = runner.advance(probe.grow_candidates(pool, source, target, candidates), 0, pool.final_steps)
-    at_final = runner.evaluate(state)
+    at_final = runner.evaluate(state)["selection"].mean(axis=1)
     losses = by_key(curve_rows(finished))
     assert {c["seed"] for c in candidates} == {0, 1}
     np.testing.assert_allclose([losses[(i, K)] for i in range(4)], at_k, rtol=0, atol=1e-5)

@@ -24,6 +24,7 @@ POOL = {
     "final_steps": 12,
     "eval_points": 5,
     "train": {"lr": 0.003, "warmup_steps": 2},
+    "test_batches": 8,
 }
 
 
@@ -135,7 +136,7 @@ def test_every_protocol_keeps_the_probe_the_prefix_of_the_final_run(protocol, ba
     by_step = {}
     for stop in (4, 8):
         state, _ = pool_runner.advance(state, stop - 4, stop)
-        by_step[stop] = pool_runner.evaluate(state)
+        by_step[stop] = pool_runner.evaluate(state)["selection"].mean(axis=1)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")
     # log-spaced: round(geomspace(1, 8, 5)) = 1, 2, 3, 5, 8; with 0, k = 4, T = 8 and every 2 in [0, k]
     assert sorted({r["step"] for r in curves}) == [0, 1, 2, 3, 4, 5, 8]
@@ -187,10 +188,47 @@ def test_the_evaluation_grid_holds_the_dense_steps_extra_steps_and_halving_budge
 
 def test_zero_top_starts_at_the_source_loss(probed, base_run):
     out, _, probe_curves = probed
-    source_loss = json.loads((base_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]
-    init = {r["strategy"]: r["eval_loss"] for r in probe_curves if r["step"] == 0}
-    assert init["zero_top"] == pytest.approx(source_loss, abs=1e-5)
-    assert init["scratch"] == pytest.approx(np.log(256), abs=0.05) and init["scratch"] > source_loss + 0.5
+    source = runs.load_run(base_run)
+    data, cfg = runs.load_source_dataset(source), source.config
+    selection = train.evaluate(source.params, cfg.model, data.selection_batches(cfg.data.eval_batches,
+                                                                                 cfg.data.eval_batch_size))
+    init = {r["strategy"]: r for r in probe_curves if r["step"] == 0}
+    assert init["zero_top"]["eval_loss"] == pytest.approx(selection, abs=1e-5)
+    assert init["scratch"]["eval_loss"] == pytest.approx(np.log(256), abs=0.05)
+    assert init["scratch"]["eval_loss"] > selection + 0.5
+
+
+def test_choices_read_the_selection_set_and_results_the_test_set(probed, base_run):
+    """Every record holds the selection set's loss (eval_loss, what the probe ranks by), the
+    records at T the test set's too (test_loss), each the mean of its windows with their standard
+    error; the two sets are disjoint halves of the held-out documents, and pool.json says which is
+    which. The test set is never read before T, so nothing chosen before T can have read it."""
+    out, _, probe_curves = probed
+    data = runs.load_source_dataset(runs.load_run(base_run))
+    evaluation = json.loads((out / store.POOL_FILE).read_text())["evaluation"]
+    assert (evaluation["selection_windows"], evaluation["test_windows"]) == (16, 8 * 8)
+    assert evaluation["fields"]["eval_loss"].startswith("selection")
+    assert evaluation["selection_tokens"] == len(data.selection) and evaluation["test_tokens"] == len(data.test)
+    assert len(data.selection) + len(data.test) + 2 == len(data.heldout)  # one separator between the halves
+    records = store.read_jsonl(out / store.CURVES_FILE, "records")
+    for r in records:
+        windows = np.asarray(r["eval_windows"])
+        assert len(windows) == 16 and r["eval_loss"] == pytest.approx(windows.mean(), abs=1e-6)
+        assert r["eval_loss_se"] == pytest.approx(windows.std(ddof=1) / 4, rel=1e-4)
+        assert ("test_loss" in r) == (r["step"] == 12)  # T only
+    at_t = [r for r in records if r["step"] == 12]
+    assert len(at_t) == 4 and all(len(r["test_windows"]) == 64 for r in at_t)
+    source = runs.load_run(base_run)
+    test_windows = data.test_batches(8, source.config.data.eval_batch_size)
+    assert at_t[0]["test_loss"] != at_t[0]["eval_loss"] and test_windows.shape == (8, 8, 33)
+    at_k = {r["candidate"]: r for r in probe_curves if r["step"] == 4}
+    ranking = json.loads((out / store.PROBE_FILE).read_text())["candidates"]
+    assert [r["candidate"] for r in ranking] == sorted(at_k, key=lambda c: at_k[c]["eval_loss"])
+    final = json.loads((out / store.FINAL_FILE).read_text())["candidates"]
+    assert [r["candidate"] for r in final] == sorted((r["candidate"] for r in at_t),
+                                                     key=lambda c: next(r["test_loss"] for r in at_t
+                                                                        if r["candidate"] == c))
+    assert all(r["loss_set"] == "test" and r["loss"] == r["test_loss"] for r in final)
 
 
 def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, base_run):
@@ -203,7 +241,7 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     data = runs.load_source_dataset(source)
     pool_runner = probe.runner_for(pool, target, data, candidates, source.data_position)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
-    uninterrupted = pool_runner.evaluate(state)
+    uninterrupted = pool_runner.evaluate(state)["selection"].mean(axis=1)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")
     resumed = _final_losses(curves, pool.final_steps)
     np.testing.assert_allclose([resumed[i] for i in range(4)], uninterrupted, rtol=0, atol=1e-5)

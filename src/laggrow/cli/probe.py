@@ -13,7 +13,8 @@ from laggrow.cli.errors import user_errors
 def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
     from laggrow.report.tables import ranking_table
 
-    console.print(ranking_table(rows, title=f"{title} (held-out loss at step {step})"))
+    loss_set = rows[0].get("loss_set", "held-out") if rows else "held-out"
+    console.print(ranking_table(rows, title=f"{title} ({loss_set}-set loss at step {step})"))
 
 
 def _halving(console, cfg, pool_file: Path, out: Path) -> None:

@@ -15,6 +15,8 @@
     eval_points: 16                # log-spaced evaluation steps, 0, k and T always included
     eval_every: 4                  # also every 4 steps in [0, k] (0: off): what the predictors read
     eval_at: [48, 64]              # and at these steps, each in [0, final_steps]
+    test_batches: 16               # the test set: this many batches of data.eval_batch_size windows,
+                                   # read at T only (every choice reads the selection set instead)
     halving: {eta: 2, first: 8}    # successive halving (laggrow probe --halving); predictor: loss
     chunk_size: auto               # candidates trained together: auto (default: what the device's
                                    # memory holds, all of them when they fit), 0 (all), or N
@@ -96,6 +98,10 @@ class PoolConfig:
     probe_lr: str = "schedule"  # schedule | peak
     eval_every: int = 0  # also evaluate every this many steps in [0, lag_steps]; 0: off
     eval_at: tuple[int, ...] = ()  # and at these steps
+    # The test set every result is reported on (data.split_heldout): batches of data.eval_batch_size
+    # windows, evaluated at final_steps only. Larger than the selection set (data.eval_batches),
+    # which every evaluated step reads: a final difference must be resolved below the seed noise.
+    test_batches: int = 16
     halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor}; empty: none
     # candidates trained together; 0: the whole pool at once; "auto": the most that the device's
     # memory holds by resources.py's estimate (all of them when they fit; see `chunk_for`)
@@ -267,6 +273,8 @@ def _validate(pool: PoolConfig, where: str) -> None:
         for key in ("warmup_steps", "hold_steps"):
             check(key not in pool.train, f"train.{key}",
                   "no value: probe_lr 'peak' sets warmup_steps 0 and hold_steps lag_steps", pool.train.get(key))
+    check(isinstance(pool.test_batches, int) and 1 <= pool.test_batches <= MAX_EVAL_POINTS, "test_batches",
+          f"an integer in [1, {MAX_EVAL_POINTS}]", pool.test_batches)
     check(0 <= pool.eval_every <= pool.lag_steps, "eval_every",
           f"an integer in [0, lag_steps={pool.lag_steps}] (0: no dense grid)", pool.eval_every)
     check(all(isinstance(s, int) and not isinstance(s, bool) and 0 <= s <= pool.final_steps for s in pool.eval_at),

@@ -33,6 +33,7 @@ from laggrow.pool.probe import (
     check_pool,
     check_probe_inputs,
     data_stream,
+    evaluation_record,
     grow_candidates,
     placement_for,
     run_segments,
@@ -82,6 +83,7 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
             "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
             "source": str(source.path.absolute()), "candidates": candidates,
             "data_stream": data_stream(source, target), "protocol": pool.protocol(target), "halving": True,
+            "evaluation": evaluation_record(pool, data, target),
             **placement_for(pool, target, len(candidates)).record()})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         curves_path = tmp / store.CURVES_FILE

@@ -118,7 +118,9 @@ def run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start:
             return state, position
         if mark in eval_steps:
             counts = mesh.to_host({"step": state["step"], "diverged_at": state["diverged_at"]})
-            rows = make_records(candidates, mark, runner.evaluate(state), train_losses, counts,
+            # the test set is read where results are: at T
+            sets = (SELECTION, TEST) if mark == target.train.steps else (SELECTION,)
+            rows = make_records(candidates, mark, runner.evaluate(state, sets), train_losses, counts,
                                 flops_per_step, tokens_per_step)
             store.append_jsonl(curves, rows)
             if on_eval is not None:
@@ -190,10 +192,36 @@ def runner_for(pool: PoolConfig, target: RunConfig, data: Dataset, candidates: l
         per_seed = {s: data.train_batch(start + step, target.train.batch_size, base + s) for s in set(seeds)}
         return np.stack([per_seed[s] for s in seeds])
 
-    eval_batches = data.eval_batches(target.data.eval_batches, target.data.eval_batch_size)
     placement = placement or placement_for(pool, target, len(candidates))
-    return PoolRunner(target.model, target.train, batches, eval_batches, placement.chunking["together"],
-                      placement.layout)
+    return PoolRunner(target.model, target.train, batches, eval_sets(pool, data, target),
+                      placement.chunking["together"], placement.layout)
+
+
+SELECTION, TEST = "selection", "test"
+
+
+def eval_sets(pool: PoolConfig, data: Dataset, target: RunConfig) -> dict[str, np.ndarray]:
+    """The pool's two evaluation sets: the selection set every choice reads (`data.eval_batches`
+    batches, at every evaluated step) and the test set every result is reported on
+    (`pool.test_batches`, at T), both of `data.eval_batch_size` windows."""
+    size = target.data.eval_batch_size
+    return {SELECTION: data.selection_batches(target.data.eval_batches, size),
+            TEST: data.test_batches(pool.test_batches, size)}
+
+
+def evaluation_record(pool: PoolConfig, data: Dataset, target: RunConfig) -> dict[str, Any]:
+    """pool.json's `evaluation`: which held-out documents each set holds, how many windows each
+    reads, where, and whether its windows overlap (a set too short for them: then its standard
+    error is an underestimate)."""
+    need = target.data.seq_len + 1
+    windows = {SELECTION: target.data.eval_batches * target.data.eval_batch_size,
+               TEST: pool.test_batches * target.data.eval_batch_size}
+    tokens = {SELECTION: data.split["selection_tokens"], TEST: data.split["test_tokens"]}
+    return {**data.split, "selection_windows": windows[SELECTION], "test_windows": windows[TEST],
+            "window_tokens": target.data.seq_len,
+            "overlapping": sorted(name for name in windows if windows[name] * need > tokens[name]),
+            "fields": {"eval_loss": "selection set, every evaluated step (what choices read)",
+                       "test_loss": "test set, at final_steps (what results are reported on)"}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -227,6 +255,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
                                     "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
                                     "source": str(source.path.absolute()), "candidates": candidates,
                                     "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
+                                    "evaluation": evaluation_record(pool, data, target),
                                     **placement.record()})
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         state = grow_candidates(pool, source, target, candidates)
@@ -333,6 +362,10 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     curves = directory / store.CURVES_FILE
     existing = records.read_pool_curves(curves)
     start_position = read_data_stream(meta, directory / store.POOL_FILE)
+    if not isinstance(meta.get("evaluation"), dict):
+        raise LaggrowError(f"{directory / store.POOL_FILE}: no evaluation record (probed by a laggrow that read "
+                           "choices and results on the same held-out windows, or damaged); probe again into a new "
+                           "--out")
     source = Path(meta["source"])
     source_cfg = runs.read_run_config(source, what="pool source")
     data = runs.load_source_dataset(source, source_cfg)
@@ -367,7 +400,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     if stop < pool.final_steps:
         return None
     hosts.barrier(f"train-final {directory} curves")  # process 0 has written them
-    rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps)
+    rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps, by="test_loss")
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows, **placement.record()})
     return rows

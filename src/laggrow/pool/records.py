@@ -13,41 +13,70 @@ import numpy as np
 from laggrow import store
 from laggrow.errors import LaggrowError
 
+# Per-window losses are written to this many significant digits: far below any difference a
+# ranking can resolve, and about half the bytes of a float64's repr.
+WINDOW_DIGITS = 7
 
-def make_records(candidates: list[dict], step: int, eval_losses: np.ndarray, train_losses: np.ndarray,
+# Which evaluation set each record field holds (data.split_heldout): `eval_loss` is the selection
+# set's, read by every choice; `test_loss` the test set's, read by every reported result.
+EVAL_FIELDS = {"selection": "eval", "test": "test"}
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if np.isfinite(x) else None
+
+
+def _window_fields(prefix: str, windows: np.ndarray) -> dict[str, Any]:
+    """`{prefix}_loss` (the mean over windows), `{prefix}_loss_se` (its standard error over
+    windows) and `{prefix}_windows` (every window's loss); nulls for a diverged candidate."""
+    if not np.isfinite(windows).all():
+        return {f"{prefix}_loss": None, f"{prefix}_loss_se": None, f"{prefix}_windows": None}
+    se = windows.std(ddof=1) / np.sqrt(len(windows)) if len(windows) > 1 else np.nan
+    return {f"{prefix}_loss": float(windows.mean()), f"{prefix}_loss_se": _finite(se),
+            f"{prefix}_windows": [float(f"{w:.{WINDOW_DIGITS}g}") for w in windows]}
+
+
+def make_records(candidates: list[dict], step: int, evals: dict[str, np.ndarray], train_losses: np.ndarray,
                  state: dict, flops_per_step: float, tokens_per_step: int) -> list[dict]:
-    """curves.jsonl records: tokens and flops count the steps each candidate really trained."""
+    """curves.jsonl records: the loss of every evaluation set in `evals` (name -> (N, windows),
+    see EVAL_FIELDS) with its standard error and its windows; tokens and flops count the steps
+    each candidate really trained."""
     trained = np.asarray(state["step"])
     diverged = np.asarray(state["diverged_at"]) >= 0
     out = []
     for i, c in enumerate(candidates):
-        def num(x):
-            return None if not np.isfinite(x) else float(x)
-        out.append({
-            "candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"], "step": step,
-            "eval_loss": num(eval_losses[i]), "train_loss": None if step == 0 else num(train_losses[i]),
+        record = {"candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"], "step": step}
+        for name, windows in evals.items():
+            record.update(_window_fields(EVAL_FIELDS[name], windows[i]))
+        record.update({
+            "train_loss": None if step == 0 else _finite(train_losses[i]),
             "tokens": int(trained[i]) * tokens_per_step, "flops": float(trained[i]) * flops_per_step,
             "diverged": bool(diverged[i]),
         })
+        out.append(record)
     return out
 
 
-def ranking(candidates: list[dict], records: list[dict], step: int) -> list[dict]:
-    """Candidates ranked by held-out loss at `step` (diverged last), with their loss at init."""
+def ranking(candidates: list[dict], records: list[dict], step: int, by: str = "eval_loss") -> list[dict]:
+    """Candidates ranked by the loss `by` at `step` (diverged last), with their loss at init:
+    the selection set's (`eval_loss`) for the probe's choice, the test set's (`test_loss`) for
+    the final ranking, a result. Each row holds `loss` (what it was ranked by) and `loss_set`."""
     at = {(r["candidate"], r["step"]): r for r in records}
     rows = []
     for c in candidates:
         rec, init = at.get((c["candidate"], step)), at.get((c["candidate"], 0))
-        loss = rec["eval_loss"] if rec else None
+        loss = rec.get(by) if rec else None
         rows.append({"candidate": c["candidate"], "strategy": c["strategy"], "seed": c["seed"],
                      "function_preserving": c["function_preserving"],
                      "eval_loss_init": init["eval_loss"] if init else None,
-                     "eval_loss": loss, "diverged": bool(rec["diverged"]) if rec else True})
-    rows.sort(key=lambda r: (r["diverged"] or r["eval_loss"] is None, r["eval_loss"] or 0.0))
-    best = rows[0]["eval_loss"] if rows and not rows[0]["diverged"] else None
+                     "eval_loss": rec["eval_loss"] if rec else None, "test_loss": rec.get("test_loss") if rec else None,
+                     "loss": loss, "loss_set": "test" if by == "test_loss" else "selection",
+                     "diverged": bool(rec["diverged"]) if rec else True})
+    rows.sort(key=lambda r: (r["diverged"] or r["loss"] is None, r["loss"] or 0.0))
+    best = rows[0]["loss"] if rows and not rows[0]["diverged"] else None
     for rank, row in enumerate(rows, start=1):
         row["rank"] = rank
-        row["gap"] = None if best is None or row["eval_loss"] is None else row["eval_loss"] - best
+        row["gap"] = None if best is None or row["loss"] is None else row["loss"] - best
     return rows
 
 

@@ -70,7 +70,7 @@ pool_step.cache_clear = _pool_step.cache_clear
 
 @functools.lru_cache(maxsize=8)
 def pool_eval(model_cfg: ModelConfig, layout: Layout = SINGLE) -> Callable:
-    """Held-out loss of every candidate on the same fixed batches: (N,) losses."""
+    """Every candidate's loss on every window of the same fixed batches: (N, windows)."""
     return mesh.replicated_result(jax.vmap(train.make_eval(model_cfg), in_axes=(0, None)), layout)
 
 
@@ -141,7 +141,9 @@ class PoolRunner:
     model_cfg: ModelConfig
     train_cfg: TrainConfig
     batches: Callable[[int], np.ndarray]  # step -> (N, B, T+1) batches, one per candidate
-    eval_batches: np.ndarray  # (n, B, T+1), the same for every candidate
+    # name -> (n, B, T+1) held-out windows, the same for every candidate: "selection" (what choices
+    # read) and, where results are reported from this runner, "test" (data.split_heldout)
+    eval_sets: dict[str, np.ndarray]
     chunk_size: int = 0  # 0: all candidates at once
     layout: Layout = SINGLE  # the devices the candidates and batches are spread over
 
@@ -195,17 +197,25 @@ class PoolRunner:
         state = jax.tree.map(lambda *xs: jnp.concatenate(xs), *parts)
         return state, np.concatenate(losses), reached
 
-    def evaluate(self, state: State) -> np.ndarray:
+    def evaluate(self, state: State, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """Per evaluation set (`names`, default all), every candidate's loss on every window:
+        (N, windows) float64, NaN rows for candidates that diverged."""
+        names = tuple(self.eval_sets) if names is None else names
         n = int(state["step"].shape[0])
         chunks, size = self._chunks(n)
         evaluate = pool_eval(self.model_cfg, self.layout)
-        held_out = mesh.place_eval(self.eval_batches, self.layout)
-        out = []
+        diverged = mesh.to_host(state["diverged_at"]) >= 0
+        out: dict[str, list[np.ndarray]] = {name: [] for name in names}
         for idx in chunks:
             padded = np.concatenate([idx, np.full(size - len(idx), idx[0])])
             params = state["params"] if len(chunks) == 1 and size == n else take(state["params"], padded)
             params = mesh.place_state(params, self.layout, stacked=True)
-            out.append(np.asarray(evaluate(params, held_out), np.float64)[: len(idx)])
-        losses = np.concatenate(out)
-        losses[mesh.to_host(state["diverged_at"]) >= 0] = np.nan
-        return losses
+            for name in names:
+                held_out = mesh.place_eval(self.eval_sets[name], self.layout)
+                out[name].append(np.asarray(mesh.to_host(evaluate(params, held_out)), np.float64)[: len(idx)])
+        result = {}
+        for name, parts in out.items():
+            losses = np.concatenate(parts)
+            losses[diverged] = np.nan
+            result[name] = losses
+        return result
