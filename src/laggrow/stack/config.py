@@ -1,11 +1,11 @@
-"""A stacking config: the run sections (the target model, data, train over the whole budget T) and a
+"""A stacking config: the run sections (the target model, data, train over adaptive's budget T) and a
 `stack` section; the stage schedule (PROP-alpha), the candidates and the compute of every method,
 all by arithmetic. No jax here, so every check runs before anything is loaded or written.
 
     # configs/stack-demo.yaml
     model: {n_layers: 6, d_model: 128, n_heads: 4, d_ff: 512}   # the target: the last stage's model
     data: {corpus: kjv, seq_len: 128}
-    train: {steps: 600, batch_size: 8, lr: 0.002, warmup_steps: 20}  # T and ONE schedule over it
+    train: {steps: 600, batch_size: 8, lr: 0.002, warmup_steps: 20}  # T: adaptive's steps, ONE schedule
     stack:
       start_layers: 1         # the first stage's depth (a multiple of block)
       block: 1                # layers added per growth; the model splits into blocks of this many
@@ -17,14 +17,23 @@ all by arithmetic. No jax here, so every check runs before anything is loaded or
       optimizer_state: carry  # AdamW's moments through every growth (copies take their source's)
       predictor: loss         # how a probe is judged (laggrow.analysis.predictors)
       seeds: [0, 1]           # init and data order of each repetition: train.seed + s
-      probe_eval_every: 0     # also evaluate the candidates every this many probe steps (0: only at K)
+      probe_eval_every: 0     # also evaluate the candidates every this many probe steps (0: at 0 and K only)
 
 Compute. A training step at depth d costs `d`'s `train_flops_per_token` times the batch's tokens. The
 adaptive method pays for its own trajectory (the winner's K probe steps are steps of its stage), for
-the other candidates' K probe steps, and for the probe's held-out evaluations after step 0 (forward
-passes, a third of a training token's FLOPs; the evaluation right after a growth is the measurement
-every method gets and is charged to none). `scratch` trains the target model for the whole steps
-that adaptive's total buys, whether or not adaptive is among the methods run.
+the other candidates' K probe steps, and for every evaluation its probe makes to choose: every
+candidate on the selection set's windows at every probe evaluation, the one right after the growth
+included (forward passes, a third of a training token's FLOPs).
+
+Equal compute. Every method is trained to the same FLOPs budget: adaptive's total when adaptive is
+among the methods, else the stacking schedule's training over T. `adaptive` trains T steps; `top`
+and `middle` the largest T' >= T whose own PROP-alpha stages (one schedule over T') fit the budget;
+`scratch` the largest number of target-depth steps that fits it. Each is within one target-depth
+step of the budget and never above it.
+
+Measurement. The test set's evaluations (every curves.jsonl row, every final loss) are what each
+method is judged by, made at the same points for every method (and after adaptive's probes); they
+choose nothing and are charged to no method.
 """
 
 from __future__ import annotations
@@ -38,6 +47,7 @@ from typing import Any
 from laggrow.config import (
     ModelConfig,
     RunConfig,
+    TrainConfig,
     apply_overrides,
     build_dataclass,
     read_yaml,
@@ -153,13 +163,22 @@ def stage_ends(total: int, n_stages: int, alpha: float) -> list[int]:
     return ends
 
 
+def stages_over(total: int, start_layers: int, target: int, block: int, alpha: float) -> tuple[Stage, ...]:
+    """The stages from `start_layers` to `target` in blocks of `block` over `total` steps (PROP-alpha)."""
+    n_stages = (target - start_layers) // block + 1
+    ends = stage_ends(total, n_stages, alpha)
+    starts = [0, *ends[:-1]]
+    return tuple(Stage(i + 1, start_layers + i * block, s, e)
+                 for i, (s, e) in enumerate(zip(starts, ends, strict=True)))
+
+
 @dataclass(frozen=True)
 class StackPlan:
     """A validated stacking config and everything that follows from it by arithmetic."""
 
     run: RunConfig  # the target model; train.steps = T
     stack: StackConfig
-    stages: tuple[Stage, ...]
+    stages: tuple[Stage, ...]  # over T: adaptive's (and, without adaptive, every stacking method's)
 
     @property
     def final_steps(self) -> int:
@@ -182,7 +201,8 @@ class StackPlan:
         return self.model_at(depth).train_flops_per_token(self.run.data.seq_len) * self.tokens_per_step
 
     def eval_flops(self, depth: int) -> int:
-        """One held-out evaluation of one model: forward passes, a third of training's FLOPs."""
+        """One evaluation of one model on the selection set's windows (`data.eval_batches` x
+        `data.eval_batch_size` of them): forward passes, a third of training's FLOPs."""
         d = self.run.data
         tokens = d.eval_batches * d.eval_batch_size * d.seq_len
         return self.model_at(depth).train_flops_per_token(d.seq_len) // 3 * tokens
@@ -194,54 +214,102 @@ class StackPlan:
 
     def probe_charge(self, stage: Stage) -> dict[str, int]:
         """What the probe at the start of `stage` adds to the adaptive method beyond its own steps:
-        the other candidates' K steps and every candidate's evaluations after step 0. A growth
-        with one candidate is not probed and costs nothing."""
+        the other candidates' K steps and every candidate's selection-set evaluations, the one
+        right after the growth included (every evaluation the choice reads). A growth with one
+        candidate is not probed and costs nothing."""
         n = len(self.candidates(stage))
         if n < 2:
             return {"probe_flops": 0, "eval_flops": 0, "probe_tokens": 0}
         k = self.stack.probe_steps
-        evals = len([s for s in self.probe_eval_steps() if s > 0])
+        evals = len(self.probe_eval_steps())
         return {"probe_flops": (n - 1) * k * self.step_flops(stage.depth),
                 "eval_flops": n * evals * self.eval_flops(stage.depth),
                 "probe_tokens": (n - 1) * k * self.tokens_per_step}
 
+    def stages_over(self, total: int) -> tuple[Stage, ...]:
+        """The stacking schedule (PROP-alpha stages from start_layers to the target) over `total` steps."""
+        return stages_over(total, self.stack.start_layers, self.run.model.n_layers, self.stack.block,
+                           self.stack.alpha)
+
+    def schedule_flops(self, total: int) -> int:
+        """The training FLOPs of the stacking schedule over `total` steps."""
+        return sum(s.steps * self.step_flops(s.depth) for s in self.stages_over(total))
+
+    def budget_flops(self) -> int:
+        """The FLOPs every method is trained to: adaptive's total (its training, the other
+        candidates' probe steps, the probe's selection-set evaluations) when adaptive is among
+        the methods, else the stacking schedule's training over T."""
+        if "adaptive" in self.stack.methods:
+            return self.compute("adaptive")["total_flops"]
+        return self.schedule_flops(self.final_steps)
+
+    def stacked_steps(self) -> int:
+        """T' of `top` and `middle`: the largest budget >= T whose stacking schedule's FLOPs do not
+        exceed `budget_flops()`. The schedule's FLOPs rise with every step by at least a first-stage
+        step and at most a target-depth step, so what is left is less than one target-depth step
+        (and without adaptive, T' = T)."""
+        budget = self.budget_flops()
+        low = self.final_steps  # fits: the budget is at least the schedule's over T
+        high = budget // self.step_flops(self.stack.start_layers) + 1  # every step costs a first-stage step
+        while high - low > 1:  # schedule_flops(low) <= budget < schedule_flops(high)
+            middle = (low + high) // 2
+            low, high = (middle, high) if self.schedule_flops(middle) <= budget else (low, middle)
+        return low
+
+    def scratch_steps(self) -> int:
+        """The target model's steps that `budget_flops()` buys (rounded down: the remainder is
+        less than one step)."""
+        return self.budget_flops() // self.step_flops(self.run.model.n_layers)
+
+    def method_steps(self, method: str) -> int:
+        """The steps `method` trains for: T for adaptive, T' for top and middle, scratch's own."""
+        if method == "scratch":
+            return self.scratch_steps()
+        return self.final_steps if method == "adaptive" else self.stacked_steps()
+
+    def stages_for(self, method: str) -> tuple[Stage, ...]:
+        """A method's stages: scratch one stage at the target depth, the others the stacking
+        schedule over their own steps."""
+        steps = self.method_steps(method)
+        if method == "scratch":
+            return (Stage(1, self.run.model.n_layers, 0, steps),)
+        return self.stages if steps == self.final_steps else self.stages_over(steps)
+
     def compute(self, method: str) -> dict[str, int]:
         """The compute a method is charged over the whole run (what its records must add up to)."""
-        if method == "scratch":
-            steps = self.scratch_steps()
-            out = {"train_flops": steps * self.step_flops(self.run.model.n_layers), "probe_flops": 0,
-                   "eval_flops": 0, "train_tokens": steps * self.tokens_per_step, "probe_tokens": 0}
-        else:
-            out = {"train_flops": sum(s.steps * self.step_flops(s.depth) for s in self.stages),
-                   "probe_flops": 0, "eval_flops": 0,
-                   "train_tokens": self.final_steps * self.tokens_per_step, "probe_tokens": 0}
-            if method == "adaptive":
-                for stage in self.stages[1:]:
-                    for key, value in self.probe_charge(stage).items():
-                        out[key] += value
+        stages = self.stages if method == "adaptive" else self.stages_for(method)
+        steps = stages[-1].end
+        out = {"train_flops": sum(s.steps * self.step_flops(s.depth) for s in stages), "probe_flops": 0,
+               "eval_flops": 0, "train_tokens": steps * self.tokens_per_step, "probe_tokens": 0}
+        if method == "adaptive":
+            for stage in self.stages[1:]:
+                for key, value in self.probe_charge(stage).items():
+                    out[key] += value
         out["total_flops"] = out["train_flops"] + out["probe_flops"] + out["eval_flops"]
         out["total_tokens"] = out["train_tokens"] + out["probe_tokens"]
         return out
 
-    def scratch_steps(self) -> int:
-        """The target model's steps that the adaptive method's total FLOPs buy (rounded down: the
-        remainder is less than one step)."""
-        return self.compute("adaptive")["total_flops"] // self.step_flops(self.run.model.n_layers)
+    def budgets(self) -> dict[str, dict[str, int]]:
+        """stack.json's `budgets`: every method's steps and total FLOPs, and the budget itself."""
+        return {m: {"steps": self.method_steps(m), "flops": self.compute(m)["total_flops"]}
+                for m in self.stack.methods}
 
-    def scratch_run(self) -> RunConfig:
-        """scratch's run config: the target model over its own budget, one schedule over it."""
-        steps = self.scratch_steps()
-        train = dataclasses.replace(self.run.train, steps=steps, warmup_steps=min(self.run.train.warmup_steps, steps),
-                                    hold_steps=0)
-        return dataclasses.replace(self.run, train=train)
+    def train_for(self, method: str) -> TrainConfig:
+        """A method's train section: its own step budget, one schedule over it (the config's seed)."""
+        steps, train = self.method_steps(method), self.run.train
+        if steps == train.steps:
+            return train
+        # scratch may train fewer steps than T, so its schedule holds no plateau
+        hold = 0 if method == "scratch" else train.hold_steps
+        return dataclasses.replace(train, steps=steps, warmup_steps=min(train.warmup_steps, steps), hold_steps=hold)
 
     def run_for(self, method: str, seed: int, depth: int | None = None) -> RunConfig:
         """The run config of one method's final model, as its run directory records it: its own
         train.seed (the stream it read) and step budget."""
-        run = self.scratch_run() if method == "scratch" else self.run
-        model = run.model if depth is None else dataclasses.replace(run.model, n_layers=depth)
-        return dataclasses.replace(run, model=model,
-                                   train=dataclasses.replace(run.train, seed=self.run.train.seed + seed))
+        train = self.train_for(method)
+        model = self.run.model if depth is None else dataclasses.replace(self.run.model, n_layers=depth)
+        return dataclasses.replace(self.run, model=model,
+                                   train=dataclasses.replace(train, seed=self.run.train.seed + seed))
 
     def to_dict(self) -> dict[str, Any]:
         return {"run": self.run.to_dict(), "stack": self.stack.to_dict()}
@@ -305,9 +373,7 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
     require(target > start and (target - start) % block == 0, "model.n_layers",
             f"stack.start_layers ({start}) plus a positive multiple of stack.block ({block})", target)
     n_stages = (target - start) // block + 1
-    ends = stage_ends(run.train.steps, n_stages, stack.alpha)
-    starts = [0, *ends[:-1]]
-    stages = tuple(Stage(i + 1, start + i * block, s, e) for i, (s, e) in enumerate(zip(starts, ends, strict=True)))
+    stages = stages_over(run.train.steps, start, target, block, stack.alpha)
     short = min(stages, key=lambda s: s.steps)
     require(short.steps >= 1, "train.steps",
             f"a budget that gives each of the {n_stages} stages at least one step under PROP-{stack.alpha:g} "
@@ -325,6 +391,12 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
     if "scratch" in stack.methods:
         require(plan.scratch_steps() >= 1, "train.steps", "a budget that buys scratch at least one step",
                 run.train.steps)
+    for method in ("top", "middle"):
+        if method in stack.methods:
+            # T' >= T; a stage of it with no step could only come of PROP-alpha's rounding
+            short = min(plan.stages_for(method), key=lambda s: s.steps)
+            require(short.steps >= 1, "train.steps", f"a budget that gives each of {method}'s stages at least one "
+                    f"step over its {plan.method_steps(method)} (stage {short.stage} gets 0)", run.train.steps)
     for s in stack.seeds:
         require(run.train.seed + s <= SEED_MAX, "stack.seeds", "train.seed + seed <= 2**32 - 1 (a uint32)",
                 run.train.seed + s)
