@@ -8,8 +8,14 @@ at the run's global step: there is one schedule over the whole budget, never a r
 
 The probe trains every candidate K steps together, in the pool's vmapped and guarded step (a
 candidate that diverges is frozen and loses), on the very batches the winner then continues with,
-at the learning rate the global schedule has there; the winner is the lowest score of the
-predictor over the candidates' probe curves.
+at the learning rate the global schedule has there; it evaluates the candidates on the selection
+set's windows only (data.split_heldout: the test set, on which results are reported, is never
+passed to it) and keeps the lowest score of the predictor over the candidates' probe curves.
+
+Ties. The choice itself is deterministic: the first in the candidates' order among the lowest
+scores. Candidates whose score is within float rounding of the winner's (noise.FLOAT_RESOLUTION),
+or within `noise.Z` paired standard errors over the selection windows of the probe's last
+evaluation, are recorded as tied with it: the probe could not tell them apart.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ import jax
 import numpy as np
 
 from laggrow import interrupt, train
+from laggrow.analysis import noise
 from laggrow.config import ModelConfig, TrainConfig
 from laggrow.errors import LaggrowError
 from laggrow.growth.depth import Slot
@@ -63,20 +70,34 @@ def grow_state(state: State, candidate: Candidate, src: ModelConfig, dst: ModelC
 class ProbeResult:
     winner: int
     state: State  # the winner's train state after the probe
-    curves: dict[int, np.ndarray]  # probe step (since the growth) -> every candidate's held-out loss
+    # probe step (since the growth) -> every candidate's loss on every selection window (N, windows)
+    curves: dict[int, np.ndarray]
     scores: np.ndarray  # the predictor's value per candidate (NaN: diverged)
     diverged: np.ndarray  # bool per candidate
     train_loss: float  # the winner's train loss at the probe's last step
+    tied: list[int]  # the other candidates that cannot be told from the winner (see the module docstring)
+
+    def losses(self, step: int) -> np.ndarray:
+        """Every candidate's selection loss at probe step `step`: the mean over windows (NaN: diverged)."""
+        return self.curves[step].mean(axis=1)
+
+    def loss_se(self, step: int) -> np.ndarray:
+        """Its standard error over the selection windows (NaN: diverged or a single window)."""
+        windows = self.curves[step]
+        if windows.shape[1] < 2:
+            return np.full(len(windows), np.nan)
+        return windows.std(axis=1, ddof=1) / np.sqrt(windows.shape[1])
 
 
 def probe(states: list[State], model_cfg: ModelConfig, train_cfg: TrainConfig,
-          batch: Callable[[int], np.ndarray], eval_batches: np.ndarray, eval_steps: list[int],
+          batch: Callable[[int], np.ndarray], selection: np.ndarray, eval_steps: list[int],
           predictor: Callable[[np.ndarray, np.ndarray, int], float], horizon: int) -> ProbeResult:
     """Train the grown `states` (all at one global step g) together to g + K, K = eval_steps[-1],
-    evaluating at g + each of `eval_steps`; score each candidate's curve with `predictor` (steps
-    since the growth, `horizon` the step its stage ends at, since the growth) and keep the lowest.
-    `batch(i)` is global batch i, the same for every candidate. Honours Ctrl-C between steps by
-    raising `interrupt.Interrupted` (nothing of a probe is kept)."""
+    evaluating every candidate on the `selection` windows (n, B, T+1) at g + each of `eval_steps`;
+    score each candidate's curve with `predictor` (steps since the growth, `horizon` the step its
+    stage ends at, since the growth) and keep the lowest. `batch(i)` is global batch i, the same
+    for every candidate. Honours Ctrl-C between steps by raising `interrupt.Interrupted` (nothing
+    of a probe is kept)."""
     n = len(states)
     g = int(states[0]["step"])
     # the pool's own bookkeeping (lr_scale 1, healthy), at the global step the growth happened at
@@ -86,45 +107,77 @@ def probe(states: list[State], model_cfg: ModelConfig, train_cfg: TrainConfig,
         one = batch(i)
         return np.broadcast_to(one, (n, *one.shape))
 
-    runner = PoolRunner(model_cfg, train_cfg, same_batch, eval_batches)
-    curves = {0: runner.evaluate(pool)}
+    runner = PoolRunner(model_cfg, train_cfg, same_batch, {"selection": selection})
+    curves = {0: runner.evaluate(pool)["selection"]}
     position, train_losses = g, np.full(n, np.nan)
     for mark in eval_steps[1:]:
         pool, train_losses, position = runner.advance_until(pool, position, g + mark, interrupt.requested)
         if position < g + mark:
             raise interrupt.Interrupted("stopped in a probe")
-        curves[mark] = runner.evaluate(pool)
+        curves[mark] = runner.evaluate(pool)["selection"]
     diverged = np.asarray(pool["diverged_at"]) >= 0
-    steps = np.asarray(sorted(curves))
-    scores = np.full(n, np.nan)
-    for c in range(n):
-        losses = np.asarray([curves[s][c] for s in steps])
-        seen = np.isfinite(losses)
-        if not diverged[c] and seen.any():
-            scores[c] = predictor(steps[seen], losses[seen], horizon)
+    scores = _scores(curves, diverged, predictor, horizon)
     if not np.isfinite(scores).any():
         raise LaggrowError(f"every candidate of the probe at step {g} diverged (expected at least one finite "
                            "probe; lower train.lr?)")
     winner = int(np.nanargmin(scores))  # ties: the first in the candidates' order
     chosen = take(pool, np.asarray(winner))
     state = {k: v for k, v in chosen.items() if k not in ("lr_scale", "diverged_at")}
-    return ProbeResult(winner, state, curves, scores, diverged, float(train_losses[winner]))
+    return ProbeResult(winner, state, curves, scores, diverged, float(train_losses[winner]),
+                       tied_with(winner, scores, curves[eval_steps[-1]]))
+
+
+def _scores(curves: dict[int, np.ndarray], diverged: np.ndarray, predictor: Callable, horizon: int) -> np.ndarray:
+    """The predictor over each candidate's curve of mean selection losses; NaN for a diverged one."""
+    steps = np.asarray(sorted(curves))
+    scores = np.full(len(diverged), np.nan)
+    for c in range(len(diverged)):
+        losses = np.asarray([curves[s][c].mean() for s in steps])
+        seen = np.isfinite(losses)
+        if not diverged[c] and seen.any():
+            scores[c] = predictor(steps[seen], losses[seen], horizon)
+    return scores
+
+
+def tied_with(winner: int, scores: np.ndarray, windows: np.ndarray, z: float = noise.Z) -> list[int]:
+    """The candidates other than `winner` whose score is within float rounding of its score, or
+    within `z` paired standard errors of the difference of their per-window losses `windows`
+    (N, windows) at the probe's end: the evaluation noise of the choice (for the `loss` predictor
+    exactly the noise of the score; for the others the noise of the loss they are read from)."""
+    tied = []
+    for c, score in enumerate(scores):
+        if c == winner or not np.isfinite(score):
+            continue
+        tolerance = noise.float_tolerance(score, scores[winner])
+        se = noise.paired_window_se(windows[c], windows[winner])
+        if se is not None:
+            tolerance = max(tolerance, z * se)
+        if score - scores[winner] <= tolerance:
+            tied.append(c)
+    return tied
 
 
 def choice_record(stage: int, step: int, from_depth: int, depth: int, candidates: list[Candidate],
                   chosen: int, top: str, middle: str, predictor: str | None,
-                  loss_at_growth: list[float], probe_loss: list[float | None] | None = None,
-                  scores: list[float | None] | None = None, diverged: list[bool] | None = None) -> dict[str, Any]:
-    """One growth as stack.json records it (see docs/design.md, "Stacking")."""
+                  result: ProbeResult | None = None, probe_step: int | None = None) -> dict[str, Any]:
+    """One growth as stack.json records it (see docs/design.md, "Stacking"): without `result` a
+    growth with nothing to choose (no probe, no losses); with it, every candidate's selection-set
+    loss right after the growth and at the probe's end (`probe_step`), its score, and the
+    candidates tied with the winner."""
     rows = []
     for i, c in enumerate(candidates):
-        rows.append({**c.to_dict(), "loss_at_growth": _finite(loss_at_growth[i]),
-                     "probe_loss": None if probe_loss is None else _finite(probe_loss[i]),
-                     "score": None if scores is None else _finite(scores[i]),
-                     "diverged": bool(diverged[i]) if diverged is not None else False})
+        row = {**c.to_dict(), "selection_loss_at_growth": None, "selection_probe_loss": None,
+               "selection_probe_loss_se": None, "score": None, "diverged": False}
+        if result is not None:
+            row.update({"selection_loss_at_growth": _finite(result.losses(0)[i]),
+                        "selection_probe_loss": _finite(result.losses(probe_step)[i]),
+                        "selection_probe_loss_se": _finite(result.loss_se(probe_step)[i]),
+                        "score": _finite(result.scores[i]), "diverged": bool(result.diverged[i])})
+        rows.append(row)
+    tied = [] if result is None else [candidates[i].name for i in result.tied]
     return {"stage": stage, "step": step, "from_depth": from_depth, "depth": depth,
-            "chosen": candidates[chosen].name, "top": top, "middle": middle, "predictor": predictor,
-            "probed": probe_loss is not None, "candidates": rows}
+            "chosen": candidates[chosen].name, "tied": tied, "top": top, "middle": middle,
+            "predictor": predictor, "probed": result is not None, "candidates": rows}
 
 
 def _finite(x: Any) -> float | None:
