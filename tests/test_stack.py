@@ -1,5 +1,6 @@
 """Adaptive gradual stacking, piece by piece: the stage schedule, the candidates (checked on the
-parameters they produce), the optimizer state through a growth, and LAG's choice in a probe."""
+parameters they produce), the optimizer state through a growth, LAG's choice in a probe (on the
+selection windows only, its ties recorded), and every method's equal-FLOPs budget by arithmetic."""
 
 from __future__ import annotations
 
@@ -157,31 +158,85 @@ def test_a_plan_that_does_not_fit_the_target_is_one_line(small_state):
 # ---- the probe's choice -----------------------------------------------------------------------------
 
 
+def _grown(state, tcfg, names):
+    dst = dataclasses.replace(CFG, n_layers=4)
+    by_name = {c.name: c for c in sc.candidates_at(3, 1, ("blocks", "zero"))}
+    return dst, [sp.grow_state(state, by_name[n], CFG, dst, tcfg, jax.random.key(1), "carry") for n in names]
+
+
+def _windows(seed: int, n: int = 2) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 4, 17)).astype(np.int32)
+
+
+BATCHES = {i: np.random.default_rng(100 + i).integers(0, 256, (4, 17)).astype(np.int32) for i in range(3, 9)}
+
+
+def _last(steps, losses, horizon):
+    return float(losses[-1])
+
+
 def test_the_probe_keeps_the_argmin_and_a_diverged_candidate_never_wins(small_state):
     state, tcfg = small_state
-    dst = dataclasses.replace(CFG, n_layers=4)
-    cands = sc.candidates_at(3, 1, ("blocks", "zero"))
-    states = [sp.grow_state(state, c, CFG, dst, tcfg, jax.random.key(1), "carry") for c in cands]
+    # three candidates in every probe here: the pool's step and evaluation compile once for them all
+    dst, states = _grown(state, tcfg, ["block0", "block1", "zero"])
     # candidate 1 is broken: a NaN weight makes its loss NaN from the first step
     broken = states[1]["params"]["blocks"]["mlp"]["w_in"]
     states[1] = {**states[1], "params": {**states[1]["params"], "blocks": {
         **states[1]["params"]["blocks"], "mlp": {**states[1]["params"]["blocks"]["mlp"],
                                                 "w_in": broken.at[0, 0, 0].set(jnp.nan)}}}}
-    rng = np.random.default_rng(2)
-    batches = {i: rng.integers(0, 256, (4, 17)).astype(np.int32) for i in range(3, 9)}
-    eval_batches = rng.integers(0, 256, (2, 4, 17)).astype(np.int32)
-    result = sp.probe(states, dst, tcfg, batches.__getitem__, eval_batches, [0, 3, 6],
-                      lambda steps, losses, horizon: float(losses[-1]), horizon=20)
+    selection = _windows(2)
+    result = sp.probe(states, dst, tcfg, BATCHES.__getitem__, selection, [0, 3, 6], _last, horizon=20)
     assert sorted(result.curves) == [0, 3, 6]
-    assert list(result.diverged) == [False, True, False, False]
-    assert np.isnan(result.scores[1])
-    finite = [i for i in range(len(cands)) if i != 1]
-    assert result.winner == min(finite, key=lambda i: result.curves[6][i])
-    np.testing.assert_array_equal(result.scores[finite], result.curves[6][finite])
+    assert all(c.shape == (3, 8) for c in result.curves.values())  # every candidate, every selection window
+    assert list(result.diverged) == [False, True, False]
+    assert np.isnan(result.scores[1]) and np.isnan(result.curves[6][1]).all()
+    finite = [0, 2]
+    assert result.winner == min(finite, key=lambda i: result.losses(6)[i])
+    np.testing.assert_array_equal(result.scores[finite], result.losses(6)[finite])
     assert int(result.state["step"]) == 3 + 6 and "diverged_at" not in result.state
-    # the winner's state is that candidate's, trained: its loss matches the probe's evaluation
-    loss = train.evaluate(result.state["params"], dst, eval_batches)
-    assert loss == pytest.approx(result.curves[6][result.winner], rel=1e-5)
+    # the winner's state is that candidate's, trained: its windows match the probe's evaluation
+    windows = train.evaluate_windows(result.state["params"], dst, selection)
+    np.testing.assert_allclose(windows, result.curves[6][result.winner], rtol=1e-5)
+    assert 1 not in result.tied and result.winner not in result.tied
+
+
+def test_the_probe_reads_only_the_selection_windows_it_is_given(small_state):
+    """The probe is given the selection set alone: its choice, scores and curves are functions of
+    those windows and the training batches, so a probe beside different test windows is the same
+    probe (the run-level check, with a whole run's test set replaced, is in test_stack_run)."""
+    state, tcfg = small_state
+    dst, states = _grown(state, tcfg, ["block0", "block2", "zero"])
+    one = sp.probe(states, dst, tcfg, BATCHES.__getitem__, _windows(2), [0, 6], _last, horizon=20)
+    again = sp.probe(states, dst, tcfg, BATCHES.__getitem__, _windows(2), [0, 6], _last, horizon=20)
+    other = sp.probe(states, dst, tcfg, BATCHES.__getitem__, _windows(3), [0, 6], _last, horizon=20)
+    assert one.winner == again.winner
+    np.testing.assert_array_equal(one.curves[6], again.curves[6])
+    assert not np.array_equal(one.curves[6], other.curves[6])  # the selection windows are what it reads
+
+
+def test_candidates_tied_with_the_winner_are_recorded_and_the_first_wins(small_state):
+    state, tcfg = small_state
+    # block1 three times: identical candidates train identically, so their scores are exactly equal
+    dst, states = _grown(state, tcfg, ["block1", "block1", "block1"])
+    result = sp.probe(states, dst, tcfg, BATCHES.__getitem__, _windows(2), [0, 6], _last, horizon=20)
+    assert result.scores[0] == result.scores[1] == result.scores[2]
+    assert result.winner == 0 and result.tied == [1, 2]  # the first in the candidates' order; the others tied
+    cands = [sc.Candidate(name, "copy", (0, 1, 1, 2)) for name in ("block1", "again", "once more")]
+    record = sp.choice_record(2, 3, 3, 4, cands, result.winner, "block2", "block1", "loss", result, 6)
+    assert record["probed"] and record["chosen"] == "block1" and record["tied"] == ["again", "once more"]
+    row = record["candidates"][0]
+    assert row["selection_probe_loss"] == pytest.approx(result.losses(6)[0])
+    assert row["selection_probe_loss_se"] == pytest.approx(result.curves[6][0].std(ddof=1) / np.sqrt(8))
+    assert row["selection_loss_at_growth"] == pytest.approx(result.losses(0)[0])
+
+
+def test_ties_are_within_float_rounding_or_the_paired_window_noise():
+    windows = np.array([[1.0, 2.0, 3.0, 4.0], [1.1, 2.1, 3.1, 4.1], [1.3, 1.9, 3.5, 4.1]])
+    scores = windows.mean(axis=1)  # 2.5, 2.6, 2.7
+    # 1 - 0: the same +0.1 on every window, paired SE 0: not tied. 2 - 0: +0.3, -0.1, +0.5, +0.1, mean 0.2,
+    # paired SE sd([.3, -.1, .5, .1]) / 2 = 0.2582 / 2 = 0.129: within 2 SEs (0.258)
+    assert sp.tied_with(0, scores, windows) == [2]
+    assert sp.tied_with(0, np.array([2.5, 2.5 * (1 + 5e-7), np.nan]), windows[:, :1]) == [1]  # float rounding
 
 
 # ---- config checks (what needs no training) ------------------------------------------------------------
@@ -202,23 +257,72 @@ def test_the_compute_of_each_method_adds_up_by_hand():
     step = {d: 64 * (6 * (d * per_layer + head) + 6 * d * attention) for d in (1, 2, 3)}
     assert [s.steps for s in plan.stages] == [10, 20, 30]
     train_flops = 10 * step[1] + 20 * step[2] + 30 * step[3]
-    # probes: growth 1->2 has 2 candidates (block0, zero), 2->3 has 3; K = 4 steps of the others, and one
-    # evaluation at K per candidate: 4 x 16 windows (the data defaults) x 16 tokens, forward = a third
-    # of a training token's FLOPs
+    # probes: growth 1->2 has 2 candidates (block0, zero), 2->3 has 3; K = 4 steps of the others, and two
+    # selection-set evaluations per candidate (right after growth, and at K): 4 x 16 windows (the data
+    # defaults) x 16 tokens, forward = a third of a training token's FLOPs
     evals = {d: 4 * 16 * 16 * (6 * (d * per_layer + head) + 6 * d * attention) // 3 for d in (2, 3)}
     probe_flops = 1 * 4 * step[2] + 2 * 4 * step[3]
-    eval_flops = 2 * evals[2] + 3 * evals[3]
+    eval_flops = 2 * 2 * evals[2] + 3 * 2 * evals[3]
     adaptive = plan.compute("adaptive")
     assert adaptive["train_flops"] == train_flops and adaptive["probe_flops"] == probe_flops
     assert adaptive["eval_flops"] == eval_flops
     assert adaptive["total_flops"] == train_flops + probe_flops + eval_flops
     assert adaptive["probe_tokens"] == (1 + 2) * 4 * 64 and adaptive["train_tokens"] == 60 * 64
+    budget = adaptive["total_flops"]
+    assert plan.budget_flops() == budget
+    # top and middle: T' = 131, stages 131 * (1, 3, 6) / 6 = 21.8, 65.5, 131 rounded on the running sum:
+    # 22, 44, 65 steps, and T' = 132 (22, 44, 66) would cost one more 3-layer step than the budget allows
+    assert plan.stacked_steps() == 131
+    assert [s.steps for s in plan.stages_for("top")] == [22, 44, 65]
+    top_flops = 22 * step[1] + 44 * step[2] + 65 * step[3]
+    assert top_flops <= budget < top_flops + step[3] and 22 * step[1] + 44 * step[2] + 66 * step[3] > budget
     assert plan.compute("top") == plan.compute("middle") == {
-        "train_flops": train_flops, "probe_flops": 0, "eval_flops": 0, "total_flops": train_flops,
-        "train_tokens": 60 * 64, "probe_tokens": 0, "total_tokens": 60 * 64}
+        "train_flops": top_flops, "probe_flops": 0, "eval_flops": 0, "total_flops": top_flops,
+        "train_tokens": 131 * 64, "probe_tokens": 0, "total_tokens": 131 * 64}
     scratch = plan.compute("scratch")
-    assert scratch["total_flops"] <= adaptive["total_flops"] < scratch["total_flops"] + step[3]
-    assert plan.scratch_steps() == adaptive["total_flops"] // step[3]
+    assert scratch["total_flops"] <= budget < scratch["total_flops"] + step[3]
+    assert plan.scratch_steps() == budget // step[3]
+    assert plan.budgets() == {m: {"steps": s, "flops": plan.compute(m)["total_flops"]}
+                              for m, s in (("adaptive", 60), ("top", 131), ("middle", 131),
+                                           ("scratch", budget // step[3]))}
+
+
+@pytest.mark.parametrize("overrides", [
+    {},
+    {"alpha": 2.0, "probe_steps": 2},
+    {"candidates": ["blocks", "zero", "random"], "probe_eval_every": 2},
+    {"start_layers": 2, "block": 2, "candidates": ["blocks", "zero"], "n_layers": 6, "steps": 90},
+    {"optimizer_state": "reset", "steps": 301, "alpha": 0.5},
+])
+def test_every_method_is_trained_to_adaptives_flops_within_one_target_step(overrides):
+    overrides = dict(overrides)
+    raw = _raw(**{k: v for k, v in overrides.items() if k not in ("n_layers", "steps")})
+    raw["model"]["n_layers"] = overrides.get("n_layers", 3)
+    raw["train"]["steps"] = overrides.get("steps", 60)
+    plan = sc.plan_from_dict(raw)
+    budget, target_step = plan.compute("adaptive")["total_flops"], plan.step_flops(raw["model"]["n_layers"])
+    assert plan.budget_flops() == budget and plan.method_steps("adaptive") == raw["train"]["steps"]
+    for method in ("top", "middle", "scratch"):
+        total = plan.compute(method)["total_flops"]
+        assert total <= budget < total + target_step, method  # never above, less than a target step below
+    # T' is the largest budget whose schedule fits: one step more would not
+    t = plan.stacked_steps()
+    assert t >= raw["train"]["steps"] and plan.schedule_flops(t + 1) > budget
+    stages = plan.stages_for("top")
+    assert stages[-1].end == t and all(s.steps >= 1 for s in stages)
+    assert [s.depth for s in stages] == [s.depth for s in plan.stages]
+    assert plan.run_for("top", 1).train.steps == t and plan.run_for("top", 1).train.seed == 1
+    assert plan.train_for("scratch").steps == plan.scratch_steps()
+
+
+def test_without_adaptive_every_stacking_method_keeps_t_and_scratch_its_flops():
+    plan = sc.plan_from_dict(_raw(methods=["top", "middle", "scratch"]))
+    train_flops = plan.schedule_flops(60)
+    assert plan.budget_flops() == train_flops
+    assert plan.method_steps("top") == plan.method_steps("middle") == 60
+    assert plan.stages_for("top") == plan.stages and plan.train_for("top") == plan.run.train
+    scratch = plan.compute("scratch")["total_flops"]
+    assert scratch <= train_flops < scratch + plan.step_flops(3)
 
 
 @pytest.mark.parametrize(("override", "message"), [
