@@ -21,13 +21,14 @@ def stack_command(
     """Adaptive gradual stacking (LAG at every growth) against top, middle and scratch stacking.
 
     Grows depth in stages, choosing what to copy at every growth by a short probe of every
-    candidate, and compares with always copying the top block, the middle block, and scratch at
-    equal FLOPs. Killed or stopped, the same command continues from each run's last completed stage.
+    candidate on a selection set, and compares with always copying the top block, the middle block,
+    and scratch, every method trained to the same FLOPs and measured on a separate test set. Killed
+    or stopped, the same command continues from each run's last completed stage.
     """
     from rich.console import Console
 
     from laggrow import store
-    from laggrow.analysis.stacking import choice_rows, method_summaries
+    from laggrow.analysis.stacking import best_methods, choice_rows, method_summaries
     from laggrow.report import tables
     from laggrow.stack.run import prepare_stack, run_stack
 
@@ -35,9 +36,10 @@ def stack_command(
     prepared = prepare_stack(config, out, overrides)
     plan = prepared.plan
     depths = " -> ".join(str(s.depth) for s in plan.stages)
+    steps = ", ".join(f"{m} {plan.method_steps(m)}" for m in plan.stack.methods)
     console.print(f"[bold]laggrow stack[/] {config} -> {prepared.out}: depths {depths} over T={plan.final_steps} "
-                  f"(PROP-{plan.stack.alpha:g}), K={plan.stack.probe_steps}, methods {', '.join(plan.stack.methods)}, "
-                  f"seeds {list(plan.stack.seeds)}; scratch trains {plan.scratch_steps()} steps", highlight=False,
+                  f"(PROP-{plan.stack.alpha:g}), K={plan.stack.probe_steps}, seeds {list(plan.stack.seeds)}; "
+                  f"every method at {plan.budget_flops():.4g} FLOPs, in steps: {steps}", highlight=False,
                   soft_wrap=True)
     command = shlex.join(["laggrow", "stack", str(config), "--out", str(out),
                           *[a for o in overrides or [] for a in ("--set", o)]])
@@ -49,6 +51,10 @@ def stack_command(
     if choices:
         console.print(tables.stack_choices_table(choices))
     console.print(tables.stack_methods_table(method_summaries(record, rows)))
+    best = best_methods(record)
+    if best is not None:
+        console.print(f"cannot be told from the best: {', '.join(best['members'])} ({best['rule']})", highlight=False,
+                      soft_wrap=True)
     console.print(f"report: {prepared.out / store.REPORT_FILE} (figure: {prepared.out / store.STACK_PNG})",
                   highlight=False, soft_wrap=True)
 

@@ -1,16 +1,19 @@
 """A stacking directory (`laggrow stack CONFIG --out DIR`): the checks, every method of every seed in
 turn, then stack.json, report.md and stack.png.
 
-    DIR/stack-config.json   the resolved run and stack sections (a second run must match them)
+    DIR/stack-config.json   the resolved run and stack sections and the record format (a second run
+                            must match them)
     DIR/data.json           the corpus's fingerprint (a changed corpus is refused on resume)
     DIR/tokenizer.json      the BPE tokenizer, when there is one
     DIR/curves.jsonl        every evaluation of every method and seed
     DIR/stages/, DIR/models/  see stack/runner.py
     DIR/stack.json          the results, once every run has finished (schema in docs/design.md)
 
-Everything that can be wrong with the input (the config, the corpus, --out) is found by
-`prepare_stack` before anything is written. Run again on the same DIR, the same command continues
-each unfinished run from its last completed stage and redoes nothing that has finished.
+Everything that can be wrong with the input (the config, the corpus and its held-out split, --out)
+is found by `prepare_stack` before anything is written. Run again on the same DIR, the same command
+continues each unfinished run from its last completed stage and redoes nothing that has finished;
+a DIR of an earlier record format (losses read on the whole held-out stream, budgets unequal) is
+refused in one line rather than continued with records of two meanings.
 """
 
 from __future__ import annotations
@@ -20,13 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from laggrow import interrupt, runs, store
+from laggrow.analysis.stacking import RECORD_FORMAT
 from laggrow.config import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
 from laggrow.stack.config import StackPlan, load_stack_plan, plan_with_vocab
-
-RECORD_FORMAT = 1
 
 
 @dataclass
@@ -35,6 +39,31 @@ class PreparedStack:
     out: Path
     dataset: Dataset
     resume: bool  # DIR already holds this stacking run (finished or not)
+    eval_sets: dict[str, np.ndarray]  # evaluation_sets(dataset, plan)
+
+
+def evaluation_sets(dataset: Dataset, plan: StackPlan) -> dict[str, np.ndarray]:
+    """The two held-out sets, `data.eval_batches` x `data.eval_batch_size` windows each: the
+    selection set adaptive's probe chooses on, and the test set every recorded loss is read on."""
+    n, size = plan.run.data.eval_batches, plan.run.data.eval_batch_size
+    return {"selection": dataset.selection_batches(n, size), "test": dataset.test_batches(n, size)}
+
+
+def evaluation_record(dataset: Dataset, plan: StackPlan) -> dict[str, Any]:
+    """stack.json's `evaluation`: how the held-out documents were split, and which set does what."""
+    return {**(dataset.split or {}), "windows": plan.run.data.eval_batches * plan.run.data.eval_batch_size,
+            "window_tokens": plan.run.data.seq_len,
+            "selection": "adaptive's probe: every candidate's loss, its score, the choice and its ties",
+            "test": "every curves.jsonl row and every final loss: measurement every method gets, charged to none"}
+
+
+def _check_format(out: Path, recorded: dict) -> None:
+    """A stacking directory of another record format is refused: its records mean other things."""
+    found = recorded.get("format", 1) if isinstance(recorded, dict) else None
+    if found != RECORD_FORMAT:
+        raise LaggrowError(f"--out {out}: written by another version of laggrow stack (record format {found}, "
+                           f"expected {RECORD_FORMAT}: losses on a test set apart from adaptive's selection set, "
+                           "every method at adaptive's FLOPs); choose another --out")
 
 
 def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -> PreparedStack:
@@ -50,13 +79,21 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
                            "directory, or one written by laggrow stack)")
     dataset = load_dataset(plan.run.data, out if recorded.is_file() else None)
     plan = plan_with_vocab(plan, dataset.vocab_size)
+    eval_sets = evaluation_sets(dataset, plan)  # a held-out split too small for either set is refused here
     if recorded.is_file():
-        diffs = differences(plan.to_dict(), store.read_json(recorded, "stacking config written by laggrow stack"))
+        then = store.read_json(recorded, "stacking config written by laggrow stack")
+        _check_format(out, then)
+        diffs = differences(config_record(plan), then)
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different stacking run ({'; '.join(diffs[:3])}); "
                                "choose another --out")
         runs.check_data(out, plan.run, dataset)
-    return PreparedStack(plan, out, dataset, resume=recorded.is_file())
+    return PreparedStack(plan, out, dataset, resume=recorded.is_file(), eval_sets=eval_sets)
+
+
+def config_record(plan: StackPlan) -> dict[str, Any]:
+    """stack-config.json: the plan's sections and the record format the directory is written in."""
+    return {**plan.to_dict(), "format": RECORD_FORMAT}
 
 
 def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = None,
@@ -70,7 +107,7 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
     with interrupt.deferred(), store.DirLock(out, "--out"):
         # The config first: it marks the directory as this stacking run's, and what follows is
         # written again (if missing) by the next attempt when this one is killed in between.
-        store.write_json(out / store.STACK_CONFIG_FILE, plan.to_dict(), if_changed=True)
+        store.write_json(out / store.STACK_CONFIG_FILE, config_record(plan), if_changed=True)
         if isinstance(prepared.dataset.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
             store.write_file(out / store.TOKENIZER_FILE, prepared.dataset.tokenizer.save)
         if not (out / store.DATA_FILE).is_file():
@@ -78,20 +115,27 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
         results = []
         for seed in plan.stack.seeds:
             for method in plan.stack.methods:
-                run = MethodRun(plan, method, seed, prepared.dataset, out, on_event)
+                run = MethodRun(plan, method, seed, prepared.dataset, out, prepared.eval_sets, on_event)
                 try:
                     results.append(run.execute())
                 except interrupt.Interrupted as err:
                     raise interrupt.Interrupted(f"{err}; the completed stages are kept in {out}; continue with: "
                                                 f"{command}") from None
-        record = stack_record(plan, results)
+        record = stack_record(plan, results, evaluation_record(prepared.dataset, plan))
         store.write_json(out / store.STACK_FILE, record)
         write_stack_report(out)
     return record
 
 
-def stack_record(plan: StackPlan, results: list[dict[str, Any]]) -> dict[str, Any]:
-    """stack.json: the config, the stage schedule, and one entry per method and seed."""
+def stack_record(plan: StackPlan, results: list[dict[str, Any]], evaluation: dict[str, Any]) -> dict[str, Any]:
+    """stack.json: the config, the stage schedule, the equal-FLOPs budget and every method's steps
+    and FLOPs under it, the held-out split and which set does what, and one entry per method and
+    seed."""
+    basis = ("adaptive's total: its training, the other candidates' probe steps and the probe's selection-set "
+             "evaluations" if "adaptive" in plan.stack.methods else "the stacking schedule's training over T")
     return {"format": RECORD_FORMAT, "config": plan.to_dict(), "final_steps": plan.final_steps,
-            "stages": [s.to_dict() for s in plan.stages], "scratch_steps": plan.scratch_steps(),
-            "seeds": list(plan.stack.seeds), "methods": list(plan.stack.methods), "runs": results}
+            "stages": [s.to_dict() for s in plan.stages],
+            "budget": {"flops": plan.budget_flops(), "basis": basis, "methods": plan.budgets(),
+                       "target_step_flops": plan.step_flops(plan.run.model.n_layers)},
+            "evaluation": evaluation, "seeds": list(plan.stack.seeds), "methods": list(plan.stack.methods),
+            "runs": results}

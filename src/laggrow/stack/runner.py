@@ -7,10 +7,15 @@
 
 Stage i trains the model of depth d_i from the global step its stage starts at to the step it ends
 at, on batch i of the stream seeded `train.seed + s` at global step i (every method of a seed reads
-the same batches in the same order), under the one learning-rate schedule of the whole budget. A
-growth starts each stage after the first: `top` and `middle` apply their fixed candidate, `adaptive`
-probes every candidate K steps (stack/probe.py) and continues the winner, whose probe steps are the
-first K steps of its stage.
+the same batches in the same order), under the one learning-rate schedule of the method's whole
+budget (T for adaptive, T' for top and middle, scratch's own: see stack/config.py). A growth starts
+each stage after the first: `top` and `middle` apply their fixed candidate, `adaptive` probes every
+candidate K steps on the selection set (stack/probe.py) and continues the winner, whose probe steps
+are the first K steps of its stage.
+
+Every curve row and final loss is the test set's (`test_loss`, `test_loss_se` over its windows),
+never read by a choice: adaptive's growth row is the winner's grown state, evaluated on the test
+set once the probe has chosen it.
 
 Resuming: the newest intact stage checkpoint is restored (its manifest carries the stage, the compute
 charged so far and the seconds spent), and the records of later stages, written by the interrupted
@@ -74,7 +79,9 @@ class MethodRun:
     """Runs (or resumes, or reads back) one method of one seed inside a stacking directory."""
 
     def __init__(self, plan: StackPlan, method: str, seed: int, data: Dataset, out: Path,
-                 on_event: OnEvent | None = None):
+                 eval_sets: dict[str, np.ndarray], on_event: OnEvent | None = None):
+        """`eval_sets`: the held-out windows by name, "selection" (what adaptive's probe chooses
+        on) and "test" (every loss recorded), as `stack.run.evaluation_sets` makes them."""
         self.plan, self.method, self.seed, self.data, self.out = plan, method, seed, data, Path(out)
         self.name = run_name(method, seed)
         self.state_dir = self.out / store.STAGES_DIR / self.name
@@ -83,14 +90,9 @@ class MethodRun:
         self.choices_file = self.state_dir / store.CHOICES_FILE
         self.on_event = on_event or (lambda _line: None)
         self.init_seed = plan.run.train.seed + seed  # model init and data stream of this repetition
-        if method == "scratch":
-            run = plan.scratch_run()
-            self.stages = (Stage(1, run.model.n_layers, 0, run.train.steps),)
-        else:
-            run = plan.run
-            self.stages = plan.stages
-        self.train_cfg = run.train
-        self.eval_batches = data.eval_batches(plan.run.data.eval_batches, plan.run.data.eval_batch_size)
+        self.stages = plan.stages_for(method)
+        self.train_cfg = plan.train_for(method)
+        self.selection, self.test = eval_sets["selection"], eval_sets["test"]
         self.fingerprint = {"stack": plan.to_dict(), "method": method, "seed": seed}
 
     # ---- records ----------------------------------------------------------------------------------
@@ -106,12 +108,18 @@ class MethodRun:
         choices = store.read_jsonl(self.choices_file, f"{self.name}'s choices") if self.choices_file.is_file() else []
         return {**entry, "choices": [c["choice"] for c in choices if c.get("choice") is not None]}
 
-    def _row(self, stage: Stage, step: int, point: str, eval_loss: float, train_loss: float | None,
+    def _row(self, stage: Stage, step: int, point: str, test: tuple[float, float | None], train_loss: float | None,
              progress: Progress) -> dict[str, Any]:
+        """One curves.jsonl row: `test` is the test set's (mean loss, its SE over windows)."""
+        loss, se = test
         return {"method": self.method, "seed": self.seed, "stage": stage.stage, "depth": stage.depth, "step": step,
-                "point": point, "eval_loss": float(eval_loss),
+                "point": point, "test_loss": float(loss), "test_loss_se": None if se is None else float(se),
                 "train_loss": None if train_loss is None else float(train_loss),
                 "tokens": progress.tokens, "flops": progress.flops}
+
+    def _measure(self, params: dict, depth: int) -> tuple[float, float | None]:
+        """The test set's loss of `params` and its SE over windows: measurement, charged to no method."""
+        return train.mean_and_se(train.evaluate_windows(params, self.plan.model_at(depth), self.test))
 
     def _keep_records_until(self, stage: int) -> None:
         """Drop this run's curve rows and choices of stages after `stage` (written by a process
@@ -179,8 +187,8 @@ class MethodRun:
                 self.choices_file.unlink(missing_ok=True)
                 state = self._fresh()
                 progress = Progress(0, dict.fromkeys(COMPUTE_KEYS, 0), 0.0)
-                loss = train.evaluate(state["params"], self.plan.model_at(self.stages[0].depth), self.eval_batches)
-                store.append_jsonl(self.curves, [self._row(self.stages[0], 0, "init", loss, None, progress)])
+                test = self._measure(state["params"], self.stages[0].depth)
+                store.append_jsonl(self.curves, [self._row(self.stages[0], 0, "init", test, None, progress)])
             else:
                 state, progress = restored
                 self._keep_records_until(progress.stage)
@@ -201,46 +209,55 @@ class MethodRun:
         return self.result()
 
     def _grow(self, state: dict, stage: Stage, progress: Progress) -> dict:
+        """The state grown into `stage`: by the method's fixed candidate, or by adaptive's choice."""
         plan, block = self.plan, self.plan.stack.block
         old = stage.depth - block
         src, dst = plan.model_at(old), plan.model_at(stage.depth)
         key = jax.random.fold_in(jax.random.key(self.init_seed), stage.stage)
-        top, middle = f"block{top_block(old, block)}", f"block{middle_block(old, block)}"
+        fixed = {"top": f"block{top_block(old, block)}", "middle": f"block{middle_block(old, block)}"}
         if self.method == "adaptive":
             candidates = plan.candidates(stage)
         else:
             candidates = [fixed_candidate(self.method, old, block)]
         grown = [probing.grow_state(state, c, src, dst, self.train_cfg, key, plan.stack.optimizer_state)
                  for c in candidates]
-        if len(grown) == 1:  # nothing to choose: the growth is applied, as top and middle do
-            loss = train.evaluate(grown[0]["params"], dst, self.eval_batches)
-            record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, 0, top, middle,
-                                           None, [loss])
-            self._record_choice(stage, record)
-            store.append_jsonl(self.curves, [self._row(stage, stage.start, "growth", loss, None, progress)])
-            self.on_event(f"{self.name}: stage {stage.stage}, {old} -> {stage.depth} layers, {candidates[0].name}")
-            return grown[0]
-        k = plan.stack.probe_steps
+        if len(grown) > 1:
+            return self._choose(stage, candidates, grown, fixed, progress)
+        # nothing to choose: the growth is applied, as top and middle do
+        record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, 0, fixed["top"],
+                                       fixed["middle"], None)
+        self._record_choice(stage, record)
+        test = self._measure(grown[0]["params"], stage.depth)
+        store.append_jsonl(self.curves, [self._row(stage, stage.start, "growth", test, None, progress)])
+        self.on_event(f"{self.name}: stage {stage.stage}, {old} -> {stage.depth} layers, {candidates[0].name}")
+        return grown[0]
+
+    def _choose(self, stage: Stage, candidates: list, grown: list[dict], fixed: dict[str, str],
+                progress: Progress) -> dict:
+        """Adaptive's probe on the selection set, charged; its rows measured on the test set."""
+        plan, k = self.plan, self.plan.stack.probe_steps
+        old = stage.depth - plan.stack.block
         predictor = get_predictor(plan.stack.predictor)
-        result = probing.probe(grown, dst, self.train_cfg, self._batch, self.eval_batches, plan.probe_eval_steps(),
-                               predictor.fn, horizon=stage.steps)
+        result = probing.probe(grown, plan.model_at(stage.depth), self.train_cfg, self._batch, self.selection,
+                               plan.probe_eval_steps(), predictor.fn, horizon=stage.steps)
         w = result.winner
-        growth_row = self._row(stage, stage.start, "growth", result.curves[0][w], None, progress)
-        charge = plan.probe_charge(stage)
+        # the choice known, the winner's grown state (before its probe steps) is measured on the test set
+        test = self._measure(grown[w]["params"], stage.depth)
+        growth_row = self._row(stage, stage.start, "growth", test, None, progress)
         progress.compute["train_flops"] += k * plan.step_flops(stage.depth)
         progress.compute["train_tokens"] += k * plan.tokens_per_step
-        for key_name, value in charge.items():
+        for key_name, value in plan.probe_charge(stage).items():
             progress.compute[key_name] += value
-        probe_row = self._row(stage, stage.start + k, "probe", result.curves[k][w], result.train_loss, progress)
-        record = probing.choice_record(
-            stage.stage, stage.start, old, stage.depth, candidates, w, top, middle, plan.stack.predictor,
-            [float(x) for x in result.curves[0]], [float(x) for x in result.curves[k]],
-            [float(x) for x in result.scores], [bool(x) for x in result.diverged])
+        test = self._measure(result.state["params"], stage.depth)
+        probe_row = self._row(stage, stage.start + k, "probe", test, result.train_loss, progress)
+        record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, w, fixed["top"],
+                                       fixed["middle"], plan.stack.predictor, result, k)
         self._record_choice(stage, record)
         store.append_jsonl(self.curves, [growth_row, probe_row])
-        losses = ", ".join(f"{c.name} {result.curves[k][i]:.4f}" for i, c in enumerate(candidates))
+        losses = ", ".join(f"{c.name} {result.losses(k)[i]:.4f}" for i, c in enumerate(candidates))
+        tied = f"; tied with it: {', '.join(record['tied'])}" if record["tied"] else ""
         self.on_event(f"{self.name}: stage {stage.stage}, {old} -> {stage.depth} layers, chose {candidates[w].name} "
-                      f"(probe loss at K={k}: {losses})")
+                      f"(selection loss at K={k}: {losses}{tied})")
         return result.state
 
     def _record_choice(self, stage: Stage, record: dict) -> None:
@@ -260,15 +277,16 @@ class MethodRun:
             return progress
 
         def on_record(r: dict) -> None:
-            if "eval_loss" in r:
-                store.append_jsonl(self.curves, [self._row(stage, r["step"], "train", r["eval_loss"], r["train_loss"],
+            if "eval_loss" in r:  # train_loop evaluates on the windows it is given: the test set's
+                test = (r["eval_loss"], r["eval_loss_se"])
+                store.append_jsonl(self.curves, [self._row(stage, r["step"], "train", test, r["train_loss"],
                                                            at(r["step"]))])
                 evaluated.add(r["step"])
 
         last: list[dict] = []
         if start < stage.end:
             try:
-                state, history = train.train_loop(state, model_cfg, self.train_cfg, self._batch, self.eval_batches,
+                state, history = train.train_loop(state, model_cfg, self.train_cfg, self._batch, self.test,
                                                   on_record=on_record, stop_at=stage.end)
             except train.Diverged as err:
                 raise LaggrowError(f"{self.name}: {err} in stage {stage.stage}; the stages before it are kept "
@@ -278,9 +296,9 @@ class MethodRun:
             last = history.records[-1:]
         at(stage.end)
         if stage.end not in evaluated:
-            loss = train.evaluate(state["params"], model_cfg, self.eval_batches)
             train_loss = last[0]["train_loss"] if last else None
-            store.append_jsonl(self.curves, [self._row(stage, stage.end, "train", loss, train_loss, progress)])
+            test = self._measure(state["params"], stage.depth)
+            store.append_jsonl(self.curves, [self._row(stage, stage.end, "train", test, train_loss, progress)])
         return state
 
     def _check_compute(self, progress: Progress) -> None:
@@ -292,18 +310,22 @@ class MethodRun:
 
     def _write_model(self, state: dict, progress: Progress) -> None:
         """The final model as a laggrow run directory (a source for grow and pools), assembled
-        beside its place and renamed: a run killed here writes it again on the next attempt."""
+        beside its place and renamed: a run killed here writes it again on the next attempt.
+        Its summary.json is a laggrow run's, whose `final_eval_loss` here is the TEST set's loss
+        (the same number as stack.json's `final_test_loss`), not the whole held-out stream's that
+        `laggrow train` reports."""
         depth = self.stages[-1].depth
         run = self.plan.run_for(self.method, self.seed, depth)
-        rows = [r for r in store.read_jsonl(self.curves, "stacking curves")
-                if (r["method"], r["seed"]) == (self.method, self.seed)]
-        final_loss = rows[-1]["eval_loss"]
+        # the last curve row's windows, one by one, so that gaps can carry the evaluation's noise
+        windows = train.evaluate_windows(state["params"], self.plan.model_at(depth), self.test)
+        final_loss, final_se = train.mean_and_se(windows)
         steps = self.stages[-1].end
         compute = {**progress.compute, "total_flops": int(progress.flops), "total_tokens": progress.tokens}
         entry = {"method": self.method, "seed": self.seed, "steps": steps, "depth": depth,
                  "stages": [s.to_dict() for s in self.stages],
-                 "final_eval_loss": final_loss, "model_dir": f"{store.MODELS_DIR}/{self.name}",
-                 "seconds": progress.seconds, "compute": compute}
+                 "final_test_loss": final_loss, "final_test_loss_se": final_se,
+                 "final_test_windows": [float(w) for w in windows],
+                 "model_dir": f"{store.MODELS_DIR}/{self.name}", "seconds": progress.seconds, "compute": compute}
         tokens_per_step = self.plan.tokens_per_step
         summary = {"steps": steps, "complete": True, "final_eval_loss": final_loss, "params": run.model.n_params(),
                    "tokens": steps * tokens_per_step, "flops": float(compute["total_flops"]),
@@ -320,4 +342,4 @@ class MethodRun:
                 # the data position is the stream's next batch, so grown runs and pools continue it
                 ckpt.save(state, data_position=steps, step=steps)
             store.write_json(tmp / store.SUMMARY_FILE, summary)
-        self.on_event(f"{self.name}: finished, held-out loss {final_loss:.4f} at step {steps}")
+        self.on_event(f"{self.name}: finished, test loss {final_loss:.4f} at step {steps}")
