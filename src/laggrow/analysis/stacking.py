@@ -1,26 +1,33 @@
-"""A stacking directory's numbers: each method's final loss over seeds, its gap to the best, the
-compute it saves against scratch, and what LAG chose at every growth (pure functions of stack.json
-and curves.jsonl, as read back; nothing here opens a file).
+"""A stacking directory's numbers: each method's final test loss over seeds with its noise, its gap
+to the best, the methods that cannot be told from the best, the compute it saves against
+same-budget baselines, and what LAG chose at every growth (pure functions of stack.json and
+curves.jsonl, as read back; nothing here opens a file).
 
 Why these measures:
 
-- **Seeds are paired.** Every method of one seed starts from the same init seed and reads the
-  same batches, so the seed-to-seed noise they share cancels in a per-seed difference. The gap to
-  the best method is therefore given with the SE of the paired difference, which is what says
-  whether the gap is more than seed noise (the SEs of the two means would overstate it).
-- **FLOPs saved at equal loss, against scratch's final loss.** Comparing final losses at equal
-  compute answers "which is better for this budget"; the stacking papers (MIDAS, Saunshi et al.
-  2024; gradual stacking, Reddi et al. 2023) quote the other side: "X% less compute to reach the
-  same loss". The one loss every method can be measured against on its own curve is the one
-  scratch ends at, trained with the whole budget: for each seed, the FLOPs at which a method's
-  held-out curve first reaches scratch's final loss of that seed, as a share of scratch's total.
-  The curves' FLOPs include every probe charged so far, so adaptive pays for its choices. A
-  method that never gets there saves nothing measurable, and is counted in no mean: the count of
-  seeds that did is reported beside it.
+- **Test set, not selection set.** Adaptive chooses on the selection set's windows; every loss
+  here is the test set's (curves.jsonl's `test_loss`, stack.json's `final_test_loss`), which no
+  choice read, so adaptive's final loss is not flattered by the windows it chose on.
+- **Equal FLOPs.** Every method trained to the same budget (stack.json's `budget`), so final
+  losses compare methods at equal compute.
+- **Two noises, both paired.** Every method of one seed starts from the same init seed and reads
+  the same batches, and every model is evaluated on the same test windows: a gap to the best is a
+  per-seed difference (its SE over seeds) of losses read window by window (its SE over windows),
+  the two combined in quadrature (`noise.best_set`). The methods within `noise.Z` of those SEs of
+  the best cannot be told from it. With one seed, seed noise is not measured.
+- **FLOPs saved at equal loss, against same-budget baselines.** The stacking papers (MIDAS,
+  Saunshi et al. 2024; gradual stacking, Reddi et al. 2023) quote "X% less compute to reach the
+  same loss". For each seed, the FLOPs at which a method's test curve first reaches a baseline's
+  final test loss of that seed, as a share of the baseline's total: against scratch for every
+  method, and for adaptive also against top (gradual stacking), both trained to the same budget.
+  The curves' FLOPs include every probe charged so far, so adaptive pays for its choices. A method
+  that never gets there saves nothing measurable, and is counted in no mean: the count of seeds
+  that did is reported beside it.
 - **Agreement with the fixed rules, and with the loss right after growth.** Each adaptive choice
   is compared with what top stacking and MIDAS would have copied, and with what choosing by the
-  loss right after growth (no probe) would pick: the question LAG asks is whether the short probe
-  changes the choice.
+  selection loss right after growth (no probe) would pick: the question LAG asks is whether the
+  short probe changes the choice. The candidates tied with the chosen one are listed: the probe
+  could not tell them from it.
 """
 
 from __future__ import annotations
@@ -31,8 +38,15 @@ from typing import Any
 
 import numpy as np
 
+from laggrow.analysis import noise
+
 SCRATCH = "scratch"
 ADAPTIVE = "adaptive"
+TOP = "top"
+
+# stack.json's and stack-config.json's format: 2 reads losses on a test set apart from adaptive's
+# selection set and trains every method to adaptive's FLOPs (1 did neither)
+RECORD_FORMAT = 2
 
 
 def _number(value: Any, what: str) -> float:
@@ -87,61 +101,109 @@ def _mean_se(values: list[float]) -> tuple[float | None, float | None]:
 
 
 def _curve(rows: list[dict], method: str, seed: int) -> tuple[list[float], list[float | None]]:
-    """One (method, seed)'s (flops, eval_loss) points in file order."""
+    """One (method, seed)'s (flops, test_loss) points in file order."""
     points = [r for r in rows if r["method"] == method and r["seed"] == seed]
     flops = [_number(r["flops"], f"curves: {method} seed {seed} flops") for r in points]
-    losses = [_loss(r["eval_loss"], f"curves: {method} seed {seed} eval_loss") for r in points]
+    losses = [_loss(r["test_loss"], f"curves: {method} seed {seed} test_loss") for r in points]
     return flops, losses
 
 
-def method_summaries(record: dict, rows: list[dict]) -> list[dict]:
-    """One dict per method of stack.json (in its order): final loss over seeds with its SE, mean
-    compute, the gap to the best method with the SE of the paired per-seed difference, and the
-    share of scratch's FLOPs saved in reaching scratch's final loss (see the module docstring).
-    A run whose final loss is null (a damaged record) counts in no loss statistic."""
+def _windows(run: dict, what: str) -> np.ndarray | None:
+    """A run's per-window final test losses, or None when any is missing or not finite."""
+    values = _list(run, "final_test_windows")
+    windows = np.asarray([_number(v, what) for v in values], np.float64)
+    return windows if windows.size and np.isfinite(windows).all() else None
+
+
+def _final_windows(method: str, runs: dict[int, dict], final: dict[int, float]) -> np.ndarray | None:
+    """(seeds, windows): the per-window final test losses of a method's seeds with a final loss;
+    None when a seed has none or their windows differ in number."""
+    rows = [_windows(runs[s], f"runs: {method} seed {s} final_test_windows") for s in sorted(final)]
+    if not rows or any(w is None for w in rows) or len({w.shape for w in rows}) != 1:
+        return None
+    return np.stack(rows)
+
+
+def _finals(record: dict) -> tuple[list[str], dict[str, dict[int, dict]], dict[str, dict[int, float]]]:
+    """The methods, their runs by seed, and their final test losses by seed (a null left out)."""
     methods = _list(record, "methods")
-    runs = _list(record, "runs")
     by_method: dict[str, dict[int, dict]] = {m: {} for m in methods}
-    for run in runs:
+    for run in _list(record, "runs"):
         if run["method"] in by_method:
             by_method[run["method"]][run["seed"]] = run
-    final: dict[str, dict[int, float]] = {}
+    final = {m: {} for m in methods}
     for m, seeds in by_method.items():
-        final[m] = {}
         for s, run in seeds.items():
-            loss = _loss(run["final_eval_loss"], f"runs: {m} seed {s} final_eval_loss")
+            loss = _loss(run["final_test_loss"], f"runs: {m} seed {s} final_test_loss")
             if loss is not None:
                 final[m][s] = loss
-    means = {m: _mean_se(list(final[m].values())) for m in methods}
-    ranked = [m for m in methods if means[m][0] is not None]
-    best = min(ranked, key=lambda m: means[m][0]) if ranked else None
-    scratch = by_method.get(SCRATCH)
+    return methods, by_method, final
 
+
+def best_methods(record: dict) -> dict | None:
+    """`noise.best_set` over the methods with a final test loss: the best and every method that
+    cannot be told from it, the SE of each gap combining the paired seed and window noise. None
+    when no method has a final loss."""
+    methods, by_method, final = _finals(record)
+    ranked = [m for m in methods if final[m]]
+    if not ranked:
+        return None
+    windows = {m: w for m in ranked if (w := _final_windows(m, by_method[m], final[m])) is not None}
+    return noise.best_set(ranked, {m: final[m] for m in ranked}, windows or None)
+
+
+def _flops_saved(rows: list[dict], by_method: dict, final: dict, method: str,
+                 baseline: str) -> tuple[float | None, int | None]:
+    """The mean over seeds of the share of `baseline`'s total FLOPs that `method` did not need to
+    reach `baseline`'s final test loss of the same seed, and how many seeds reached it; (None,
+    None) where there is no such baseline."""
+    if baseline not in by_method or method == baseline:
+        return None, None
+    shares = []
+    for s, target in final[baseline].items():
+        if s not in by_method[method]:
+            continue
+        reached = flops_to_reach(*_curve(rows, method, s), target)
+        if reached is not None:
+            total = _number(by_method[baseline][s]["compute"]["total_flops"],
+                            f"runs: {baseline} seed {s} total_flops")
+            shares.append(1.0 - reached / total)
+    return _mean_se(shares)[0], len(shares)
+
+
+def method_summaries(record: dict, rows: list[dict]) -> list[dict]:
+    """One dict per method of stack.json (in its order): its steps, final test loss over seeds with
+    its SE over seeds and the test set's SE over windows, mean compute, the gap to the best method
+    with its SEs (paired over seeds, paired over windows, combined) and whether it can be told from
+    the best, and the FLOPs saved against scratch (and, for adaptive, against top) at their final
+    loss (see the module docstring). A run whose final loss is null (a damaged record) counts in
+    no loss statistic."""
+    methods, by_method, final = _finals(record)
+    best = best_methods(record)
+    compared = {c["strategy"]: c for c in best["comparisons"]} if best else {}
     summaries = []
     for m in methods:
-        mean, se = means[m]
-        compute = [run["compute"] for run in by_method[m].values()]
-        gap = gap_se = None
-        if best is not None and mean is not None:
-            gap = mean - means[best][0]
-            paired = [final[m][s] - final[best][s] for s in final[m] if s in final[best]]
-            gap_se = None if m == best else _mean_se(paired)[1]
-        saved = saved_seeds = None
-        if scratch and m != SCRATCH:
-            shares = []
-            for s, scratch_loss in final[SCRATCH].items():
-                if s not in by_method[m]:
-                    continue
-                reached = flops_to_reach(*_curve(rows, m, s), scratch_loss)
-                if reached is not None:
-                    total = _number(scratch[s]["compute"]["total_flops"], f"runs: scratch seed {s} total_flops")
-                    shares.append(1.0 - reached / total)
-            saved, saved_seeds = _mean_se(shares)[0], len(shares)
+        mean, se = _mean_se(list(final[m].values()))
+        runs = [by_method[m][s] for s in sorted(by_method[m])]
+        compute = [run["compute"] for run in runs]
+        windows = _final_windows(m, by_method[m], final[m])
+        # the seeds' mean loss, window by window, as the final loss is their mean
+        window_se = None if windows is None else noise.se_over_windows(windows.mean(axis=0))
+        c = compared.get(m)
+        saved, saved_seeds = _flops_saved(rows, by_method, final, m, SCRATCH)
+        saved_top, saved_top_seeds = _flops_saved(rows, by_method, final, m, TOP) if m == ADAPTIVE else (None, None)
         summaries.append({
-            "method": m, "n_seeds": len(final[m]), "final_loss": mean, "final_loss_se": se,
-            "total_flops": _mean_se([_number(c["total_flops"], f"runs: {m} total_flops") for c in compute])[0],
-            "total_tokens": _mean_se([_number(c["total_tokens"], f"runs: {m} total_tokens") for c in compute])[0],
-            "gap_to_best": gap, "gap_se": gap_se, "flops_saved": saved, "flops_saved_seeds": saved_seeds})
+            "method": m, "n_seeds": len(final[m]),
+            "steps": sorted({int(_number(run["steps"], f"runs: {m} steps")) for run in runs}),
+            "final_loss": mean, "final_loss_se": se, "final_loss_window_se": window_se,
+            "total_flops": _mean_se([_number(c_["total_flops"], f"runs: {m} total_flops") for c_ in compute])[0],
+            "total_tokens": _mean_se([_number(c_["total_tokens"], f"runs: {m} total_tokens") for c_ in compute])[0],
+            "best": best is not None and m == best["best"],
+            "gap_to_best": None if c is None else c["diff"], "gap_se": None if c is None else c["se"],
+            "gap_seed_se": None if c is None else c["seed_se"], "gap_eval_se": None if c is None else c["eval_se"],
+            "indistinguishable": None if c is None else c["indistinguishable"],
+            "flops_saved": saved, "flops_saved_seeds": saved_seeds,
+            "flops_saved_vs_top": saved_top, "flops_saved_vs_top_seeds": saved_top_seeds})
     return summaries
 
 
@@ -152,11 +214,11 @@ def _score_key(candidate: dict) -> tuple[bool, float]:
 
 
 def _init_choice(candidates: list[dict]) -> str | None:
-    """What choosing by the loss right after growth would pick: the lowest among candidates that
-    did not diverge (the first of a tie); None if none has a loss."""
+    """What choosing by the selection loss right after growth would pick: the lowest among
+    candidates that did not diverge (the first of a tie); None if none has a loss."""
     best: tuple[float, str] | None = None
     for c in candidates:
-        loss = _loss(c["loss_at_growth"], f"candidate {c['name']} loss_at_growth")
+        loss = _loss(c["selection_loss_at_growth"], f"candidate {c['name']} selection_loss_at_growth")
         if c["diverged"] or loss is None:
             continue
         if best is None or loss < best[0]:
@@ -166,8 +228,9 @@ def _init_choice(candidates: list[dict]) -> str | None:
 
 def choice_rows(record: dict) -> list[dict]:
     """One row per growth (stage >= 2) and seed of the adaptive method, by stage then seed: the
-    choice, what top stacking and MIDAS would have copied, what the loss right after growth would
-    have chosen, and the candidates by score (best first). Empty without an adaptive method."""
+    choice and the candidates tied with it, what top stacking and MIDAS would have copied, what the
+    selection loss right after growth would have chosen, and the candidates by score (best first)
+    with their selection losses. Empty without an adaptive method."""
     out = []
     for run in _list(record, "runs"):
         if run["method"] != ADAPTIVE:
@@ -176,12 +239,19 @@ def choice_rows(record: dict) -> list[dict]:
             candidates = sorted(choice["candidates"], key=_score_key)
             out.append({
                 "stage": choice["stage"], "seed": run["seed"], "depth": choice["depth"],
-                "chosen": choice["chosen"], "top": choice["top"], "middle": choice["middle"],
+                "chosen": choice["chosen"], "tied": [str(t) for t in _list(choice, "tied")],
+                "top": choice["top"], "middle": choice["middle"],
                 "agrees_top": choice["chosen"] == choice["top"],
                 "agrees_middle": choice["chosen"] == choice["middle"],
                 "init_choice": _init_choice(choice["candidates"]),
-                "candidates": [{"name": c["name"],
-                                "probe_loss": _loss(c["probe_loss"], f"candidate {c['name']} probe_loss"),
-                                "loss_at_growth": _loss(c["loss_at_growth"], f"candidate {c['name']} loss_at_growth"),
-                                "diverged": bool(c["diverged"])} for c in candidates]})
+                "candidates": [_candidate_row(c) for c in candidates]})
     return sorted(out, key=lambda r: (r["stage"], r["seed"]))
+
+
+def _candidate_row(c: dict) -> dict:
+    name = c["name"]
+    return {"name": name,
+            "probe_loss": _loss(c["selection_probe_loss"], f"candidate {name} selection_probe_loss"),
+            "probe_loss_se": _loss(c["selection_probe_loss_se"], f"candidate {name} selection_probe_loss_se"),
+            "loss_at_growth": _loss(c["selection_loss_at_growth"], f"candidate {name} selection_loss_at_growth"),
+            "diverged": bool(c["diverged"])}
