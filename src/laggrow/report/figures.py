@@ -117,40 +117,42 @@ def plot_ranks(result: dict, path: Path) -> None:
 
 
 def plot_stack(record: dict, rows: list[dict], path: Path) -> None:
-    """A stacking run's held-out loss against cumulative FLOPs (probes included), one colour per
+    """A stacking run's test loss against cumulative FLOPs (probes included), one colour per
     method and one line per seed, its growths marked lightly; each seed's scratch final loss as a
-    dotted line, the loss the FLOPs saved are measured at. The x axis is logarithmic, so the points
-    at 0 FLOPs (initialisation, far above the rest) are left out."""
+    dotted line, the loss the FLOPs saved are measured at, and the common budget as a vertical
+    line. The x axis is logarithmic, so the points at 0 FLOPs (initialisation, far above the rest)
+    are left out."""
     fig = _figure()
     ax = fig.add_subplot()
     methods = list(record["methods"])
     colour = _colours(methods)
     curves: dict[tuple[str, int], list[dict]] = {}
     for r in rows:
-        if r["method"] in colour and r["eval_loss"] is not None and r["flops"] > 0:
+        if r["method"] in colour and r["test_loss"] is not None and r["flops"] > 0:
             curves.setdefault((r["method"], r["seed"]), []).append(r)
     labelled: set[str] = set()
     marked = False
     for (method, _seed), points in curves.items():
-        ax.plot([p["flops"] for p in points], [p["eval_loss"] for p in points], "-", lw=1.2, alpha=0.8,
+        ax.plot([p["flops"] for p in points], [p["test_loss"] for p in points], "-", lw=1.2, alpha=0.8,
                 color=colour[method], label=None if method in labelled else method)
         labelled.add(method)
         growths = [p for p in points if p["point"] == "growth"]
         if growths:
-            ax.plot([p["flops"] for p in growths], [p["eval_loss"] for p in growths], "o", ms=3, alpha=0.35,
+            ax.plot([p["flops"] for p in growths], [p["test_loss"] for p in growths], "o", ms=3, alpha=0.35,
                     color=colour[method])
             marked = True
     if marked:  # one neutral legend entry for the growth marks of every method
         ax.plot([], [], "o", ms=3, alpha=0.5, color="grey", label="growth (right after it)")
-    targets = [run["final_eval_loss"] for run in record["runs"]
-               if run["method"] == "scratch" and run["final_eval_loss"] is not None and "scratch" in colour]
+    targets = [run["final_test_loss"] for run in record["runs"]
+               if run["method"] == "scratch" and run["final_test_loss"] is not None and "scratch" in colour]
     for i, loss in enumerate(targets):
         ax.axhline(loss, color=colour.get("scratch"), ls=":", lw=1, alpha=0.6,
                    label=None if i else "scratch's final loss (each seed)")
     if curves:
         ax.set_xscale("log")
+        ax.axvline(record["budget"]["flops"], color="grey", ls="--", lw=1, alpha=0.6, label="the budget (equal FLOPs)")
     ax.set_xlabel("cumulative training FLOPs (every probe included)")
-    ax.set_ylabel("held-out eval loss")
+    ax.set_ylabel("test loss")
     ax.grid(True, alpha=0.3)
     if ax.get_legend_handles_labels()[0]:
         ax.legend(fontsize="small")

@@ -140,8 +140,8 @@ def halving_summary(replay: dict) -> str:
 # ---- stacking (laggrow stack) ---------------------------------------------------------------------
 
 def probe_losses(candidates: list[dict], shown: int = 3) -> str:
-    """The best few candidates by score, `name loss` each (the probe's loss; `diverged` if so),
-    as the terminal and report.md show them."""
+    """The best few candidates by score, `name loss` each (the selection loss at the probe's end;
+    `diverged` if so), as the terminal and report.md show them."""
     parts = [f"{c['name']} {'diverged' if c['diverged'] else num(c['probe_loss'], '.3f')}"
              for c in candidates[:shown]]
     more = len(candidates) - shown
@@ -152,21 +152,28 @@ def yes_no(flag: bool) -> str:
     return "yes" if flag else "no"
 
 
+def tied_names(row: dict) -> str:
+    """The candidates tied with the chosen one (`analysis.stacking.choice_rows`), or `-`."""
+    return ", ".join(row["tied"]) or NONE
+
+
 def stack_choices_table(choice_rows: list[dict]) -> Table:
-    """What LAG chose at every growth of every seed (`analysis.stacking.choice_rows`), what the loss
-    right after growth would have picked, whether top stacking and MIDAS would have copied the same,
-    and the best probe losses. Sized for 100 columns."""
-    table = Table(title="Adaptive: the candidate chosen at every growth", title_justify="left",
+    """What LAG chose at every growth of every seed (`analysis.stacking.choice_rows`), the
+    candidates it could not tell from its choice, what the loss right after growth would have
+    picked, whether top stacking and MIDAS would have copied the same, and the best probe losses.
+    Sized for 100 columns."""
+    table = Table(title="Adaptive: the candidate chosen at every growth (on the selection set)", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False, collapse_padding=True,
-                  caption="by init: the choice by the loss right after growth (no probe)\n"
+                  caption="tied: within float rounding or 2 paired window SEs of the chosen one (first in order "
+                          "wins)\nby init: the choice by the selection loss right after growth (no probe)\n"
                           "=top, =mid: gradual stacking, MIDAS copy the same\n"
-                          "probe: the best candidates by score, with their loss after the probe",
+                          "probe: the best candidates by score, with their selection loss after the probe",
                   caption_justify="left")
-    for name in ("stage", "seed", "depth", "chosen", "by init", "=top", "=mid", "probe"):
+    for name in ("stage", "seed", "depth", "chosen", "tied", "by init", "=top", "=mid", "probe"):
         table.add_column(name, justify="right" if name in ("stage", "seed", "depth") else "left",
-                         no_wrap=name != "probe")
+                         no_wrap=name not in ("probe", "tied"))
     for row in choice_rows:
-        table.add_row(str(row["stage"]), str(row["seed"]), str(row["depth"]), row["chosen"],
+        table.add_row(str(row["stage"]), str(row["seed"]), str(row["depth"]), row["chosen"], tied_names(row),
                       row["init_choice"] or NONE, yes_no(row["agrees_top"]), yes_no(row["agrees_middle"]),
                       probe_losses(row["candidates"]))
     return table
@@ -177,32 +184,49 @@ def plus_minus(value: float | None, se: float | None, spec: str) -> str:
     return num(value, spec) + ("" if se is None or value is None else f" ± {format(se, spec.lstrip('+'))}")
 
 
-def flops_saved_text(summary: dict) -> str:
-    """`25% (2/2)`: the FLOPs saved against scratch and the seeds that reached scratch's final loss;
-    `never (0/2)` when none did; `-` for scratch itself or without scratch."""
-    if summary["flops_saved_seeds"] is None:
+def saved_text(share: float | None, seeds: int | None, n_seeds: int) -> str:
+    """`25% (2/2)`: FLOPs saved against a baseline and the seeds that reached its final loss;
+    `never (0/2)` when none did; `-` without that baseline (or for the baseline itself)."""
+    if seeds is None:
         return NONE
-    if summary["flops_saved"] is None:
-        return f"never (0/{summary['n_seeds']})"
-    return f"{pct(summary['flops_saved'])} ({summary['flops_saved_seeds']}/{summary['n_seeds']})"
+    if share is None:
+        return f"never (0/{n_seeds})"
+    return f"{pct(share)} ({seeds}/{n_seeds})"
+
+
+def flops_saved_text(summary: dict) -> str:
+    """The FLOPs saved against scratch (`saved_text`)."""
+    return saved_text(summary["flops_saved"], summary["flops_saved_seeds"], summary["n_seeds"])
+
+
+def gap_text(summary: dict) -> str:
+    """`best`, or the gap to the best ± its SE (seed and window noise, paired, combined)."""
+    return "best" if summary["best"] else plus_minus(summary["gap_to_best"], summary["gap_se"], "+.4f")
+
+
+def told_apart(summary: dict) -> str:
+    """Whether a method can be told from the best: `tied` (within 2 SEs of it), `worse`, or `-`."""
+    if summary["best"] or summary["indistinguishable"] is None:
+        return NONE
+    return "tied" if summary["indistinguishable"] else "worse"
 
 
 def stack_methods_table(summaries: list[dict]) -> Table:
-    """Every method of a stacking run (`analysis.stacking.method_summaries`): final loss over seeds,
-    compute, the gap to the best (paired SE) and the FLOPs saved against scratch at its final loss.
-    Sized for 80 columns (a terminal's, and rich's width off a terminal); report.md adds the tokens."""
-    table = Table(title="Methods: held-out loss at the end, over seeds", title_justify="left",
+    """Every method of a stacking run (`analysis.stacking.method_summaries`), all at equal FLOPs:
+    final test loss over seeds, compute, the gap to the best (paired SE) and whether it can be told
+    from it, and the FLOPs saved against scratch at its final loss. Sized for 80 columns (a
+    terminal's, and rich's width off a terminal); report.md adds the steps, tokens and window SEs."""
+    table = Table(title="Methods at equal FLOPs: test loss at the end, over seeds", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                  caption="±: standard error over seeds (the gap's: of the per-seed paired difference)\n"
+                  caption="±: SE over seeds (the gap's: paired by seed and by test window, combined)\n"
+                          "tied: within 2 SEs of the best, cannot be told from it\n"
                           "FLOPs saved: share of scratch's FLOPs not needed to reach its final loss\n"
                           "(of the seeds, those that reached it)",
                   caption_justify="left")
-    for name in ("method", "seeds", "final loss", "FLOPs", "gap to best", "FLOPs saved"):
+    for name in ("method", "final loss", "FLOPs", "gap to best", "", "FLOPs saved"):
         table.add_column(name, justify="left" if name == "method" else "right", no_wrap=True)
     for s in summaries:
-        best = s["gap_to_best"] == 0  # the best, and any method tied with it
-        table.add_row(s["method"], str(s["n_seeds"]), plus_minus(s["final_loss"], s["final_loss_se"], ".4f"),
-                      num(s["total_flops"], ".3g"),
-                      "best" if best else plus_minus(s["gap_to_best"], s["gap_se"], "+.4f"), flops_saved_text(s),
-                      style="green" if best else None)
+        table.add_row(s["method"], plus_minus(s["final_loss"], s["final_loss_se"], ".4f"),
+                      num(s["total_flops"], ".3g"), gap_text(s), told_apart(s), flops_saved_text(s),
+                      style="green" if s["best"] or s["indistinguishable"] else None)
     return table

@@ -143,24 +143,38 @@ def write_report(out: Path) -> Path:
 # ---- a stacking directory (laggrow stack) ------------------------------------------------------------
 
 STACK_WHAT = "stacking record written by laggrow stack"
-STACK_KEYS = ("config", "final_steps", "stages", "seeds", "methods", "runs")
+STACK_KEYS = ("config", "final_steps", "stages", "budget", "evaluation", "seeds", "methods", "runs")
+
+
+def read_stack_record(directory: Path) -> dict:
+    """stack.json, checked: its keys, and its format (a directory written by another version of
+    laggrow stack is one line saying so, not a KeyError on a field it lacks)."""
+    from laggrow.analysis.stacking import RECORD_FORMAT
+
+    path = directory / store.STACK_FILE
+    if not path.is_file():
+        raise LaggrowError(f"{directory}: holds no stacking run (expected a directory written by laggrow stack)")
+    record = store.read_json(path, STACK_WHAT)
+    found = record.get("format") if isinstance(record, dict) else None
+    if found != RECORD_FORMAT:
+        raise LaggrowError(f"{path}: written by another version of laggrow stack (record format {found}, expected "
+                           f"{RECORD_FORMAT}: losses on a test set apart from adaptive's selection set, every method "
+                           "at adaptive's FLOPs); run laggrow stack again into a new --out")
+    return store.require_keys(record, STACK_KEYS, path, STACK_WHAT)
 
 
 def write_stack_report(directory: Path) -> Path:
     """Render DIR/report.md and draw DIR/stack.png from stack.json and curves.jsonl, both or
     neither; returns the report's path. A record damaged inside (valid JSON, wrong contents) is
     one line naming the directory."""
-    from laggrow.analysis.stacking import choice_rows, method_summaries
+    from laggrow.analysis.stacking import best_methods, choice_rows, method_summaries
 
     directory = Path(directory)
-    path = directory / store.STACK_FILE
-    if not path.is_file():
-        raise LaggrowError(f"{directory}: holds no stacking run (expected a directory written by laggrow stack)")
-    record = store.require_keys(store.read_json(path, STACK_WHAT), STACK_KEYS, path, STACK_WHAT)
+    record = read_stack_record(directory)
     rows = store.read_jsonl(directory / store.CURVES_FILE, "stacking curves")
     try:
         summaries = method_summaries(record, rows)
-        text = render_stack(record, summaries, choice_rows(record))
+        text = render_stack(record, summaries, choice_rows(record), best_methods(record))
         # the figure is drawn inside write_outputs, so damage it finds late still leaves nothing
         store.write_outputs(directory, {store.REPORT_FILE: text,
                                         store.STACK_PNG: lambda p: figures.plot_stack(record, rows, p)})
