@@ -1,8 +1,9 @@
 """The analysis and rendering of a stacking directory, from small hand-written records that follow
-stack.json's and curves.jsonl's schema: FLOPs to reach a loss, the per-method summaries (means, SEs,
-paired gaps, FLOPs saved against scratch), adaptive's choices, the tables, the figure, report.md, and
-`laggrow report DIR` on a stacking directory, damaged records included. Every expected number is
-worked out by hand in the comments beside it."""
+stack.json's and curves.jsonl's schema: FLOPs to reach a loss, the per-method summaries (means, SEs
+over seeds and over test windows, paired gaps, the methods that cannot be told from the best, FLOPs
+saved against scratch and top), adaptive's choices and their ties, the tables, the figure,
+report.md, and `laggrow report DIR` on a stacking directory, damaged and old records included.
+Every expected number is worked out by hand in the comments beside it."""
 
 from __future__ import annotations
 
@@ -14,12 +15,12 @@ import pytest
 
 from conftest import invoke_ok, one_line_failure, snapshot
 from laggrow import store
-from laggrow.analysis.stacking import choice_rows, flops_to_reach, method_summaries
+from laggrow.analysis.stacking import best_methods, choice_rows, flops_to_reach, method_summaries
 
 SEEDS = (0, 1)
 METHODS = ("adaptive", "top", "middle", "scratch")
 
-# final held-out loss per (method, seed)
+# final test loss per (method, seed)
 FINAL = {("adaptive", 0): 1.80, ("adaptive", 1): 1.90, ("top", 0): 2.05, ("top", 1): 2.00,
          ("middle", 0): 1.90, ("middle", 1): 2.30, ("scratch", 0): 2.00, ("scratch", 1): 2.20}
 # (train, probe, eval) FLOPs per (method, seed); total = their sum
@@ -28,6 +29,14 @@ COMPUTE = {("adaptive", 0): (800.0, 190.0, 10.0), ("adaptive", 1): (800.0, 200.0
            ("middle", 0): (900.0, 0.0, 0.0), ("middle", 1): (900.0, 0.0, 0.0),
            ("scratch", 0): (1000.0, 0.0, 0.0), ("scratch", 1): (1000.0, 0.0, 0.0)}
 TOKENS = {"adaptive": (640, 660), "top": (600, 600), "middle": (600, 600), "scratch": (700, 700)}
+STEPS = {"adaptive": 60, "top": 66, "middle": 66, "scratch": 45}
+# the final test windows of (method, seed): its final loss + BASE + DELTA[method] * SIGNS (both sum to
+# zero, so the windows' mean is the final loss). Against adaptive (delta 0), method m's per-window
+# difference, seeds averaged, is its gap + DELTA[m] * SIGNS: SE over 4 windows = DELTA[m] * sd(SIGNS) / 2
+# = DELTA[m] * sqrt(4 / 3) / 2 = DELTA[m] / sqrt(3)
+BASE = (-0.3, -0.1, 0.1, 0.3)
+SIGNS = (1, -1, 1, -1)
+DELTA = {"adaptive": 0.0, "top": 0.03, "middle": 0.06, "scratch": 0.0}
 
 # curves: (step, point, flops, eval_loss) per (method, seed), in file order
 CURVES = {
@@ -59,7 +68,7 @@ STAGES = [{"stage": 1, "depth": 1, "start": 0, "end": 10, "steps": 10},
           {"stage": 3, "depth": 3, "start": 30, "end": 60, "steps": 30}]
 LAYERS = {(1, "block0"): [0, 0], (1, "zero"): [0, None],
           (2, "block0"): [0, 0, 1], (2, "block1"): [0, 1, 1], (2, "zero"): [0, 1, None]}
-# adaptive's growths: seed -> stage -> (chosen, [(name, loss_at_growth, probe_loss, diverged)])
+# adaptive's growths: seed -> stage -> (chosen, [(name, selection loss at growth, at the probe's end, diverged)])
 ADAPTIVE = {
     0: {2: ("block0", [("block0", 2.60, 2.30, False), ("zero", 2.50, 2.40, False)]),
         3: ("block0", [("block1", 2.35, 2.15, False), ("zero", 2.20, None, True), ("block0", 2.40, 2.10, False)])},
@@ -68,13 +77,17 @@ ADAPTIVE = {
 }
 # what top stacking and MIDAS copy at the growth into each stage (from 1 block: block0; from 2: block1 / block0)
 FIXED = {2: {"top": "block0", "middle": "block0"}, 3: {"top": "block1", "middle": "block0"}}
+# the candidates the probe could not tell from its choice: seed -> stage -> names
+TIED = {0: {2: [], 3: ["block1"]}, 1: {2: [], 3: []}}
 
 
 def _candidate(stage: int, name: str, at_growth: float, probe: float | None, diverged: bool,
                scored: bool) -> dict:
     from_depth = stage - 1
     return {"name": name, "kind": "zero" if name == "zero" else "copy", "layers": LAYERS[(from_depth, name)],
-            "loss_at_growth": at_growth, "probe_loss": probe if scored else None,
+            "selection_loss_at_growth": at_growth if scored else None,
+            "selection_probe_loss": probe if scored else None,
+            "selection_probe_loss_se": 0.01 if scored and probe is not None else None,
             "score": probe if scored else None, "diverged": diverged}
 
 
@@ -91,7 +104,8 @@ def _choices(method: str, seed: int) -> list[dict]:
             chosen = FIXED[stage][method]
             candidates = [_candidate(stage, chosen, 2.5, None, False, scored=False)]
         out.append({"stage": stage, "step": start, "from_depth": stage - 1, "depth": stage, "chosen": chosen,
-                    **FIXED[stage], "predictor": "loss" if method == "adaptive" else None,
+                    "tied": TIED[seed][stage] if method == "adaptive" else [], **FIXED[stage],
+                    "predictor": "loss" if method == "adaptive" else None, "probed": method == "adaptive",
                     "candidates": candidates})
     return out
 
@@ -99,8 +113,11 @@ def _choices(method: str, seed: int) -> list[dict]:
 def _run(method: str, seed: int) -> dict:
     train, probe, evals = COMPUTE[(method, seed)]
     tokens = TOKENS[method][seed]
-    return {"method": method, "seed": seed, "steps": 45 if method == "scratch" else 60, "depth": 3,
-            "final_eval_loss": FINAL[(method, seed)], "model_dir": f"models/{method}-seed{seed}", "seconds": 1.5,
+    final = FINAL[(method, seed)]
+    windows = [final + b + DELTA[method] * sign for b, sign in zip(BASE, SIGNS, strict=True)]
+    return {"method": method, "seed": seed, "steps": STEPS[method], "depth": 3,
+            "final_test_loss": final, "final_test_loss_se": 0.13, "final_test_windows": windows,
+            "model_dir": f"models/{method}-seed{seed}", "seconds": 1.5,
             "compute": {"train_flops": train, "probe_flops": probe, "eval_flops": evals,
                         "total_flops": train + probe + evals, "train_tokens": tokens - 40 * (method == "adaptive"),
                         "probe_tokens": 40 * (method == "adaptive"), "total_tokens": tokens},
@@ -118,9 +135,14 @@ def make_record(methods: tuple[str, ...] = METHODS) -> dict:
     stack = {"start_layers": 1, "block": 1, "alpha": 1.0, "probe_steps": 8, "candidates": ["blocks", "zero"],
              "methods": list(methods), "optimizer_state": "carry", "predictor": "loss", "seeds": list(SEEDS),
              "probe_eval_every": 0}
-    return {"format": 1, "config": {"run": {"model": model, "data": data, "train": train}, "stack": stack},
-            "final_steps": 60, "stages": STAGES, "seeds": list(SEEDS), "methods": list(methods),
-            "runs": [_run(m, s) for m in methods for s in SEEDS]}
+    budget = {"flops": 1010.0, "basis": "adaptive's total", "target_step_flops": 20.0,
+              "methods": {m: {"steps": STEPS[m], "flops": 1000.0} for m in methods}}
+    evaluation = {"rule": "by characters", "selection_documents": 3, "test_documents": 4, "selection_tokens": 5000,
+                  "test_tokens": 5100, "windows": 4, "window_tokens": 16, "selection": "choices",
+                  "test": "results"}
+    return {"format": 2, "config": {"run": {"model": model, "data": data, "train": train}, "stack": stack},
+            "final_steps": 60, "stages": STAGES, "budget": budget, "evaluation": evaluation, "seeds": list(SEEDS),
+            "methods": list(methods), "runs": [_run(m, s) for m in methods for s in SEEDS]}
 
 
 def make_rows(methods: tuple[str, ...] = METHODS) -> list[dict]:
@@ -131,7 +153,7 @@ def make_rows(methods: tuple[str, ...] = METHODS) -> list[dict]:
                 stage = 1 if method == "scratch" else max(s["stage"] for s in STAGES if s["start"] <= step)
                 depth = 3 if method == "scratch" else stage
                 rows.append({"method": method, "seed": seed, "stage": stage, "depth": depth, "step": step,
-                             "point": point, "eval_loss": loss,
+                             "point": point, "test_loss": loss, "test_loss_se": None if loss is None else 0.1,
                              "train_loss": None if point in ("init", "growth") else loss,
                              "tokens": int(flops * 0.64), "flops": flops})
     return rows
@@ -183,12 +205,35 @@ def test_method_summaries_means_standard_errors_and_paired_gaps():
     assert by["adaptive"]["total_flops"] == pytest.approx(1005.0)  # (1000 + 1010) / 2
     assert by["adaptive"]["total_tokens"] == pytest.approx(650.0)  # (640 + 660) / 2
     assert by["scratch"]["total_flops"] == pytest.approx(1000.0)
+    assert [by[m]["steps"] for m in METHODS] == [[60], [66], [66], [45]]
+    # the test windows' SE of the seeds' mean: adaptive's windows are 1.85 + BASE, sd(BASE) = sqrt(0.2 / 3),
+    # over sqrt(4): 0.1291; top's 2.025 + (-0.27, -0.13, 0.13, 0.27): sqrt(0.1796 / 3) / 2 = 0.1223
+    assert by["adaptive"]["final_loss_window_se"] == pytest.approx(math.sqrt(0.2 / 3) / 2)
+    assert by["top"]["final_loss_window_se"] == pytest.approx(math.sqrt(0.1796 / 3) / 2)
     # best: adaptive (1.85). Paired differences to it, per seed: top 0.25, 0.10; middle 0.10, 0.40;
-    # scratch 0.20, 0.30. The SE of two differences is again half their distance.
-    assert by["adaptive"]["gap_to_best"] == 0 and by["adaptive"]["gap_se"] is None
-    for method, (gap, se) in {"top": (0.175, 0.075), "middle": (0.25, 0.15), "scratch": (0.25, 0.05)}.items():
+    # scratch 0.20, 0.30. The SE of two differences is again half their distance. The window SE of
+    # the difference is DELTA / sqrt(3); the gap's SE the two in quadrature.
+    assert by["adaptive"]["best"] and by["adaptive"]["gap_to_best"] == 0 and by["adaptive"]["gap_se"] is None
+    for method, (gap, seed_se) in {"top": (0.175, 0.075), "middle": (0.25, 0.15), "scratch": (0.25, 0.05)}.items():
+        eval_se = DELTA[method] / math.sqrt(3)
         assert by[method]["gap_to_best"] == pytest.approx(gap)
-        assert by[method]["gap_se"] == pytest.approx(se)
+        assert by[method]["gap_seed_se"] == pytest.approx(seed_se)
+        assert by[method]["gap_eval_se"] == pytest.approx(eval_se, abs=1e-12)
+        assert by[method]["gap_se"] == pytest.approx(math.hypot(seed_se, eval_se))
+    # within 2 SEs of the best: middle (0.25 <= 2 x 0.154); not top (0.175 > 2 x 0.077), nor scratch (0.25 > 0.1)
+    assert {m: by[m]["indistinguishable"] for m in METHODS} == {
+        "adaptive": True, "top": False, "middle": True, "scratch": False}
+
+
+def test_best_methods_names_what_cannot_be_told_from_the_best():
+    best = best_methods(make_record())
+    assert best["best"] == "adaptive" and best["members"] == ["adaptive", "middle"]
+    assert best["seed_noise_measured"] and best["eval_noise_measured"]
+    # without the windows of one method (a damaged or partial record) its evaluation noise is unknown
+    record = make_record()
+    record["runs"][2]["final_test_windows"] = []
+    top = {c["strategy"]: c for c in best_methods(record)["comparisons"]}["top"]
+    assert top["eval_se"] is None and top["seed_se"] == pytest.approx(0.075)
 
 
 def test_method_summaries_flops_saved_against_scratch_at_its_final_loss():
@@ -206,20 +251,32 @@ def test_method_summaries_flops_saved_against_scratch_at_its_final_loss():
     assert by["scratch"]["flops_saved"] is None and by["scratch"]["flops_saved_seeds"] is None
 
 
+def test_adaptive_also_saves_flops_against_top_at_the_same_budget():
+    by = {s["method"]: s for s in method_summaries(make_record(), make_rows())}
+    # top ends at 2.05 (seed 0) and 2.00 (seed 1), with 900 FLOPs. Adaptive seed 0 reaches 2.05 between its
+    # growth row (600, 2.3) and (800, 1.9): 600 + 200 * 0.25 / 0.4 = 725, saved 1 - 725 / 900 = 0.1944; seed 1
+    # reaches 2.00 between (600, 2.3) and (1010, 1.9): 600 + 410 * 0.3 / 0.4 = 907.5, past top's 900: -0.0083
+    assert by["adaptive"]["flops_saved_vs_top"] == pytest.approx((1 - 725 / 900 + 1 - 907.5 / 900) / 2)
+    assert by["adaptive"]["flops_saved_vs_top_seeds"] == 2
+    assert all(by[m]["flops_saved_vs_top"] is None for m in ("top", "middle", "scratch"))
+
+
 def test_method_summaries_without_scratch_and_with_one_seed():
     record = make_record(("adaptive", "top"))
     by = {s["method"]: s for s in method_summaries(record, make_rows(("adaptive", "top")))}
     assert by["adaptive"]["flops_saved"] is None and by["top"]["flops_saved_seeds"] is None
     record["runs"] = [r for r in record["runs"] if r["seed"] == 1]
     by = {s["method"]: s for s in method_summaries(record, [])}
-    # one seed: no SE anywhere; top 2.00 against adaptive's 1.90
+    # one seed: no SE over seeds; top 2.00 against adaptive's 1.90, the windows' SE of the gap alone
     assert by["top"]["final_loss"] == pytest.approx(2.00) and by["top"]["final_loss_se"] is None
-    assert by["top"]["gap_to_best"] == pytest.approx(0.10) and by["top"]["gap_se"] is None
+    assert by["top"]["gap_to_best"] == pytest.approx(0.10) and by["top"]["gap_seed_se"] is None
+    assert by["top"]["gap_se"] == pytest.approx(0.03 / math.sqrt(3))
+    assert not best_methods(record)["seed_noise_measured"]
 
 
 def test_method_summaries_a_seed_that_never_reaches_saves_nothing():
-    rows = [r for r in make_rows() if not (r["method"] == "adaptive" and r["eval_loss"] is not None
-                                           and r["eval_loss"] < 2.3)]
+    rows = [r for r in make_rows() if not (r["method"] == "adaptive" and r["test_loss"] is not None
+                                           and r["test_loss"] < 2.3)]
     by = {s["method"]: s for s in method_summaries(make_record(), rows)}
     # adaptive's curves now stop above 2.3: neither seed reaches scratch's 2.00 / 2.20
     assert by["adaptive"]["flops_saved"] is None and by["adaptive"]["flops_saved_seeds"] == 0
@@ -230,6 +287,7 @@ def test_method_summaries_a_seed_that_never_reaches_saves_nothing():
 def test_choice_rows_agreement_init_choice_and_candidates_by_score():
     rows = choice_rows(make_record())
     assert [(r["stage"], r["seed"]) for r in rows] == [(2, 0), (2, 1), (3, 0), (3, 1)]
+    assert [r["tied"] for r in rows] == [[], [], ["block1"], []]
     s2_0, s2_1, s3_0, s3_1 = rows
     # stage 2 seed 0: block0 (probe 2.30) beats zero (2.40); zero had the lower loss right after growth
     assert (s2_0["chosen"], s2_0["agrees_top"], s2_0["agrees_middle"], s2_0["init_choice"]) == \
@@ -243,8 +301,8 @@ def test_choice_rows_agreement_init_choice_and_candidates_by_score():
     assert (s3_0["chosen"], s3_0["agrees_top"], s3_0["agrees_middle"], s3_0["init_choice"]) == \
         ("block0", False, True, "block1")
     assert [c["name"] for c in s3_0["candidates"]] == ["block0", "block1", "zero"]
-    assert s3_0["candidates"][0] == {"name": "block0", "probe_loss": 2.10, "loss_at_growth": 2.40,
-                                     "diverged": False}
+    assert s3_0["candidates"][0] == {"name": "block0", "probe_loss": 2.10, "probe_loss_se": 0.01,
+                                     "loss_at_growth": 2.40, "diverged": False}
     assert s3_0["candidates"][2]["probe_loss"] is None and s3_0["candidates"][2]["diverged"]
     # stage 3 seed 1: block1, top's; the init loss agrees (2.28 lowest)
     assert (s3_1["chosen"], s3_1["agrees_top"], s3_1["agrees_middle"], s3_1["init_choice"]) == \
@@ -272,8 +330,8 @@ def test_tables_show_the_numbers():
     from laggrow.report.tables import stack_choices_table, stack_methods_table
 
     methods = _text(stack_methods_table(method_summaries(make_record(), make_rows())))
-    for expected in ("1.8500 ± 0.0500", "2.0250 ± 0.0250", "+0.1750 ± 0.0750", "+0.2500 ± 0.0500",
-                     "32.5% (2/2)", "15% (1/2)", "18% (1/2)", "1e+03", "best"):
+    for expected in ("1.8500 ± 0.0500", "2.0250 ± 0.0250", "+0.1750 ± 0.0770", "+0.2500 ± 0.0500",
+                     "32.5% (2/2)", "15% (1/2)", "18% (1/2)", "1e+03", "best", "tied", "worse", "equal FLOPs"):
         assert expected in methods, (expected, methods)
     # the terminal's table fits 80 columns (the tokens are in report.md)
     assert max(len(line.rstrip()) for line in methods.splitlines()) <= 80
@@ -282,8 +340,10 @@ def test_tables_show_the_numbers():
     for expected in ("block0 2.100, block1 2.150, zero diverged", "block1 2.050, block0 2.200, zero 2.250",
                      "zero 2.350, block0 2.450"):
         assert expected in choices, (expected, choices)
-    # stage 3 seed 0: chose block0, the loss at growth would have chosen block1; not top's, MIDAS's
-    assert ["3", "0", "3", "block0", "block1", "no", "yes"] in [line.split()[:7] for line in choices.splitlines()]
+    # stage 3 seed 0: chose block0, tied with block1, which the loss at growth would have chosen; not top's,
+    # MIDAS's
+    assert ["3", "0", "3", "block0", "block1", "block1", "no", "yes"] in [
+        line.split()[:8] for line in choices.splitlines()]
     assert max(len(line) for line in choices.splitlines()) <= 100
 
 
@@ -300,14 +360,31 @@ def test_render_stack_holds_the_setup_and_both_tables():
     from laggrow.report.markdown import render_stack
 
     record = make_record()
-    text = render_stack(record, method_summaries(record, make_rows()), choice_rows(record))
+    text = render_stack(record, method_summaries(record, make_rows()), choice_rows(record), best_methods(record))
     for expected in ("1 -> 2 -> 3", "blocks of 1", "PROP-1", "K = 8", "blocks, zero", "`loss`", "T = 60",
-                     "45 steps", "| 3 | 3 | 30 | 30-59 |",
-                     "| `adaptive` | 2 | 1.8500 ± 0.0500 |", "+0.1750 ± 0.0750", "32.5% (2/2)",
-                     "| 3 | 0 | 3 | `block0` | no | yes | `block1` | block0 2.100, block1 2.150, zero diverged |",
-                     "Of 4 choices, 2 match top stacking, 2 MIDAS and 1 the choice by the loss right after growth",
-                     "](stack.png)", "paired SE"):
+                     "| `top` | 66 | 1000 |", "| `scratch` | 45 | 1000 |", "| 3 | 3 | 30 | 30-59 |",
+                     "selection set (3 documents, 5,000 tokens)", "test set (4 documents, 5,100 tokens)",
+                     "charged to no method", "every candidate on the selection set at every probe evaluation",
+                     "## Methods, compared at equal FLOPs",
+                     "| `adaptive` | 60 | 2 | 1.8500 ± 0.0500 | 0.1291 |", "+0.1750 ± 0.0770 | worse |",
+                     "+0.2500 ± 0.1539 | tied |", "32.5% (2/2) | 9.31% (2/2) |",
+                     "**Cannot be told from the best:** `adaptive` (the best) and `middle`, within the noise of it",
+                     "| 3 | 0 | 3 | `block0` | block1 | no | yes | `block1` | "
+                     "block0 2.100, block1 2.150, zero diverged |",
+                     "Of 4 choices, 1 had a tie, 2 match top stacking, 2 MIDAS and 1 the choice by the loss right "
+                     "after growth", "](stack.png)"):
         assert expected in text, (expected, text)
+    assert "Seed noise is not measured" not in text
+
+
+def test_render_stack_with_one_seed_says_seed_noise_is_not_measured():
+    from laggrow.report.markdown import render_stack
+
+    record = make_record()
+    record["seeds"] = [1]
+    record["runs"] = [r for r in record["runs"] if r["seed"] == 1]
+    text = render_stack(record, method_summaries(record, make_rows()), choice_rows(record), best_methods(record))
+    assert "Seed noise is not measured (one seed)" in text
 
 
 # ---- the files, and laggrow report DIR -----------------------------------------------------------
@@ -318,7 +395,7 @@ def test_write_stack_report_writes_report_and_figure(tmp_path):
     directory = write_dir(tmp_path / "stack")
     path = write_stack_report(directory)
     assert path == directory / store.REPORT_FILE
-    assert "| `scratch` | 2 | 2.1000 ± 0.1000 |" in path.read_text()
+    assert "| `scratch` | 45 | 2 | 2.1000 ± 0.1000 | 0.1291 |" in path.read_text()
     assert (directory / store.STACK_PNG).read_bytes()[:4] == b"\x89PNG"
 
 
@@ -350,7 +427,7 @@ def _drop_key(directory: Path) -> None:
 
 def _string_for_number(directory: Path) -> None:
     record = make_record()
-    record["runs"][0]["final_eval_loss"] = "1.8"
+    record["runs"][0]["final_test_loss"] = "1.8"
     (directory / store.STACK_FILE).write_text(json.dumps(record))
 
 
@@ -360,8 +437,21 @@ def _string_in_config(directory: Path) -> None:
     (directory / store.STACK_FILE).write_text(json.dumps(record))
 
 
+def _old_format(directory: Path) -> None:
+    """stack.json as laggrow stack wrote it before the test set and equal budgets: format 1, one
+    `final_eval_loss`, no windows, no budget, no evaluation record."""
+    record = make_record()
+    record["format"] = 1
+    del record["budget"], record["evaluation"]
+    for run in record["runs"]:
+        run["final_eval_loss"] = run.pop("final_test_loss")
+        del run["final_test_loss_se"], run["final_test_windows"]
+    (directory / store.STACK_FILE).write_text(json.dumps(record))
+
+
 @pytest.mark.parametrize("damage, message", [
     (_break_json, "malformed JSON"),
+    (_old_format, "written by another version of laggrow stack (record format 1, expected 2"),
     (_drop_key, "missing stages"),
     (_string_for_number, "the stacking record is damaged"),
     (_string_in_config, "the stacking record is damaged"),
