@@ -1,5 +1,6 @@
 """`laggrow stack` end to end on configs/stack-tiny.yaml: the whole comparison, its records and their
-arithmetic, the final models as runs, a SIGKILLed and resumed run, and bad input."""
+arithmetic (every method charged what the plan says, all at adaptive's FLOPs), the test set that no
+choice reads, the final models as runs, a SIGKILLed and resumed run, old and bad input."""
 
 from __future__ import annotations
 
@@ -34,8 +35,16 @@ def _curves(out: Path) -> list[dict]:
     return [json.loads(line) for line in (out / store.CURVES_FILE).read_text().splitlines()]
 
 
+def _plan(record: dict):
+    """The plan the record was run under (with the tokenizer's vocabulary, as run)."""
+    from laggrow.stack.config import plan_from_dict
+
+    return plan_from_dict({**record["config"]["run"], "stack": record["config"]["stack"]})
+
+
 def test_the_whole_comparison_runs_and_writes_its_records(stacked):
     record = _record(stacked)
+    assert record["format"] == 2
     assert record["methods"] == ["adaptive", "top", "middle", "scratch"] and record["seeds"] == [0]
     assert [(s["depth"], s["start"], s["end"]) for s in record["stages"]] == [(1, 0, 10), (2, 10, 30), (3, 30, 60)]
     assert [(r["method"], r["seed"]) for r in record["runs"]] == [
@@ -43,58 +52,82 @@ def test_the_whole_comparison_runs_and_writes_its_records(stacked):
     for name in (store.REPORT_FILE, store.STACK_PNG, store.CURVES_FILE, store.STACK_CONFIG_FILE):
         assert (stacked / name).is_file(), name
     assert (stacked / store.STACK_PNG).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the held-out split, and which set does what
+    evaluation = record["evaluation"]
+    assert evaluation["selection_documents"] >= 1 and evaluation["test_documents"] >= 1
+    assert evaluation["windows"] == 16 and "probe" in evaluation["selection"]
+    assert "charged to none" in evaluation["test"]
+    plan = _plan(record)
+    assert record["budget"]["methods"]["adaptive"]["steps"] == 60
     for run in record["runs"]:
-        assert np.isfinite(run["final_eval_loss"]) and run["depth"] == 3
-        stages = [(s["depth"], s["start"], s["end"]) for s in run["stages"]]
-        assert stages == ([(3, 0, record["scratch_steps"])] if run["method"] == "scratch"
-                          else [(1, 0, 10), (2, 10, 30), (3, 30, 60)])
+        assert np.isfinite(run["final_test_loss"]) and run["depth"] == 3 and run["final_test_loss_se"] > 0
+        assert len(run["final_test_windows"]) == 16
+        assert np.mean(run["final_test_windows"]) == pytest.approx(run["final_test_loss"], rel=1e-12)
+        assert run["steps"] == record["budget"]["methods"][run["method"]]["steps"]
+        assert [s["end"] - s["start"] for s in run["stages"]] == [s.steps for s in plan.stages_for(run["method"])]
+    runs_ = {r["method"]: r for r in record["runs"]}
+    assert [(s["depth"], s["start"]) for s in runs_["scratch"]["stages"]] == [(3, 0)]
+    # top and middle: their own PROP-1 stages over a longer budget T'
+    assert runs_["top"]["steps"] == runs_["middle"]["steps"] > 60
+    assert [s["depth"] for s in runs_["top"]["stages"]] == [1, 2, 3]
 
 
 def test_each_stage_has_the_depth_it_should_and_the_curves_are_ordered(stacked):
     rows = _curves(stacked)
-    for method in ("adaptive", "top", "middle"):
+    record = _record(stacked)
+    for run in record["runs"]:
+        method, steps_run = run["method"], run["steps"]
         mine = [r for r in rows if r["method"] == method]
-        assert {(r["stage"], r["depth"]) for r in mine} == {(1, 1), (2, 2), (3, 3)}
-        assert [r["point"] for r in mine if r["point"] != "train"] == (
-            ["init", "growth", "probe", "growth", "probe"] if method == "adaptive" else ["init", "growth", "growth"])
+        assert {(r["stage"], r["depth"]) for r in mine} == {(s["stage"], s["depth"]) for s in run["stages"]}
+        assert [r["point"] for r in mine if r["point"] != "train"] == {
+            "adaptive": ["init", "growth", "probe", "growth", "probe"], "scratch": ["init"]}.get(
+            method, ["init", "growth", "growth"])
         steps, flops = [r["step"] for r in mine], [r["flops"] for r in mine]
-        assert steps == sorted(steps) and flops == sorted(flops) and steps[-1] == 60
-        # every evaluation of train.eval_every (10) and every stage's end is there
-        assert {r["step"] for r in mine if r["point"] == "train"} == {10, 20, 30, 40, 50, 60}
-    scratch = [r for r in rows if r["method"] == "scratch"]
-    assert {r["depth"] for r in scratch} == {3} and scratch[-1]["step"] == _record(stacked)["scratch_steps"]
+        assert steps == sorted(steps) and flops == sorted(flops) and steps[-1] == steps_run
+        # every evaluation of train.eval_every (10) and every stage's end is there, on the test set
+        assert {r["step"] for r in mine if r["point"] == "train"} == (
+            set(range(10, steps_run + 1, 10)) | {s["end"] for s in run["stages"]})
+        assert all(r["test_loss"] > 0 and r["test_loss_se"] > 0 and "eval_loss" not in r for r in mine)
+        assert mine[-1]["test_loss"] == pytest.approx(run["final_test_loss"], rel=1e-12)
 
 
 def test_every_method_of_a_seed_starts_from_the_same_model_and_reads_the_same_batches(stacked):
     rows = _curves(stacked)
 
     def upto(method: str, stage: int) -> list[tuple]:
-        return [(r["step"], r["point"], r["eval_loss"], r["train_loss"]) for r in rows
+        return [(r["step"], r["point"], r["test_loss"], r["train_loss"]) for r in rows
                 if r["method"] == method and r["stage"] <= stage]
 
     # top and middle both copy the one layer at the first growth: identical runs through stage 2,
     # bit for bit, which they are only if their init and their batches are the same
     assert upto("top", 2) == upto("middle", 2)
     assert upto("top", 3) != upto("middle", 3)  # then top copies layer 1, middle layer 0
-    assert upto("adaptive", 1) == upto("top", 1)
+    # adaptive trains over T, top over its longer T' (another schedule): they share the init
+    assert upto("adaptive", 1)[0] == upto("top", 1)[0] and upto("adaptive", 1)[0][1] == "init"
 
 
 def test_the_adaptive_choice_is_the_argmin_of_the_probe_losses(stacked):
     adaptive = _record(stacked)["runs"][0]
     assert [c["stage"] for c in adaptive["choices"]] == [2, 3]
     for choice in adaptive["choices"]:
-        losses = {c["name"]: c["probe_loss"] for c in choice["candidates"]}
+        losses = {c["name"]: c["selection_probe_loss"] for c in choice["candidates"]}
         assert choice["chosen"] == min(losses, key=losses.get)
         assert choice["predictor"] == "loss" and choice["probed"]
+        # the tied: the others within 2 paired window SEs (or float rounding); the choice never among them
+        assert choice["chosen"] not in choice["tied"] and set(choice["tied"]) <= set(losses)
+        assert all(c["selection_probe_loss_se"] > 0 for c in choice["candidates"])
     # the candidates are every block of the model before the growth, then the identity block on top
     assert [[c["name"] for c in ch["candidates"]] for ch in adaptive["choices"]] == [
         ["block0", "zero"], ["block0", "block1", "zero"]]
     assert [c["layers"] for c in adaptive["choices"][1]["candidates"]] == [[0, 0, 1], [0, 1, 1], [0, 1, None]]
-    # and the curve's probe row is the winner's probe loss
-    probes = [r for r in _curves(stacked) if r["method"] == "adaptive" and r["point"] == "probe"]
-    for row, choice in zip(probes, adaptive["choices"], strict=True):
+    # the curve's growth and probe rows are the winner's, measured on the test set, not the selection
+    # losses the choice read
+    rows = [r for r in _curves(stacked) if r["method"] == "adaptive" and r["point"] in ("growth", "probe")]
+    for growth, probe, choice in zip(rows[::2], rows[1::2], adaptive["choices"], strict=True):
         chosen = next(c for c in choice["candidates"] if c["name"] == choice["chosen"])
-        assert row["eval_loss"] == pytest.approx(chosen["probe_loss"]) and row["step"] == choice["step"] + 4
+        assert (growth["step"], probe["step"]) == (choice["step"], choice["step"] + 4)
+        assert growth["test_loss"] != chosen["selection_loss_at_growth"]
+        assert probe["test_loss"] != chosen["selection_probe_loss"]
 
 
 def test_top_and_middle_copy_the_blocks_their_methods_name(stacked):
@@ -104,18 +137,25 @@ def test_top_and_middle_copy_the_blocks_their_methods_name(stacked):
     assert runs_["scratch"]["choices"] == []
 
 
-def test_probes_plus_training_is_the_total_and_scratch_gets_the_same(stacked):
+def test_every_method_is_charged_its_plan_and_all_are_at_adaptives_flops(stacked):
     record = _record(stacked)
+    plan = _plan(record)
     by = {r["method"]: r["compute"] for r in record["runs"]}
-    for c in by.values():
+    for method, c in by.items():
+        assert c == plan.compute(method)  # what the run charged as it went is the arithmetic's
         assert c["train_flops"] + c["probe_flops"] + c["eval_flops"] == c["total_flops"]
         assert c["train_tokens"] + c["probe_tokens"] == c["total_tokens"]
-    assert by["top"] == by["middle"] and by["top"]["probe_flops"] == 0
-    assert by["adaptive"]["train_flops"] == by["top"]["train_flops"]  # the winner's probe steps are its stage's
-    assert by["adaptive"]["probe_flops"] > 0 and by["adaptive"]["eval_flops"] > 0
-    # scratch: the target's steps that adaptive's total buys; less than one step is left over
-    step = by["scratch"]["train_flops"] / record["scratch_steps"]
-    assert by["scratch"]["total_flops"] <= by["adaptive"]["total_flops"] < by["scratch"]["total_flops"] + step
+        assert record["budget"]["methods"][method]["flops"] == c["total_flops"]
+    assert by["top"] == by["middle"] and by["top"]["probe_flops"] == by["top"]["eval_flops"] == 0
+    # adaptive is charged the other candidates' 4 probe steps and every candidate's two selection
+    # evaluations (right after the growth, and at K) at both growths: 2 candidates at depth 2, 3 at depth 3
+    assert by["adaptive"]["probe_flops"] == 1 * 4 * plan.step_flops(2) + 2 * 4 * plan.step_flops(3)
+    assert by["adaptive"]["eval_flops"] == 2 * 2 * plan.eval_flops(2) + 3 * 2 * plan.eval_flops(3)
+    # every other method: trained to adaptive's total, less than one 3-layer step short of it
+    budget, step = by["adaptive"]["total_flops"], plan.step_flops(3)
+    assert record["budget"]["flops"] == budget and record["budget"]["target_step_flops"] == step
+    for method in ("top", "middle", "scratch"):
+        assert by[method]["total_flops"] <= budget < by[method]["total_flops"] + step
     # the curves' last FLOPs are the totals
     rows = _curves(stacked)
     for method, c in by.items():
@@ -123,14 +163,25 @@ def test_probes_plus_training_is_the_total_and_scratch_gets_the_same(stacked):
 
 
 def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, tmp_path):
+    from laggrow import train
     from laggrow.grow_run import grow_run
 
+    test = None
     for run in _record(stacked)["runs"]:
         loaded = runs.load_run(stacked / run["model_dir"], what="stacked model")
         assert loaded.config.model.n_layers == 3 and int(loaded.state["step"]) == run["steps"]
+        assert loaded.config.train.steps == run["steps"]  # its own budget, one schedule over it
         assert loaded.data_position == run["steps"]  # a grown run continues the stream from here
+        # the summary's final_eval_loss is the test set's: the saved model's loss on the test windows
+        summary = json.loads((stacked / run["model_dir"] / store.SUMMARY_FILE).read_text())
+        assert summary["final_eval_loss"] == run["final_test_loss"]
+        if test is None:
+            d = loaded.config.data
+            test = runs.load_source_dataset(loaded).test_batches(d.eval_batches, d.eval_batch_size)
+        windows = train.evaluate_windows(loaded.params, loaded.config.model, test)
+        np.testing.assert_allclose(windows, run["final_test_windows"], rtol=1e-5)
     record = grow_run(stacked / "models" / "adaptive-seed0", "stack_top", tmp_path / "grown", ["model.n_layers=4"])
-    assert record["eval_loss_before"] == pytest.approx(_record(stacked)["runs"][0]["final_eval_loss"], rel=1e-5)
+    assert np.isfinite(record["eval_loss_before"])
 
 
 def test_a_second_run_on_a_finished_directory_redoes_nothing(stacked):
@@ -172,6 +223,52 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
     assert "resumed after stage 2" in result.output
     assert _without_seconds(_record(out)) == _without_seconds(_record(stacked))
     assert _curves(out) == _curves(stacked)
+
+
+def test_adaptive_chooses_on_the_selection_set_whatever_the_test_set_holds(stacked, tmp_path):
+    """The same adaptive run with other test windows: every choice, with every selection loss and
+    score, is the same; only what is measured on the test set differs."""
+    from laggrow.stack.run import prepare_stack
+    from laggrow.stack.runner import MethodRun
+
+    prepared = prepare_stack(TINY, tmp_path / "other-test")
+    d = prepared.plan.run.data
+    assert np.array_equal(prepared.eval_sets["selection"],
+                          prepared.dataset.selection_batches(d.eval_batches, d.eval_batch_size))
+    assert np.array_equal(prepared.eval_sets["test"], prepared.dataset.test_batches(d.eval_batches, d.eval_batch_size))
+    other = {"selection": prepared.eval_sets["selection"],
+             "test": (prepared.eval_sets["test"] + 1) % prepared.plan.run.model.vocab_size}
+    store.ensure_dir(prepared.out, "--out")
+    result = MethodRun(prepared.plan, "adaptive", 0, prepared.dataset, prepared.out, other).execute()
+    adaptive = _record(stacked)["runs"][0]
+    assert result["choices"] == adaptive["choices"]
+    assert result["compute"] == adaptive["compute"]
+    assert result["final_test_loss"] != adaptive["final_test_loss"]
+
+
+def test_an_old_stacking_directory_is_one_line_when_resumed_or_reported(stacked, tmp_path):
+    """A directory written before the test set and equal budgets (record format 1: its config file
+    without a format, stack.json of format 1) is refused, not continued or rendered."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    old = tmp_path / "old"
+    shutil.copytree(stacked, old)
+    config = json.loads((old / store.STACK_CONFIG_FILE).read_text())
+    del config["format"]
+    (old / store.STACK_CONFIG_FILE).write_text(json.dumps(config))
+    record = _record(old)
+    record["format"] = 1
+    (old / store.STACK_FILE).write_text(json.dumps(record))
+    before = snapshot(old)
+    one_line_failure(CliRunner().invoke(app, ["stack", str(TINY), "--out", str(old)]),
+                     "written by another version of laggrow stack (record format 1, expected 2")
+    one_line_failure(CliRunner().invoke(app, ["report", str(old)]),
+                     "written by another version of laggrow stack (record format 1, expected 2")
+    assert snapshot(old) == before
 
 
 def test_ctrl_c_stops_after_a_step_and_says_how_to_continue(tmp_path):
