@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import pytest
 from scipy import stats
 
 from laggrow import analysis
-from laggrow.analysis import correlate, has_finals, load_curves, ranking_stability
+from laggrow.analysis import correlate, has_finals, load_curves, noise, ranking_stability
 from laggrow.errors import LaggrowError
 
 STEPS = [0, 10, 100]
@@ -133,9 +134,11 @@ def test_ties_follow_scipy_and_tied_leaders_share_the_choice(tmp_path):
 
 def test_hit_probability_with_ties_at_the_boundary():
     at_k, final = np.array([1.0, 2, 2, 2, 5]), np.array([2.0, 3, 4, 1, 5])
-    assert analysis.hit_probability(at_k, final, 3) == pytest.approx(2 / 3)  # 2 slots among 3 tied
-    assert analysis.hit_probability(at_k, final, 1) == 0.0
-    assert analysis.hit_probability(at_k, final, 4) == 1.0
+    groups = noise.tie_groups(at_k, np.zeros((5, 5)))
+    best = {int(np.argmin(final))}
+    assert noise.hit_probability(groups, best, 3) == pytest.approx(2 / 3)  # 2 slots among 3 tied
+    assert noise.hit_probability(groups, best, 1) == 0.0
+    assert noise.hit_probability(groups, best, 4) == 1.0
 
 
 def test_batch_statistics_match_scipy_with_ties():
@@ -145,12 +148,16 @@ def test_batch_statistics_match_scipy_with_ties():
     got = {"spearman": analysis.batch_spearman(x, y), "kendall": analysis.batch_kendall(x, y),
            "pearson": analysis.batch_pearson(x, y)}
     for i in range(len(x)):
-        want = analysis.rank_correlations(x[i], y[i])
+        with np.errstate(all="ignore"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # scipy warns on constant input and returns nan
+            want = (stats.spearmanr(x[i], y[i])[0], stats.kendalltau(x[i], y[i])[0], stats.pearsonr(x[i], y[i])[0])
         for name, expected in zip(got, want, strict=True):
-            if expected is None:
+            if np.isnan(expected):
                 assert np.isnan(got[name][i]), (name, i)
             else:
                 assert got[name][i] == pytest.approx(expected, abs=1e-12), (name, i)
+        assert analysis.rank_correlations(x[i], y[i]) == tuple(
+            None if np.isnan(got[k][i]) else pytest.approx(got[k][i]) for k in got)
 
 
 # ---- exclusions and bad input ------------------------------------------------------------------
@@ -218,19 +225,20 @@ def test_seeds_are_averaged_and_their_spread_reported(tmp_path):
     for seed in (0, 1):  # within each seed, against that seed's own final losses
         want = stats.spearmanr([SEEDED[(s, seed)][0] for s in "ABCD"], [SEEDED[(s, seed)][2] for s in "ABCD"])[0]
         assert row(result, 0).spearman_by_seed[str(seed)] == pytest.approx(want)
-    # each seed's mean over strategies removed (a shift shared by a seed's candidates does not
-    # reorder them), then the pooled sd over 4 strategies x 2 seeds (4 dof); the standard error
-    # of a difference of 2-seed means
-    shift = {seed: sum(SEEDED[(s, seed)][2] for s in "ABCD") / 4 for seed in (0, 1)}
-    resid = {(s, seed): SEEDED[(s, seed)][2] - shift[seed] for s in "ABCD" for seed in (0, 1)}
-    pooled = math.sqrt(sum((resid[(s, 0)] - resid[(s, 1)]) ** 2 / 2 for s in "ABCD") / 4)
-    assert result.little_lag["regret_tol"] == pytest.approx(pooled * math.sqrt(2 / 2))
-    assert result.little_lag["regret_tol_source"].startswith("seed noise")
+    # B against the best, A: per-seed differences (1.0, 1.2), so the paired SE is sd / sqrt(2) = 0.1
+    comparison = {c["strategy"]: c for c in result.best_set["comparisons"]}
+    assert result.best_set["best"] == "A" and result.best_set["members"] == ["A"]
+    assert comparison["B"]["diff"] == pytest.approx(1.1) and comparison["B"]["seed_se"] == pytest.approx(0.1)
+    assert comparison["B"]["eval_se"] is None and comparison["B"]["se"] == pytest.approx(0.1)
+    assert result.noise["seed_se_of_a_difference"] is not None and result.noise["seeds"] == 2
 
 
-def test_single_seed_tolerance_is_a_tenth_of_the_spread(tmp_path):
+def test_one_seed_and_no_windows_leave_only_float_rounding(tmp_path):
     result = correlate(load_curves(write_pool(tmp_path, four([3, 1, 2, 4], [1, 3, 2, 4]))), n_boot=0)
-    assert result.little_lag["regret_tol"] == pytest.approx(0.3)  # spread 4 - 1
+    assert result.best_set["members"] == ["A"] and not result.best_set["seed_noise_measured"]
+    assert "float rounding only" in result.best_set["rule"]
+    assert any("one seed per strategy" in n for n in result.notes)
+    assert any("no per-window losses" in n for n in result.notes)
     assert row(result, 0).spearman_by_seed is None
 
 
@@ -275,7 +283,7 @@ def test_little_lag_on_constructed_curves(tmp_path):
     result = correlate(curves, n_boot=0)
     assert [row(result, s).spearman for s in (0, 2, 4)] == pytest.approx([-1.0, 0.9, 0.9])
     # one adjacent swap gives rho = 1 - 6 * 2 / (5 * 24) = 0.9: at the threshold, which passes;
-    # at step 2 the leader is wrong (regret 1 > 0.4 = a tenth of the spread), at step 4 it is right
+    # at step 2 the pick (B) is outside the best set (A alone: one seed, no windows), at step 4 it is A
     assert result.little_lag["step"] == 4
     assert [r.settled for r in result.rows] == [False, False, False, True, True, True, True, False]
     assert result.little_lag["compute_fraction"] == pytest.approx(4 / 64)
@@ -293,10 +301,11 @@ def test_little_lag_absent_when_the_ranking_never_settles(tmp_path):
 
 def test_little_lag_function():
     steps, final = [0, 1, 2, 4, 8], 8
-    assert analysis.little_lag(steps, [1.0, 0.2, 0.95, 0.9, 1.0], [0, 0, 0, 0, 0], final, 0.9, 0.0) == 2
-    assert analysis.little_lag(steps, [1.0, 1.0, None, 1.0, 1.0], [0, 0, 0, 0, 0], final, 0.9, 0.0) == 4
-    assert analysis.little_lag(steps, [1.0] * 5, [0, 0, 0, 0.1, 0], final, 0.9, 0.05) is None
-    assert analysis.little_lag(steps, [1.0] * 5, [0.0] * 5, final, 0.9, 0.0) == 0  # settled at init
+    right = [True] * 5
+    assert analysis.little_lag(steps, [1.0, 0.2, 0.95, 0.9, 1.0], right, final, 0.9) == 2
+    assert analysis.little_lag(steps, [1.0, 1.0, None, 1.0, 1.0], right, final, 0.9) == 4
+    assert analysis.little_lag(steps, [1.0] * 5, [True, True, True, False, True], final, 0.9) is None
+    assert analysis.little_lag(steps, [1.0] * 5, right, final, 0.9) == 0  # settled at init
 
 
 def test_compute_fraction_weighs_candidates_by_their_flops(tmp_path):
@@ -343,8 +352,8 @@ def test_ranking_stability_between_successive_steps(tmp_path):
 
 
 def test_a_shift_shared_by_all_candidates_of_a_seed_is_not_seed_noise(tmp_path):
-    """Seed 1 adds the same 0.5 to every strategy: the ranking within each seed is identical, so
-    the measured seed noise (and the default regret tolerance) must be that of the residuals."""
+    """Seed 1 adds the same 0.5 to every strategy: the ranking within each seed is identical, and
+    the paired differences are the same on both seeds, so none of them is seed noise."""
     final = {"A": 1.0, "B": 1.1, "C": 1.2, "D": 1.3}
     records = []
     for i, (name, seed) in enumerate((n, s) for n in final for s in (0, 1)):
@@ -353,4 +362,5 @@ def test_a_shift_shared_by_all_candidates_of_a_seed_is_not_seed_noise(tmp_path):
                             "train_loss": None, "tokens": step, "flops": float(step), "diverged": False})
     (tmp_path / "curves.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     result = correlate(load_curves(tmp_path), n_boot=50)
-    assert result.little_lag["regret_tol"] < 0.05  # counted as noise, the shift would give 0.35
+    assert result.best_set["members"] == ["A"]  # unpaired, the shift would give an SE of 0.35
+    assert all(c["seed_se"] == pytest.approx(0, abs=1e-12) for c in result.best_set["comparisons"][1:])

@@ -1,5 +1,6 @@
 """Records to conclusions, with numpy and scipy only (no jax, no rendering): a pool's curves as
-arrays (`curves`), rank correlations, regret, bootstrap intervals and the little lag
+arrays (`curves`), standard errors, ties and the set that cannot be told from the best (`noise`),
+tie-aware rank correlations (`rank_stats`), regret, bootstrap intervals and the little lag
 (`correlation`), predictors of the final loss (`predictors`), successive halving (`halving`) and
 every predictor compared with halving replayed (`comparison`). The public functions are re-exported here."""
 
@@ -7,14 +8,8 @@ from laggrow.analysis.comparison import compare_predictors, full_correlation, re
 from laggrow.analysis.correlation import (  # noqa: F401
     CorrelationResult,
     StabilityResult,
-    batch_kendall,
-    batch_pearson,
-    batch_spearman,
-    choice_regret,
     correlate,
-    hit_probability,
     little_lag,
-    rank_correlations,
     ranking_stability,
 )
 from laggrow.analysis.curves import (  # noqa: F401
@@ -24,4 +19,10 @@ from laggrow.analysis.curves import (  # noqa: F401
     load_curves,
     resolve_final_step,
     steps_with_loss,
+)
+from laggrow.analysis.rank_stats import (  # noqa: F401
+    batch_kendall,
+    batch_pearson,
+    batch_spearman,
+    rank_correlations,
 )

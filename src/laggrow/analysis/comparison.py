@@ -14,7 +14,6 @@ over its seeds of the predictor applied to each seed's curve, and compute is cha
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import numpy as np
@@ -43,7 +42,7 @@ def compare_predictors(curves: Curves, final_step: int | None = None, threshold:
             return None
         row = result.rows[result.steps.index(step)]
         return {"step": step, "spearman": row.spearman, "top1": row.top1, "regret": row.regret,
-                "leaders": row.leaders}
+                "in_best_set": row.in_best_set, "leaders": row.leaders}
 
     summary = []
     for name, result in results.items():
@@ -55,25 +54,27 @@ def compare_predictors(curves: Curves, final_step: int | None = None, threshold:
     steps = []
     for j, step in enumerate(first.steps):
         steps.append({"step": step, "compute_fraction": first.rows[j].compute_fraction,
-                      **{name: {"spearman": r.rows[j].spearman, "top1": r.rows[j].top1, "regret": r.rows[j].regret}
+                      **{name: {"spearman": r.rows[j].spearman, "top1": r.rows[j].top1, "regret": r.rows[j].regret,
+                                "in_best_set": r.rows[j].in_best_set}
                          for name, r in results.items()}})
     return {"final_step": final_step, "lag_steps": curves.lag_steps, "threshold": threshold,
-            "regret_tol": first.little_lag["regret_tol"], "regret_tol_source": first.little_lag["regret_tol_source"],
+            "rule": first.little_lag["rule"], "best_set": first.best_set["members"],
             "compute_basis": first.little_lag["compute_basis"], "predictors": summary, "steps": steps}
 
 
 def strategy_scores(curves: Curves, final_step: int, predictor: str) -> tuple[list[str], np.ndarray, np.ndarray]:
-    """(strategies, their candidate counts, (strategies x steps) mean-over-seeds scores up to the
-    final step): what halving ranks strategies by."""
-    pool = rankable_pool(scored(curves, final_step, predictor), final_step)
+    """(strategies, their candidate counts, (strategies x steps) mean-over-seeds scores of the
+    selection curves up to the final step): what halving ranks strategies by."""
+    pool = rankable_pool(scored(curves, final_step, predictor), final_step, windows=False)
     return pool.names, np.array([len(m) for m in pool.members]), pool.loss
 
 
 def replay_halving(curves: Curves, eta: int, first: int, predictor: str = "loss",
                    final_step: int | None = None) -> dict[str, Any]:
-    """Successive halving over the pool's strategies, decided on its recorded curves; with the
-    pick's regret at the final step and its compute against probing everyone k steps and against
-    training everyone to the end (candidate-steps; k = lag_steps)."""
+    """Successive halving over the pool's strategies, decided on its recorded selection curves;
+    with the pick's regret on the reported (test) final loss, whether it lands in the best set,
+    and its compute against probing everyone k steps and against training everyone to the end
+    (candidate-steps; k = lag_steps)."""
     final_step = resolve_final_step(curves, final_step)
     names, seeds, scores = strategy_scores(curves, final_step, predictor)
     steps = curves.steps[: scores.shape[1]]
@@ -81,8 +82,10 @@ def replay_halving(curves: Curves, eta: int, first: int, predictor: str = "loss"
     result = successive_halving(names, curve_from_matrix(names, steps, scores), eta, first, final_step, "loss")
     out = result.to_dict()
     out["predictor"] = predictor
-    final = dict(zip(names, scores[:, -1], strict=True))
+    reported = correlate(curves, final_step, n_boot=0)  # the final losses and the best set, by the loss
+    final = {s["strategy"]: s["final_loss"] for s in reported.strategies}
     best = min(final.values())
+    members = set(reported.best_set["members"])
     per_seed = dict(zip(names, seeds.tolist(), strict=True))
     halving_cost = sum(result.charged[n] * per_seed[n] for n in names)
     everyone = int(seeds.sum())
@@ -90,18 +93,18 @@ def replay_halving(curves: Curves, eta: int, first: int, predictor: str = "loss"
     out.update({
         "planned": [list(b) for b in halving_budgets(len(names), eta, first, final_step)],
         "regret": float(final[result.winner] - best),
+        "in_best_set": result.winner in members,
         "best": [n for n in names if final[n] == best],
+        "best_set": sorted(members),
         "candidate_steps": halving_cost,
         "probe_everyone_k": {"k": k, "candidate_steps": everyone * k if k else None},
         "train_everyone": {"candidate_steps": everyone * final_step},
         "fraction_of_train_everyone": halving_cost / (everyone * final_step),
     })
-    if k:  # the plain LAG choice at k, for comparison
-        pool_loss = dict(zip(names, scores[:, int(np.searchsorted(steps, k))], strict=True))
-        if all(math.isfinite(v) for v in pool_loss.values()):
-            low = min(pool_loss.values())
-            picks = [n for n in names if pool_loss[n] == low]
-            out["probe_everyone_k"]["regret"] = float(np.mean([final[n] for n in picks]) - best)
+    if k and k in reported.steps:  # the plain LAG choice at k, for comparison (ties as correlate takes them)
+        row = reported.rows[reported.steps.index(k)]
+        if row.regret is not None:
+            out["probe_everyone_k"].update(regret=row.regret, in_best_set=row.in_best_set, leaders=row.leaders)
     return out
 
 

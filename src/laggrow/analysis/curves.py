@@ -6,6 +6,12 @@
 marks the step a candidate diverged on; nothing it logs from there on is ranked. `probe.json` /
 `final.json` are optional and only lend `lag_steps`, `final_steps` and `function_preserving`.
 
+Two evaluation sets (data.split_heldout): `eval_loss` is the selection set's loss (what every choice
+reads), `test_loss` the test set's (what results are reported on); `eval_windows` / `test_windows`
+hold the loss of every window, for the evaluation noise of differences. A pool reads its test set at
+T only. Records written before the held-out set was split have only `eval_loss` (the whole held-out
+set) and their pool.json no `evaluation` record: `Curves.split` is then False.
+
 Which step is "final": with a known `lag_steps`, the pool has finals when some candidate has a
 finite loss beyond it; without probe.json, when more than one evaluated step has a finite loss.
 The final step is then the largest step with a finite loss, unless one is asked for.
@@ -45,15 +51,23 @@ class Curves:
     source: str
     steps: np.ndarray
     candidates: list[Candidate]
-    loss: np.ndarray  # eval loss; NaN where not evaluated, and from the step a candidate diverged on
+    loss: np.ndarray  # selection-set loss; NaN where not evaluated, and from the step a candidate diverged on
     flops: np.ndarray  # cumulative training FLOPs; NaN where not recorded
     tokens: np.ndarray
     lag_steps: int | None = None
     final_steps: int | None = None
+    test: np.ndarray | None = None  # test-set loss, as `loss`; None when no record has one
+    windows: np.ndarray | None = None  # (candidates, steps, windows) selection per-window losses, or None
+    test_windows: np.ndarray | None = None  # the same on the test set
+    split: bool = False  # the records come from a pool that evaluates a selection and a test set
 
 
 def _number(value: Any) -> bool:
     return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _loss_or_nan(value: Any) -> float:
+    return math.nan if value is None else float(value)
 
 
 def _parse_record(line: str, where: str) -> dict:
@@ -72,9 +86,13 @@ def _parse_record(line: str, where: str) -> dict:
             raise LaggrowError(f"{where}: '{key}' must be a non-negative integer, got {obj[key]!r}")
     if not isinstance(obj["strategy"], str) or not obj["strategy"]:
         raise LaggrowError(f"{where}: 'strategy' must be a non-empty string, got {obj['strategy']!r}")
-    for key in ("eval_loss", "flops", "tokens"):
+    for key in ("eval_loss", "test_loss", "flops", "tokens"):
         if obj.get(key) is not None and not _number(obj[key]):
             raise LaggrowError(f"{where}: '{key}' must be a number or null, got {obj[key]!r}")
+    for key in ("eval_windows", "test_windows"):
+        value = obj.get(key)
+        if value is not None and not (isinstance(value, list) and value and all(_number(v) for v in value)):
+            raise LaggrowError(f"{where}: '{key}' must be a non-empty list of numbers or null, got {value!r:.60}")
     if obj.get("diverged") not in (None, True, False):
         raise LaggrowError(f"{where}: 'diverged' must be true or false, got {obj['diverged']!r}")
     loss = math.nan if obj["eval_loss"] is None else float(obj["eval_loss"])
@@ -83,7 +101,10 @@ def _parse_record(line: str, where: str) -> dict:
             # a null or non-finite loss is a divergence whatever the flag says: there is nothing to rank
             "diverged": bool(obj.get("diverged")) or not math.isfinite(loss),
             "flops": math.nan if obj.get("flops") is None else float(obj["flops"]),
-            "tokens": math.nan if obj.get("tokens") is None else float(obj["tokens"])}
+            "tokens": math.nan if obj.get("tokens") is None else float(obj["tokens"]),
+            # None: no test set recorded; NaN: a test loss that is null (the candidate diverged)
+            "test": None if "test_loss" not in obj else _loss_or_nan(obj["test_loss"]),
+            "eval_windows": obj.get("eval_windows"), "test_windows": obj.get("test_windows")}
 
 
 def _read_meta(directory: Path) -> tuple[int | None, int | None, dict[int, bool]]:
@@ -135,20 +156,55 @@ def load_curves(path: str | Path) -> Curves:
     ids = sorted(identity)
     steps = np.array(sorted({s for _, s in latest}))
     row, col = {c: i for i, c in enumerate(ids)}, {s: j for j, s in enumerate(steps)}
-    loss, flops, tokens = (np.full((len(ids), len(steps)), np.nan) for _ in range(3))
+    loss, flops, tokens, test = (np.full((len(ids), len(steps)), np.nan) for _ in range(4))
+    windows = {key: _window_array(latest, key, file, row, col, len(steps)) for key in ("eval_windows", "test_windows")}
+    has_test = any(rec["test"] is not None for rec in latest.values())
     diverged_at: dict[int, int] = {}
     for (cand, step), rec in latest.items():
         i, j = row[cand], col[step]
         loss[i, j], flops[i, j], tokens[i, j] = rec["loss"], rec["flops"], rec["tokens"]
+        test[i, j] = math.nan if rec["test"] is None else rec["test"]
         if rec["diverged"]:
             diverged_at[cand] = min(step, diverged_at.get(cand, step))
     candidates = []
     for cand in ids:
         if cand in diverged_at:  # whatever was logged after a divergence is not a loss to rank
-            loss[row[cand], steps >= diverged_at[cand]] = np.nan
+            after = steps >= diverged_at[cand]
+            for array in (loss, test, *(w for w in windows.values() if w is not None)):
+                array[row[cand], after] = np.nan
         candidates.append(Candidate(cand, identity[cand][0], identity[cand][1], preserving.get(cand),
                                     diverged_at.get(cand)))
-    return Curves(str(file), steps, candidates, loss, flops, tokens, lag, final)
+    split = has_test or _pool_has_split(file.parent)
+    return Curves(str(file), steps, candidates, loss, flops, tokens, lag, final, test if has_test else None,
+                  windows["eval_windows"], windows["test_windows"], split)
+
+
+def _pool_has_split(directory: Path) -> bool:
+    """Whether pool.json (when there is one) records the selection / test split of the held-out set."""
+    path = directory / store.POOL_FILE
+    if not path.is_file():
+        return False
+    meta = store.read_json(path, "pool record written by laggrow probe")
+    return isinstance(meta, dict) and isinstance(meta.get("evaluation"), dict)
+
+
+def _window_array(latest: dict[tuple[int, int], dict], key: str, file: Path, row: dict[int, int],
+                  col: dict[int, int], n_steps: int) -> np.ndarray | None:
+    """(candidates, steps, windows) per-window losses from the records' `key` list, NaN where a
+    record has none; None when no record has one. Every list must have one length (the set's
+    windows): another is a damaged record."""
+    lengths = {len(rec[key]) for rec in latest.values() if rec[key] is not None}
+    if not lengths:
+        return None
+    if len(lengths) > 1:
+        raise LaggrowError(f"{file}: the records' '{key}' lists have "
+                           f"{sorted(lengths)} entries; expected one per window of the evaluation set, the same "
+                           "in every record (is the file damaged?)")
+    out = np.full((len(row), n_steps, lengths.pop()), np.nan)
+    for (cand, step), rec in latest.items():
+        if rec[key] is not None:
+            out[row[cand], col[step]] = rec[key]
+    return out
 
 
 # ---- which step is final ----------------------------------------------------------------------
