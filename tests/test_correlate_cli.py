@@ -55,7 +55,8 @@ def test_table_names_the_little_lag_and_writes_everything(tmp_path):
     assert result.exit_code == 0, result.output
     assert "0 init" in result.output and "128 final" in result.output and "16 lag" in result.output
     assert "little lag: step 8" in result.output
-    assert "Final loss over seeds" in result.output
+    assert "Final loss against the best" in result.output
+    assert "best at step 128: A; cannot be told from it: A (" in result.output
     for name in OUTPUTS:
         assert (pool / name).is_file(), name
     for name in OUTPUTS[2:]:
@@ -63,7 +64,8 @@ def test_table_names_the_little_lag_and_writes_everything(tmp_path):
         assert (pool / name).stat().st_size > 5000, name
     data = json.loads((pool / "correlation.json").read_text())
     assert {"final_step", "rows", "little_lag"} <= data.keys() and data["final_step"] == 128
-    assert {"step", "spearman", "kendall", "pearson", "top1", "regret"} <= data["rows"][0].keys()
+    assert {"step", "spearman", "kendall", "pearson", "top1", "in_best_set", "regret"} <= data["rows"][0].keys()
+    assert data["schema"] == "laggrow.correlation/2" and data["best_set"]["members"] == ["A"]
     assert data["little_lag"]["step"] == 8
     assert data["rows"][0]["spearman"] == pytest.approx(-1.0)  # reversed at initialisation
     assert data["bootstrap"]["n"] == 200
@@ -90,7 +92,7 @@ def test_final_step_and_regret_tolerance_options(tmp_path):
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data["final_step"] == 32 and data["rows"][-1]["step"] == 32
-    assert data["little_lag"]["regret_tol"] == 0.05 and data["little_lag"]["regret_tol_source"] == "given"
+    assert data["little_lag"]["regret_tol"] == 0.05 and data["little_lag"]["rule"] == "regret <= 0.05 (given)"
     assert data["rows"][0]["spearman_ci"] is None
 
 
@@ -103,7 +105,7 @@ def test_probe_only_reports_stability_and_asks_for_train_final(tmp_path):
     assert not (pool / "correlation.json").exists()
     assert (pool / "ranks.png").read_bytes()[:8] == PNG_MAGIC
     printed = json.loads(invoke(str(pool), "--json").stdout)
-    assert printed["schema"] == "laggrow.stability/1" and printed["last_step"] == LAG
+    assert printed["schema"] == "laggrow.stability/2" and printed["last_step"] == LAG
 
 
 def test_diverged_candidate_is_reported(tmp_path):

@@ -357,7 +357,7 @@ def test_plot_stack_writes_a_png(tmp_path):
 
 
 def test_render_stack_holds_the_setup_and_both_tables():
-    from laggrow.report.markdown import render_stack
+    from laggrow.report.stack_markdown import render_stack
 
     record = make_record()
     text = render_stack(record, method_summaries(record, make_rows()), choice_rows(record), best_methods(record))
@@ -378,7 +378,7 @@ def test_render_stack_holds_the_setup_and_both_tables():
 
 
 def test_render_stack_with_one_seed_says_seed_noise_is_not_measured():
-    from laggrow.report.markdown import render_stack
+    from laggrow.report.stack_markdown import render_stack
 
     record = make_record()
     record["seeds"] = [1]

@@ -324,7 +324,9 @@ def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
 
 
 def correlation_is_current(ex: Experiment) -> bool:
-    """correlation.json exists, is newer than the finals and was made with these options."""
+    """correlation.json exists, is newer than the finals and was made with these options by this
+    version of the analysis (its schema)."""
+    from laggrow.analysis.correlation import SCHEMA
 
     path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / store.FINAL_FILE
     if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
@@ -332,8 +334,10 @@ def correlation_is_current(ex: Experiment) -> bool:
     opts = ex.correlate
     try:  # a damaged correlation.json is made again, as a missing one would be
         made = store.read_json(path, "correlation")
+        if made.get("schema") != SCHEMA:
+            return False
         lag, boot = made["little_lag"], made["bootstrap"]
-        given = lag["regret_tol"] if lag["regret_tol_source"] == "given" else None
+        given = lag["regret_tol"]
         replayed = made.get("halving")
         halving = {"first": replayed["first"], "eta": replayed["eta"]} if replayed else {}
         wanted = {"first": opts.halving["first"], "eta": opts.halving.get("eta", 2)} if opts.halving else {}

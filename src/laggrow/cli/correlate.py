@@ -96,10 +96,9 @@ def correlate_command(
             typer.echo(json.dumps(result, indent=2, allow_nan=False))
             return
         console.print(tables.correlation_table(result))
-        spread = tables.seed_spread_table(result)
-        if spread is not None:
-            console.print(spread)
-        for line in (tables.init_summary(result), tables.little_lag_summary(result), *result["notes"]):
+        console.print(tables.best_set_table(result))
+        for line in (tables.best_set_summary(result), tables.init_summary(result), tables.little_lag_summary(result),
+                     *result["notes"]):
             if line:
                 console.print(line, highlight=False)
         console.print(tables.predictor_table(result["predictors"]))

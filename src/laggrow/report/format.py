@@ -24,3 +24,12 @@ def step_label(step: int, result: dict) -> str:
         if step == at:
             return f"{step} {marker}"
     return str(step)
+
+
+def md_table(header: list[str], rows: list[list[str]], align: str = "") -> str:
+    """A markdown table; `align` has one letter per column, l or r (default: first l, the rest r)."""
+    align = align or "l" + "r" * (len(header) - 1)
+    align = ["---" if a == "l" else "---:" for a in align]
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(align) + "|"]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines)

@@ -18,16 +18,18 @@ from laggrow.report.format import NONE, num, pct, step_label
 def correlation_table(result: dict) -> Table:
     """One row per evaluated step; step 0 (the view from initialisation) sits in its own section.
     Rows from the little lag on, where the ranking has settled, are marked. Sized for 80 columns:
-    top-3 and the other intervals are in correlation.json / .csv."""
+    top-3, Pearson r and the other intervals are in correlation.json / .csv."""
     ci = round(100 * result["bootstrap"]["ci_level"])
     table = Table(title=f"How early the ranking settles: {len(result['strategies'])} strategies against "
                         f"the loss at step {result['final_step']}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                  caption="regret: final loss of the leader at that step minus the best (share of the spread)\n"
-                          "cost: the pool's training compute so far over its final compute\n"
-                          "* settled: rho and regret within bounds from here to the final step",
+                  caption="top-1, in set: probability that the pick at that step (ties broken at random) is a\n"
+                          "final best, and is in the set that cannot be told from the best\n"
+                          f"regret: the pick's final loss minus the best (share of {result['little_lag']['spread_of']}"
+                          " spread)\ncost: the pool's training compute so far over its final compute\n"
+                          "* settled: rho and the pick within bounds from here to the final step",
                   caption_justify="left")
-    for name in ("step", f"rho [{ci}% CI]", "tau", "r", "top-1", "regret", "cost"):
+    for name in ("step", f"rho [{ci}% CI]", "tau", "top-1", "in set", "regret", "cost"):
         table.add_column(name, justify="left" if name.startswith("rho") else "right", no_wrap=True)
     for row in result["rows"]:
         interval = row["spearman_ci"]
@@ -36,21 +38,36 @@ def correlation_table(result: dict) -> Table:
             else NONE
         table.add_row(
             step_label(row["step"], result) + (" *" if row["settled"] else ""), rho, num(row["kendall"], ".2f"),
-            num(row["pearson"], ".2f"), num(row["top1"], ".2f"), regret, pct(row["compute_fraction"]),
+            num(row["top1"], ".2f"), num(row["in_best_set"], ".2f"), regret, pct(row["compute_fraction"]),
             style="green" if row["settled"] else None, end_section=row["step"] == 0)
     return table
 
 
 def little_lag_summary(result: dict) -> str:
-    """The little lag in one sentence, with the rule and the tolerance it was found under."""
+    """The little lag in one sentence, with the rule it was found under."""
     lag, final = result["little_lag"], result["final_step"]
-    rule = (f"rho >= {lag['threshold']:g} and regret <= {lag['regret_tol']:.3g} "
-            f"({lag['regret_tol_source']})")
+    rule = f"rho >= {lag['threshold']:g} and {lag['rule']}"
     if lag["step"] is None:
         return f"little lag: none before the final step {final}; the ranking has not settled ({rule})"
     cost = NONE if lag["compute_fraction"] is None else f"{100 * lag['compute_fraction']:.3g}%"
     return (f"little lag: step {lag['step']}, costing {cost} of the pool's final training compute "
             f"(by {lag['compute_basis']}); from there to step {final}, {rule}")
+
+
+def pick_words(row: dict) -> str:
+    """A pick in words: who (all tied leaders), and how it fares against the best set."""
+    who = " or ".join(row["leaders"])
+    if len(row["leaders"]) > 1:
+        who += " (tied: one at random)"
+    if row["in_best_set"] is None:
+        return who
+    if row["in_best_set"] == 1:
+        verdict = "in the best set"
+    elif row["in_best_set"] == 0:
+        verdict = "outside the best set"
+    else:
+        verdict = f"in the best set with probability {row['in_best_set']:.2f}"
+    return f"{who}: {verdict}, regret {num(row['regret'], '.3g')}, top-1 {num(row['top1'], '.2f')}"
 
 
 def init_summary(result: dict) -> str | None:
@@ -59,22 +76,33 @@ def init_summary(result: dict) -> str | None:
     if not init:
         return None
     preserving = ", ".join(init["function_preserving"]) or "none known"
-    return (f"at initialisation (step 0): rho {num(init['spearman'], '.2f')}, top-1 {num(init['top1'], '.2f')}, "
-            f"regret {num(init['regret'], '.3g')}; leader(s) {', '.join(init['leaders'])}; "
+    return (f"at initialisation (step 0): rho {num(init['spearman'], '.2f')}; the pick: {pick_words(init)}; "
             f"function-preserving: {preserving}")
 
 
-def seed_spread_table(result: dict) -> Table | None:
-    """Final loss per strategy, mean and sd over its seeds; None when every strategy has one seed."""
-    strategies = result["strategies"]
-    if all(len(s["seeds"]) < 2 for s in strategies):
-        return None
-    table = Table(title="Final loss over seeds", title_justify="left", box=box.SIMPLE_HEAD)
-    for name in ("strategy", "seeds", "final loss", "sd"):
-        table.add_column(name, justify="left" if name == "strategy" else "right")
-    for s in sorted(strategies, key=lambda s: s["final_loss"]):
-        table.add_row(s["strategy"], str(len(s["seeds"])), num(s["final_loss"], ".4f"),
-                      num(s["final_loss_sd"], ".4f"))
+def best_set_summary(result: dict) -> str:
+    """The strategies that cannot be told from the best at T, and by what rule."""
+    best = result["best_set"]
+    return (f"best at step {result['final_step']}: {best['best']}; cannot be told from it: "
+            f"{', '.join(best['members'])} ({best['rule']}; final losses on the {result['noise']['reported_on']} set)")
+
+
+def best_set_table(result: dict) -> Table:
+    """Every strategy's final loss against the best's: the difference with its standard error
+    (seeds paired, windows paired) and whether it can be told from the best."""
+    best = result["best_set"]
+    by_name = {s["strategy"]: s for s in result["strategies"]}
+    table = Table(title=f"Final loss against the best ({result['noise']['reported_on']} set)", title_justify="left",
+                  box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
+                  caption=f"SE: of the difference, seeds paired and windows paired; in set: within {best['z']:g} SE",
+                  caption_justify="left")
+    for name in ("strategy", "seeds", "final loss", "sd", "- best", "SE seeds", "SE windows", "in set"):
+        table.add_column(name, justify="left" if name == "strategy" else "right", no_wrap=True)
+    for c in best["comparisons"]:
+        s = by_name[c["strategy"]]
+        table.add_row(c["strategy"], str(len(s["seeds"])), num(c["loss"], ".4f"), num(s["final_loss_sd"], ".4f"),
+                      num(c["diff"], "+.4f"), num(c["seed_se"], ".4f"), num(c["eval_se"], ".4f"),
+                      "yes" if c["indistinguishable"] else "no", style="green" if c["indistinguishable"] else None)
     return table
 
 
@@ -99,7 +127,7 @@ def ranking_table(rows: list[dict[str, Any]], title: str = "Ranking") -> Table:
         table.add_column(name, justify="left" if name == "strategy" else "right")
     for row in rows:
         preserving = row.get("function_preserving")
-        loss = "diverged" if row.get("diverged") else num(row.get("eval_loss"), ".4f")
+        loss = "diverged" if row.get("diverged") else num(row.get("loss", row.get("eval_loss")), ".4f")
         table.add_row(str(row["rank"]), row["strategy"], NONE if preserving is None else
                       ("yes" if preserving else "no"), num(row.get("eval_loss_init"), ".4f"),
                       loss, num(row.get("gap"), "+.4f"), style="red" if row.get("diverged") else None)
@@ -107,20 +135,21 @@ def ranking_table(rows: list[dict[str, Any]], title: str = "Ranking") -> Table:
 
 
 def predictor_table(comparison: dict) -> Table:
-    """Every predictor side by side: rho at initialisation and at k, top-1 and regret at k, its
-    little lag and that lag's share of the final compute."""
+    """Every predictor side by side: rho at initialisation and at k, top-1, the best-set hit and
+    regret at k, its little lag and that lag's share of the final compute."""
     k = comparison["lag_steps"]
     table = Table(title=f"Predictors of the loss at step {comparison['final_step']}", title_justify="left",
                   box=box.SIMPLE_HEAD, pad_edge=False, show_edge=False,
-                  caption=f"little lag: rho >= {comparison['threshold']:g} and regret <= "
-                          f"{comparison['regret_tol']:.3g} from there on; cost: its share of the final compute",
+                  caption=f"little lag: rho >= {comparison['threshold']:g} and {comparison['rule']} from there on;\n"
+                          "cost: its share of the final compute",
                   caption_justify="left")
-    for name in ("predictor", "rho@0", f"rho@k={k}", "top-1@k", "regret@k", "little lag", "cost"):
+    for name in ("predictor", "rho@0", f"rho@k={k}", "top-1@k", "set@k", "regret@k", "little lag", "cost"):
         table.add_column(name, justify="left" if name == "predictor" else "right", no_wrap=True)
     for p in comparison["predictors"]:
         init, at_k = p["at_init"] or {}, p["at_k"] or {}
         table.add_row(p["predictor"], num(init.get("spearman"), ".2f"), num(at_k.get("spearman"), ".2f"),
-                      num(at_k.get("top1"), ".2f"), num(at_k.get("regret"), ".3g"),
+                      num(at_k.get("top1"), ".2f"), num(at_k.get("in_best_set"), ".2f"),
+                      num(at_k.get("regret"), ".3g"),
                       NONE if p["little_lag"] is None else str(p["little_lag"]), pct(p["little_lag_compute"]))
     return table
 
@@ -129,10 +158,14 @@ def halving_summary(replay: dict) -> str:
     """Successive halving replayed on the curves, in one sentence against probing everyone k steps."""
     rounds = "; ".join(f"step {r['steps']}: kept {', '.join(r['kept'])}" for r in replay["rounds"])
     k = replay["probe_everyone_k"]
-    against = f"probing everyone k = {k['k']} steps costs {k['candidate_steps']:,} (regret " \
-              f"{num(k.get('regret'), '.3g')}); " if k.get("candidate_steps") else ""
+    against = ""
+    if k.get("candidate_steps"):
+        where = "" if k.get("in_best_set") is None else f", in the best set with probability {k['in_best_set']:.2f}"
+        against = (f"probing everyone k = {k['k']} steps costs {k['candidate_steps']:,} (regret "
+                   f"{num(k.get('regret'), '.3g')}{where}); ")
+    verdict = "in the best set" if replay.get("in_best_set") else "outside the best set"
     return (f"successive halving (eta {replay['eta']}, first {replay['first']}, predictor {replay['predictor']}) "
-            f"picks {replay['winner']} with regret {replay['regret']:.3g} for {replay['candidate_steps']:,} "
+            f"picks {replay['winner']} ({verdict}, regret {replay['regret']:.3g}) for {replay['candidate_steps']:,} "
             f"candidate-steps ({pct(replay['fraction_of_train_everyone'])} of training everyone to T); {against}"
             f"rounds: {rounds}")
 

@@ -16,13 +16,14 @@ from typing import TYPE_CHECKING
 from laggrow import runs, store
 from laggrow.errors import LaggrowError
 from laggrow.report import figures
-from laggrow.report.markdown import ReportInputs, render, render_stack
+from laggrow.report.experiment_markdown import ReportInputs, render
+from laggrow.report.stack_markdown import render_stack
 
 if TYPE_CHECKING:
     from laggrow.analysis.curves import Curves
 
 CSV_COLUMNS = ("step", "n", "spearman", "spearman_lo", "spearman_hi", "kendall", "kendall_lo", "kendall_hi",
-               "pearson", "pearson_lo", "pearson_hi", "top1", "top3", "regret", "regret_frac",
+               "pearson", "pearson_lo", "pearson_hi", "top1", "top3", "in_best_set", "regret", "regret_frac",
                "compute_fraction", "settled", "leaders")
 
 # the stages whose time report.md shows, in order (the report's own is not known while it is written)
