@@ -156,6 +156,33 @@ def test_the_lr_is_held_at_the_peak_over_the_probe_with_peak():
     assert lrs[pool.lag_steps + 1] < target.train.lr and lrs[-1] < lrs[pool.lag_steps + 1]  # then the decay
 
 
+@pytest.mark.parametrize("schedule, end", [("cosine", 0.003 * 0.1), ("constant", 0.003)])
+def test_source_end_names_the_rate_the_source_ended_at(schedule, end):
+    """`train.lr: source_end` continues at the source's last rate; `train.warmup_start: source_end`
+    re-warms from it, linearly to the peak at the end of the warmup."""
+    from laggrow.config import RunConfig, TrainConfig
+
+    source = RunConfig(train=TrainConfig(lr=0.003, min_lr_ratio=0.1, schedule=schedule))
+    target = _pool_with(train={"lr": "source_end"}).target_run_config(source)
+    assert target.train.lr == pytest.approx(end) and target.train.warmup_steps == 0
+    rewarm = _pool_with(train={"lr": 0.004, "warmup_steps": 4, "warmup_start": "source_end", "schedule": "cosine"})
+    target = rewarm.target_run_config(source)
+    schedule_fn = train.make_schedule(target.train)
+    lrs = [float(schedule_fn(i)) for i in range(6)]
+    np.testing.assert_allclose(lrs[:5], np.linspace(end, 0.004, 5), rtol=1e-6)
+    assert lrs[5] < 0.004
+    recorded = rewarm.protocol(target)
+    assert recorded["warmup_start"] == pytest.approx(end) and recorded["from_source_end"] == ["warmup_start"]
+    assert rewarm.to_dict()["train"]["warmup_start"] == "source_end"  # the pool as written
+
+
+def test_a_run_config_without_warmup_start_keeps_its_fingerprint():
+    from laggrow.config import RunConfig, TrainConfig
+
+    assert "warmup_start" not in RunConfig().to_dict()["train"]
+    assert RunConfig(train=TrainConfig(warmup_start=1e-4)).to_dict()["train"]["warmup_start"] == 1e-4
+
+
 def _pool_with(**changes):
     from laggrow.pool.config import pool_config_from_dict
 
@@ -164,6 +191,9 @@ def _pool_with(**changes):
 
 @pytest.mark.parametrize(("changes", "message"), [
     ({"probe_lr": "slow"}, "yaml.probe_lr: expected 'schedule' or 'peak'"),
+    ({"train": {"lr": "source"}}, "yaml.train.lr: expected a number, or 'source_end'"),
+    ({"train": {"lr": 0.001, "warmup_steps": 2, "warmup_start": 0.01}},
+     "train.warmup_start: expected a learning rate in [0, train.lr=0.001]"),
     ({"probe_lr": "peak", "train": {"warmup_steps": 2}}, "yaml.train.warmup_steps: expected no value"),
     ({"eval_at": [13]}, "yaml.eval_at: expected a list of steps in [0, final_steps=12]"),
     ({"eval_every": 5}, "yaml.eval_every: expected an integer in [0, lag_steps=4]"),

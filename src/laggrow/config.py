@@ -167,6 +167,9 @@ class TrainConfig:
     lr: float = 3e-3
     schedule: str = "cosine"  # cosine | linear | constant (all after a linear warmup)
     warmup_steps: int = 10
+    # the learning rate the warmup starts from; 0: lr / warmup_steps at the first step (a grown
+    # model may re-warm from the rate its source ended at: a pool's `warmup_start: source_end`)
+    warmup_start: float = 0.0
     # steps held at the peak after the warmup, before the decay starts (pools: probe_lr "peak")
     hold_steps: int = 0
     min_lr_ratio: float = 0.1
@@ -180,6 +183,17 @@ class TrainConfig:
     log_every: int = 10
     checkpoint_every: int = 0  # 0: only at the end
 
+    # Keys added after runs were recorded, written to config.json only where not at their default,
+    # so a run saved before them has the very config (and fingerprint) it had.
+    OPTIONAL_KEYS = ("warmup_start",)
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        for key in self.OPTIONAL_KEYS:
+            if out[key] == getattr(TrainConfig, key):
+                del out[key]
+        return out
+
     def validate(self) -> None:
         _require_finite(self, "train")
         _require_int(self, "train", "steps", 1)
@@ -189,6 +203,8 @@ class TrainConfig:
                  "'cosine', 'linear' or 'constant'", self.schedule)
         require(0 <= self.warmup_steps <= self.steps, "train.warmup_steps",
                  f"an integer in [0, train.steps={self.steps}]", self.warmup_steps)
+        require(0 <= self.warmup_start <= self.lr, "train.warmup_start",
+                f"a learning rate in [0, train.lr={self.lr:g}]", self.warmup_start)
         require(isinstance(self.hold_steps, int) and 0 <= self.hold_steps <= self.steps - self.warmup_steps,
                 "train.hold_steps", f"an integer in [0, train.steps - warmup_steps = {self.steps - self.warmup_steps}]",
                 self.hold_steps)
@@ -278,7 +294,7 @@ class RunConfig:
     def to_dict(self) -> dict[str, Any]:
         """What the run is (written to config.json, compared on resume): every section but `mesh`."""
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
-                "train": dataclasses.asdict(self.train)}
+                "train": self.train.to_dict()}
 
 
 SECTIONS = {"model": ModelConfig, "data": DataConfig, "train": TrainConfig}

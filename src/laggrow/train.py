@@ -28,9 +28,10 @@ State = dict
 
 
 def make_schedule(cfg: TrainConfig) -> optax.Schedule:
-    """Linear warmup to `lr`, `hold_steps` at `lr`, then cosine / linear decay to
-    `lr * min_lr_ratio` over the remaining steps, or constant. Defined over `cfg.steps`, so a probe
-    of k steps is exactly the prefix of a T-step run."""
+    """Linear warmup to `lr` (from `warmup_start` at the first step, or from lr / warmup_steps when
+    that is 0), `hold_steps` at `lr`, then cosine / linear decay to `lr * min_lr_ratio` over the
+    remaining steps, or constant. Defined over `cfg.steps`, so a probe of k steps is exactly the
+    prefix of a T-step run."""
     end = cfg.lr * cfg.min_lr_ratio
     decay_steps = max(cfg.steps - cfg.warmup_steps - cfg.hold_steps, 1)
     if cfg.schedule == "cosine":
@@ -43,7 +44,10 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
         decay = optax.join_schedules([optax.constant_schedule(cfg.lr), decay], [cfg.hold_steps])
     if cfg.warmup_steps == 0:
         return decay
-    warmup = optax.linear_schedule(cfg.lr / cfg.warmup_steps, cfg.lr, cfg.warmup_steps - 1)
+    if cfg.warmup_start > 0:  # from the start rate at step 0 to lr at step warmup_steps, where the decay begins
+        warmup = optax.linear_schedule(cfg.warmup_start, cfg.lr, cfg.warmup_steps)
+    else:
+        warmup = optax.linear_schedule(cfg.lr / cfg.warmup_steps, cfg.lr, cfg.warmup_steps - 1)
     return optax.join_schedules([warmup, decay], [cfg.warmup_steps])
 
 

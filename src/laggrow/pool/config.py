@@ -26,10 +26,13 @@ Every candidate (strategy x seed) sees the same batches as every other candidate
 the same learning-rate schedule, so a probe of k steps is exactly the prefix of the final run.
 
 Probe protocols: how a grown model is trained from growth on, the same for probe and final run.
-Four keys make one, and pool.json records the resolved protocol:
+These keys make one, and pool.json records the resolved protocol:
 - `train.warmup_steps`: the post-growth warmup, linear to the peak (default 0: none, the peak at
   once; never the source's warmup);
-- `train.lr` (and `train.schedule`): the peak learning rate and the decay after it;
+- `train.warmup_start`: the rate that warmup starts from (default 0); `source_end` re-warms from
+  the rate the source's schedule ended at;
+- `train.lr` (and `train.schedule`): the peak learning rate and the decay after it; `source_end`
+  continues at the rate the source ended at (no jump in the learning rate at the growth);
 - `probe_lr`: `schedule` (the final run's schedule from step 0) or `peak` (no warmup, the peak held
   for the k probe steps, then the final decay over the rest: train.warmup_steps 0 and
   train.hold_steps k, so a pool with `peak` sets neither);
@@ -70,6 +73,11 @@ from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_traini
 # The default probe protocol (docs/study.md): no warmup after growth, AdamW's moments carried
 # (PoolConfig.optimizer_state); it gave the best final loss and the highest rho at k on both corpora.
 DEFAULT_POST_GROWTH_WARMUP = 0
+
+# `train.lr` and `train.warmup_start` of a pool may name the learning rate the source's schedule
+# ended at instead of a number (resolved against the source in `target_run_config`).
+SOURCE_END = "source_end"
+SOURCE_END_KEYS = ("lr", "warmup_start")
 
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
@@ -153,17 +161,25 @@ class PoolConfig:
         `target_run_config`'s result."""
         train = target.train
         return {"probe_lr": self.probe_lr, "optimizer_state": self.optimizer_state,
-                "warmup_steps": train.warmup_steps, "hold_steps": train.hold_steps,
-                "lr": train.lr, "schedule": train.schedule, "min_lr_ratio": train.min_lr_ratio,
+                "warmup_steps": train.warmup_steps, "warmup_start": train.warmup_start,
+                "hold_steps": train.hold_steps, "lr": train.lr, "schedule": train.schedule,
+                "min_lr_ratio": train.min_lr_ratio,
+                "from_source_end": sorted(k for k in SOURCE_END_KEYS if self.train.get(k) == SOURCE_END),
                 # one schedule over [0, T] and the probe's state continued: probe = prefix of the run
                 "probe_is_prefix": True}
 
     def resolved_train(self, source_train: dict[str, Any] | None = None) -> dict[str, Any]:
-        """The training overrides after growth, `probe_lr` applied, over `source_train` if given."""
+        """The training overrides after growth, `probe_lr` applied, over `source_train` if given
+        (whose schedule's last rate `source_end` then names)."""
         # The post-growth warmup is the pool's, never the source's: 0 unless the pool sets one.
-        train = {**(source_train or {}), "warmup_steps": DEFAULT_POST_GROWTH_WARMUP, "hold_steps": 0, **self.train}
+        train = {**(source_train or {}), "warmup_steps": DEFAULT_POST_GROWTH_WARMUP, "warmup_start": 0.0,
+                 "hold_steps": 0, **self.train}
         if self.probe_lr == "peak":
             train.update(warmup_steps=0, hold_steps=self.lag_steps)
+        if source_train is not None:
+            for key in SOURCE_END_KEYS:
+                if train[key] == SOURCE_END:
+                    train[key] = source_end_lr(source_train)
         return train
 
     def target_run_config(self, source: RunConfig) -> RunConfig:
@@ -185,6 +201,12 @@ class PoolConfig:
         together = 1 if self.chunk_size == AUTO else n if self.chunk_size <= 0 else min(self.chunk_size, n)
         check_training_fits(target, "pool target", candidates=n, together=together)
         return target
+
+
+def source_end_lr(train: dict[str, Any]) -> float:
+    """The learning rate a run's schedule ends at (a train config as a dict): lr x min_lr_ratio
+    after a cosine or linear decay, lr when constant."""
+    return float(train["lr"]) if train.get("schedule") == "constant" else float(train["lr"]) * train["min_lr_ratio"]
 
 
 def eval_schedule(lag: int, final: int, points: int) -> list[int]:
@@ -293,8 +315,13 @@ def _validate(pool: PoolConfig, where: str) -> None:
         name = key if isinstance(key, str) and key.isprintable() and len(key) <= 80 else shown(key)
         check(key in known, f"train.{name}", f"a train setting ({', '.join(sorted(known))})", key)
     # The overrides' types and values, over the defaults: the source's own settings are checked
-    # with it, and the combination once more when the target is built.
+    # with it, and the combination once more when the target is built (`source_end` then too).
     overrides = dict(pool.train)
+    for key in SOURCE_END_KEYS:
+        if isinstance(overrides.get(key), str):
+            check(overrides[key] == SOURCE_END, f"train.{key}",
+                  f"a number, or '{SOURCE_END}' (the rate the source's schedule ended at)", overrides[key])
+            overrides[key] = getattr(TrainConfig, key) if key == "lr" else 0.0
     warmup = min(overrides.get("warmup_steps", DEFAULT_POST_GROWTH_WARMUP), pool.final_steps) \
         if isinstance(overrides.get("warmup_steps", 0), int) else overrides["warmup_steps"]
     train = build_dataclass(TrainConfig, {**overrides, "steps": pool.final_steps, "warmup_steps": warmup},
