@@ -229,6 +229,9 @@ def test_best_methods_names_what_cannot_be_told_from_the_best():
     best = best_methods(make_record())
     assert best["best"] == "adaptive" and best["members"] == ["adaptive", "middle"]
     assert best["seed_noise_measured"] and best["eval_noise_measured"]
+    # the medians over middle, top, scratch of the paired window SE and the paired seed SE of a gap
+    assert best["noise"]["eval_below_seed_noise"] is True
+    assert best["noise"]["seed_se_of_a_difference"] == pytest.approx(0.075)
     # without the windows of one method (a damaged or partial record) its evaluation noise is unknown
     record = make_record()
     record["runs"][2]["final_test_windows"] = []
@@ -369,6 +372,8 @@ def test_render_stack_holds_the_setup_and_both_tables():
                      "| `adaptive` | 60 | 2 | 1.8500 ± 0.0500 | 0.1291 |", "+0.1750 ± 0.0770 | worse |",
                      "+0.2500 ± 0.1539 | tied |", "32.5% (2/2) | 9.31% (2/2) |",
                      "**Cannot be told from the best:** `adaptive` (the best) and `middle`, within the noise of it",
+                     "The test windows' SE of a gap (0.0173, median) is below the seeds' (0.0750): the held-out set "
+                     "is large enough for these gaps.",
                      "| 3 | 0 | 3 | `block0` | block1 | no | yes | `block1` | "
                      "block0 2.100, block1 2.150, zero diverged |",
                      "Of 4 choices, 1 had a tie, 2 match top stacking, 2 MIDAS and 1 the choice by the loss right "

@@ -369,24 +369,15 @@ def scored(curves: Curves, final_step: int, predictor: str) -> Curves:
 
 
 def noise_summary(pool: _Pool, best: dict) -> dict:
-    """The two noises of a final difference against the best, side by side (medians over the other
-    strategies), and the evaluation's SE of one final loss: whether the held-out set is large
-    enough that reading other windows would move a difference less than another seed would."""
-    others = [c for c in best["comparisons"] if c["strategy"] != best["best"]]
-
-    def median(key: str) -> float | None:
-        values = [c[key] for c in others if c[key] is not None]
-        return float(np.median(values)) if values else None
-
+    """The evaluation's and the seeds' noise of a final difference (noise.noises_of_a_difference),
+    with the evaluation's SE of one final loss, the windows and the seeds behind them."""
     single = None
     if pool.final_windows is not None:
         single = float(np.median([noise.se_over_windows(w) for seeds in pool.final_windows for w in seeds]))
-    eval_se, seed_se = median("eval_se"), median("seed_se")
     return {"reported_on": pool.reported_on,
             "windows": None if pool.final_windows is None else int(pool.final_windows[0].shape[1]),
-            "seeds": max(len(m) for m in pool.members),
-            "eval_se_of_a_loss": single, "eval_se_of_a_difference": eval_se, "seed_se_of_a_difference": seed_se,
-            "eval_below_seed_noise": None if eval_se is None or seed_se is None else eval_se < seed_se}
+            "seeds": max(len(m) for m in pool.members), "eval_se_of_a_loss": single,
+            **noise.noises_of_a_difference(best)}
 
 
 def _noise_notes(summary: dict) -> list[str]:

@@ -198,3 +198,18 @@ def best_set(names: list[str], final: dict[str, dict[int, float]],
             "rule": f"final loss within {z:g} standard errors of the best's ({known})",
             "seed_noise_measured": seeds >= 2, "eval_noise_measured": bool(windows),
             "comparisons": [asdict(r) for r in rows]}
+
+
+def noises_of_a_difference(best: dict) -> dict:
+    """The two noises of a final difference against the best, side by side (medians over the
+    other strategies of `best_set`'s comparisons): whether the held-out set is large enough that
+    reading other windows would move a difference less than another seed would."""
+    others = [c for c in best["comparisons"] if c["strategy"] != best["best"]]
+
+    def median(key: str) -> float | None:
+        values = [c[key] for c in others if c[key] is not None]
+        return float(np.median(values)) if values else None
+
+    eval_se, seed_se = median("eval_se"), median("seed_se")
+    return {"eval_se_of_a_difference": eval_se, "seed_se_of_a_difference": seed_se,
+            "eval_below_seed_noise": None if eval_se is None or seed_se is None else eval_se < seed_se}

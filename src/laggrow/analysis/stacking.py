@@ -142,14 +142,15 @@ def _finals(record: dict) -> tuple[list[str], dict[str, dict[int, dict]], dict[s
 
 def best_methods(record: dict) -> dict | None:
     """`noise.best_set` over the methods with a final test loss: the best and every method that
-    cannot be told from it, the SE of each gap combining the paired seed and window noise. None
-    when no method has a final loss."""
+    cannot be told from it, the SE of each gap combining the paired seed and window noise, and
+    (`noise`) the two noises side by side. None when no method has a final loss."""
     methods, by_method, final = _finals(record)
     ranked = [m for m in methods if final[m]]
     if not ranked:
         return None
     windows = {m: w for m in ranked if (w := _final_windows(m, by_method[m], final[m])) is not None}
-    return noise.best_set(ranked, {m: final[m] for m in ranked}, windows or None)
+    best = noise.best_set(ranked, {m: final[m] for m in ranked}, windows or None)
+    return {**best, "noise": noise.noises_of_a_difference(best)}
 
 
 def _flops_saved(rows: list[dict], by_method: dict, final: dict, method: str,

@@ -102,6 +102,13 @@ def _stack_best(best: dict | None, n_seeds: int) -> list[str]:
              "a rough estimate." if best["seed_noise_measured"] else
              "Seed noise is not measured (one seed): the SEs above are the test windows' only, and a gap beyond "
              "them may still be seed noise (growth randomness and data order); run more seeds to measure it.")
+    both = best["noise"]
+    if both["eval_below_seed_noise"] is not None:
+        seeds += (f" The test windows' SE of a gap ({both['eval_se_of_a_difference']:.4f}, median) is "
+                  + ("below" if both["eval_below_seed_noise"] else "not below")
+                  + f" the seeds' ({both['seed_se_of_a_difference']:.4f})"
+                  + (": the held-out set is large enough for these gaps." if both["eval_below_seed_noise"] else
+                     ": the held-out set is too small for these gaps (raise data.eval_batches)."))
     return [f"{verdict} (rule: {best['rule']}).", "", seeds, ""]
 
 
