@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 # Subprocesses that tests start (laggrow killed mid-run, a second writer) inherit these, so they
@@ -72,24 +71,46 @@ def tiny_base_run(tmp_path_factory, tiny_config_path) -> Path:
 # ---- real laggrow processes, for tests that kill or interrupt them ------------------------------
 
 
-def start_laggrow(*args, cwd: Path = REPO, stdout=None) -> subprocess.Popen:
-    """`python -m laggrow ARGS` as a real process (sharing the compilation cache, see above)."""
-    return subprocess.Popen([sys.executable, "-m", "laggrow", *map(str, args)], cwd=cwd,
+def start_laggrow(*args, cwd: Path = REPO, stdout=None, fault: str | None = None) -> subprocess.Popen:
+    """`python -m laggrow ARGS` as a real process (sharing the compilation cache, see above).
+    `fault` (`POINT[:WHERE]=ACTION`, laggrow.faults) makes the process kill, interrupt or stop
+    itself at that exact point of its work, so a test needs no timing to hit it."""
+    from laggrow import faults
+
+    env = dict(os.environ)
+    env.pop(faults.ENV, None)
+    if fault is not None:
+        env[faults.ENV] = fault
+    return subprocess.Popen([sys.executable, "-m", "laggrow", *map(str, args)], cwd=cwd, env=env,
                             stdout=subprocess.PIPE if stdout is None else stdout, stderr=subprocess.PIPE,
                             text=True)
 
 
-def wait_until(proc: subprocess.Popen, ready, what: str, timeout: float = 180) -> None:
-    """Poll `ready()` about every 5 ms until it holds; fail with the process's stderr if the
-    process ends first, and kill it if `timeout` seconds pass."""
-    deadline = time.monotonic() + timeout
-    while not ready():
-        if proc.poll() is not None:
-            pytest.fail(f"laggrow ended (rc {proc.returncode}) before {what}: {proc.communicate()[1]}")
-        if time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.005)
+def finish(proc: subprocess.Popen, timeout: float = 180) -> str:
+    """Wait for a laggrow process to end (killing it after `timeout` seconds); its stderr."""
+    try:
+        return proc.communicate(timeout=timeout)[1]
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        return pytest.fail(f"laggrow did not end in {timeout} s: {proc.communicate()[1]}")
+
+
+def wait_stopped(proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Wait until a process started with a `...=SIGSTOP` fault has stopped itself there. The
+    stop is awaited with waitpid(WUNTRACED) on a thread, so a process that ends instead (or
+    hangs) fails the test with its stderr rather than blocking it."""
+    import threading
+
+    seen: list[int] = []
+    waiter = threading.Thread(target=lambda: seen.append(os.waitpid(proc.pid, os.WUNTRACED)[1]), daemon=True)
+    waiter.start()
+    waiter.join(timeout)
+    if not seen:
+        proc.kill()
+        pytest.fail(f"laggrow did not reach its fault point in {timeout} s")
+    if not os.WIFSTOPPED(seen[0]):
+        proc.returncode = os.waitstatus_to_exitcode(seen[0])  # reaped above: tell Popen
+        pytest.fail(f"laggrow ended (rc {proc.returncode}) before its fault point: {proc.stderr.read()}")
 
 
 def train_records(run: Path) -> list[tuple]:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import invoke_in_repo, invoke_in_repo_ok, one_line_failure, snapshot, start_laggrow, wait_until
+from conftest import finish, invoke_in_repo, invoke_in_repo_ok, one_line_failure, snapshot, start_laggrow
 from laggrow import experiment as exp
 from laggrow import interrupt, store
 
@@ -159,14 +159,12 @@ def test_report_refuses_an_experiment_being_written(finished, tmp_path):
 # ---- SIGKILL and Ctrl-C of a real laggrow run ------------------------------------------------------
 
 
-def _start(out: Path) -> subprocess.Popen:
-    return start_laggrow(*with_sets("run", str(TINY), "--out", str(out)), stdout=subprocess.DEVNULL)
-
-
-def _kill_when(proc: subprocess.Popen, ready, what: str) -> None:
-    wait_until(proc, ready, what)
-    proc.kill()
-    proc.communicate(timeout=60)
+def _killed_at(out: Path, fault: str) -> None:
+    """`laggrow run` SIGKILLed by itself at the fault point `fault` (laggrow.faults)."""
+    proc = start_laggrow(*with_sets("run", str(TINY), "--out", str(out)), stdout=subprocess.DEVNULL,
+                         fault=f"{fault}=SIGKILL")
+    stderr = finish(proc)
+    assert proc.returncode == -signal.SIGKILL, stderr
 
 
 def _final_checkpoints(out: Path) -> list[int]:
@@ -190,9 +188,8 @@ def _records(out: Path) -> list[tuple]:
 def test_killed_and_interrupted_runs_end_with_the_records_of_an_uninterrupted_one(finished, tmp_path):
     out = tmp_path / "ex"
     # 1. SIGKILL during the probe: its staging directory is left behind
-    proc = _start(out)
-    _kill_when(proc, lambda: any(out.glob(".pool.*.partial")), "the probe's staging directory")
-    assert not (out / "pool").exists()
+    _killed_at(out, "staged:pool")
+    assert any(out.glob(".pool.*.partial")) and not (out / "pool").exists()
     # 2. Ctrl-C during the finals: a checkpoint where it stopped, and how to go on
     with pytest.raises(interrupt.Interrupted) as stopped:
         _in_repo(lambda: exp.run_experiment(exp.load_experiment(TINY, out, LONG), _CtrlCInFinals()))
@@ -202,8 +199,8 @@ def test_killed_and_interrupted_runs_end_with_the_records_of_an_uninterrupted_on
     assert _final_checkpoints(out), "saved where it stopped"
     # 3. SIGKILL during the finals, past a checkpoint of their own
     first = max(_final_checkpoints(out))
-    proc = _start(out)
-    _kill_when(proc, lambda: any(s > first for s in _final_checkpoints(out)), "a checkpoint of the finals")
+    _killed_at(out, "saved")  # its first save: a checkpoint of the finals past `first`
+    assert max(_final_checkpoints(out)) > first
     (out / "pool" / ".correlation.json.tmp").write_text("left by a correlate killed mid-write")
     ok(*with_sets("run", TINY, "--out", out))
     assert not list((out / "pool").glob(".*.tmp")) and not list(out.glob(".*.tmp"))

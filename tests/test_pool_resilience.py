@@ -12,7 +12,6 @@ import math
 import os
 import shutil
 import signal
-import subprocess
 from pathlib import Path
 
 import jax
@@ -21,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import invoke_ok, one_line_failure, snapshot, start_laggrow, wait_until
+from conftest import finish, invoke_ok, one_line_failure, snapshot, start_laggrow
 from laggrow import model, runs, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
@@ -336,23 +335,6 @@ def test_a_diverging_candidate_of_a_real_pool_is_left_out_by_correlate(tmp_path,
 LONG = {"final_steps": 400, "eval_points": 6, "checkpoint_every": 50}  # evaluated at 0 1 3 4 11 36 121 400
 
 
-def _start(*args) -> subprocess.Popen:
-    return start_laggrow(*args)
-
-
-def _wait_for(proc: subprocess.Popen, ready, what: str) -> None:
-    wait_until(proc, ready, what, timeout=120)
-
-
-def _recorded(directory: Path, step: int):
-    def ready() -> bool:
-        try:
-            return any(r["step"] >= step for r in store.read_jsonl(directory / store.CURVES_FILE, "records"))
-        except Exception:  # a line being written
-            return False
-    return ready
-
-
 @pytest.fixture(scope="module")
 def long_probe(tmp_path_factory, tiny_base_run):
     """A probe whose train-final runs long enough (T=400) to be interrupted, and the curves of
@@ -372,10 +354,8 @@ def test_ctrl_c_then_sigkill_of_train_final_resume_to_the_same_records(long_prob
     of its own; run again, it ends with the records of an uninterrupted run, each once."""
     directory = tmp_path / "pool"
     shutil.copytree(long_probe[0], directory)
-    proc = _start("train-final", directory)
-    _wait_for(proc, _recorded(directory, 11), "the first record past k")
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    proc = start_laggrow("train-final", directory, fault="record:11=SIGINT")  # Ctrl-C at the first record past k
+    stderr = finish(proc)
     assert proc.returncode == 130, stderr
     lines = stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in stderr, stderr
@@ -383,10 +363,11 @@ def test_ctrl_c_then_sigkill_of_train_final_resume_to_the_same_records(long_prob
     saved = int(lines[0].split("saved step ")[1].split()[0])
     assert K < saved < LONG["final_steps"]
 
-    proc = _start("train-final", directory)
-    _wait_for(proc, _recorded(directory, 121), "the record at step 121, past the checkpoint at 100")
-    proc.kill()
-    proc.communicate(timeout=60)
+    # SIGKILL right after the record at step 121, past the checkpoint at 100
+    proc = start_laggrow("train-final", directory, fault="record:121=SIGKILL")
+    stderr = finish(proc)
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert max(r["step"] for r in store.read_jsonl(directory / store.CURVES_FILE, "records")) == 121
     with store.DirLock(directory):  # the kernel released the dead process's lock
         pass
     invoke_ok("train-final", directory)

@@ -13,7 +13,7 @@ import numpy as np
 import optax
 import pytest
 
-from conftest import CONFIGS, invoke_ok, one_line_failure, snapshot, start_laggrow, wait_until
+from conftest import CONFIGS, finish, invoke_ok, one_line_failure, snapshot, start_laggrow
 from laggrow import runs, store
 
 TINY = CONFIGS / "stack-tiny.yaml"
@@ -200,11 +200,12 @@ def _without_seconds(record: dict) -> dict:
 
 def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_same_records(stacked, tmp_path):
     out = tmp_path / "killed"
-    proc = start_laggrow("stack", TINY, "--out", out)
+    # SIGKILL right after adaptive's second stage is checkpointed (its first save at step 30)
+    proc = start_laggrow("stack", TINY, "--out", out, fault="saved:30=SIGKILL")
+    stderr = finish(proc)
+    assert proc.returncode == -signal.SIGKILL, stderr
     manifest = out / store.STAGES_DIR / "adaptive-seed0" / store.CHECKPOINT_DIR / "30" / store.CHECKPOINT_MANIFEST
-    wait_until(proc, manifest.is_file, "adaptive's second stage checkpointed")
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    assert manifest.is_file()
     assert not (out / store.STACK_FILE).is_file()
     # the stage checkpoint holds the 2-layer model and its AdamW state of the same shapes
     from laggrow.checkpoint import Checkpointer
@@ -273,13 +274,11 @@ def test_an_old_stacking_directory_is_one_line_when_resumed_or_reported(stacked,
 
 def test_ctrl_c_stops_after_a_step_and_says_how_to_continue(tmp_path):
     out = tmp_path / "interrupted"
-    # 3000 steps: stages of 500, 1000 and 1500, so the signal sent after the first lands in a stage
-    sets = ["stack.methods=[top]", "train.steps=3000", "train.eval_every=500"]
-    proc = start_laggrow("stack", TINY, "--out", out, *[a for s in sets for a in ("--set", s)])
-    manifest = out / store.STAGES_DIR / "top-seed0" / store.CHECKPOINT_DIR / "500" / store.CHECKPOINT_MANIFEST
-    wait_until(proc, manifest.is_file, "top's first stage checkpointed")
-    proc.send_signal(signal.SIGINT)
-    _, stderr = proc.communicate(timeout=120)
+    sets = ["stack.methods=[top]"]
+    # Ctrl-C right after top's first stage (steps 0-10 of stages of 10, 20, 30) is checkpointed
+    proc = start_laggrow("stack", TINY, "--out", out, *[a for s in sets for a in ("--set", s)],
+                         fault="saved:10=SIGINT")
+    stderr = finish(proc)
     assert proc.returncode == 130, stderr
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("interrupted: top-seed0 stopped in stage") and "Traceback" not in stderr

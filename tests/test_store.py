@@ -182,6 +182,16 @@ def test_a_stale_staging_dir_is_removed_and_a_live_one_kept(tmp_path):
         proc.wait()
 
 
+def test_fault_points_act_only_when_a_test_names_one():
+    from laggrow import faults
+
+    assert faults._parse(None) is None and faults._parse("") is None  # unset: `point` returns at once
+    assert faults._parse("saved:30=SIGKILL") == ("saved", "30", "SIGKILL")
+    assert faults._parse("staged=raise") == ("staged", None, "raise")
+    with pytest.raises(LaggrowError, match=faults.ENV):
+        faults._parse("after-save:6=SIGKILL")
+
+
 def test_a_file_in_the_way_is_found_before_any_work(tmp_path):
     (tmp_path / "f").write_text("x")
     with pytest.raises(LaggrowError, match="is a file"):

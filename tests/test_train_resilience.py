@@ -25,7 +25,7 @@ import optax
 import pytest
 from typer.testing import CliRunner
 
-from conftest import CONFIGS, invoke_ok, start_laggrow, train_records, wait_until
+from conftest import CONFIGS, finish, invoke_ok, start_laggrow, train_records, wait_stopped
 from laggrow import checkpoint, runs, store, train
 from laggrow.cli import app
 from laggrow.config import TrainConfig
@@ -43,19 +43,8 @@ def reference(tmp_path_factory) -> Path:
     return out
 
 
-def _start(out: Path) -> subprocess.Popen:
-    return start_laggrow("train", TINY, "--out", out, *SETS)
-
-
-def _wait_for(condition, proc: subprocess.Popen) -> None:
-    wait_until(proc, condition, "the awaited point", timeout=120)
-
-
-def _complete_lines(path: Path) -> int:
-    try:
-        return path.read_bytes().count(b"\n")
-    except FileNotFoundError:
-        return 0
+def _start(out: Path, fault: str) -> subprocess.Popen:
+    return start_laggrow("train", TINY, "--out", out, *SETS, fault=fault)
 
 
 def _assert_resumes_to_reference(out: Path, reference: Path) -> None:
@@ -84,10 +73,10 @@ def _one_error_line(result, alone: bool = True) -> str:
 
 def test_second_writer_is_refused_and_sigint_saves_a_resumable_checkpoint(tmp_path, reference):
     out = tmp_path / "run"
-    proc = _start(out)
+    # it stops itself right after its first record, holding the lock: its files cannot change
+    proc = _start(out, fault="record:5=SIGSTOP")
     metrics = out / store.METRICS_FILE
-    _wait_for(lambda: _complete_lines(metrics) >= 1, proc)
-    os.kill(proc.pid, signal.SIGSTOP)  # frozen while it holds the lock: its files cannot change
+    wait_stopped(proc)
     try:
         before = metrics.read_bytes()
         for extra in (["--resume"], []):
@@ -99,7 +88,7 @@ def test_second_writer_is_refused_and_sigint_saves_a_resumable_checkpoint(tmp_pa
     finally:
         os.kill(proc.pid, signal.SIGINT)
         os.kill(proc.pid, signal.SIGCONT)
-    _, stderr = proc.communicate(timeout=120)
+    stderr = finish(proc)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "Event loop is closed" not in stderr, stderr
     mentions = [line for line in stderr.splitlines() if "--resume" in line]
@@ -118,35 +107,30 @@ def test_second_writer_is_refused_and_sigint_saves_a_resumable_checkpoint(tmp_pa
 # ---- SIGKILL -----------------------------------------------------------------------------------
 
 
-def _tmp_save_in_progress(out: Path) -> bool:
-    """Orbax is writing a checkpoint past step 5 (its temporary directory `N.orbax-checkpoint-tmp`)."""
-    directory = out / store.CHECKPOINT_DIR
-    try:
-        names = [p.name for p in directory.iterdir()]
-    except FileNotFoundError:
-        return False
-    return any("tmp" in name and name.split(".")[0].isdigit() and int(name.split(".")[0]) > 5 for name in names)
+def _manifest(out: Path, step: int) -> Path:
+    return out / store.CHECKPOINT_DIR / str(step) / store.CHECKPOINT_MANIFEST
 
 
 KILL_POINTS = {
-    # some records written, the process somewhere in the steps after them
-    "during a step": lambda out: _complete_lines(out / store.METRICS_FILE) >= 2,
-    # Orbax is writing checkpoint 10 (its temporary directory exists); checkpoint 5 is complete
-    "during a save": _tmp_save_in_progress,
-    # Orbax has finalised checkpoint 10; its manifest is being written or has just been, and the
-    # next record (step 15) is still to come
-    "after a save, before the next record": lambda out: (out / store.CHECKPOINT_DIR / "10").is_dir(),
+    # record 15 written, its checkpoint not yet begun: resumed from 10, record 15 is made again
+    "after a record, before its checkpoint": (
+        "record:15", lambda out: train_records(out)[-1][0] == 15 and not _manifest(out, 15).parent.exists()),
+    # Orbax is writing checkpoint 10 in the background; checkpoint 5 is complete
+    "during a save": ("save:10", lambda out: _manifest(out, 5).is_file() and not _manifest(out, 10).exists()),
+    # Orbax has finalised checkpoint 10; laggrow has not written its manifest
+    "after a save, before its manifest": (
+        "finalised:10", lambda out: _manifest(out, 10).parent.is_dir() and not _manifest(out, 10).exists()),
 }
 
 
 @pytest.mark.parametrize("point", list(KILL_POINTS))
 def test_sigkill_then_resume_gives_the_uninterruptedtrain_records(point, tmp_path, reference):
     out = tmp_path / "run"
-    proc = _start(out)
-    _wait_for(lambda: KILL_POINTS[point](out), proc)
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate(timeout=60)
-    assert proc.returncode == -signal.SIGKILL
+    fault, killed_there = KILL_POINTS[point]
+    proc = _start(out, fault=f"{fault}=SIGKILL")
+    stderr = finish(proc)
+    assert proc.returncode == -signal.SIGKILL, stderr
+    assert killed_there(out)
     assert not (out / store.SUMMARY_FILE).exists()
     _assert_resumes_to_reference(out, reference)
 

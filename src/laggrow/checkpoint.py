@@ -28,7 +28,7 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
-from laggrow import hosts, mesh, store
+from laggrow import faults, hosts, mesh, store
 from laggrow.errors import LaggrowError
 
 
@@ -77,6 +77,7 @@ class Checkpointer:
         item = dict(mesh.global_arrays(state), data_position=np.asarray(data_position, np.int64))
         try:
             self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
+            faults.point("save", step)
             self._manager.wait_until_finished()
         except OSError:
             raise
@@ -87,15 +88,16 @@ class Checkpointer:
                 raise
             raise LaggrowError(f"checkpoint {step} in {self.directory}: cannot be written ({_io_reason(err)}); "
                                "expected a writable directory with free space") from None
+        faults.point("finalised", step)
         step_dir = self.step_dir(step)
-        if not hosts.is_primary():  # every process wrote its shards; process 0 vouches for them
-            return
-        store.write_json(step_dir / store.CHECKPOINT_MANIFEST, {
-            "step": step,
-            "config": self.fingerprint,
-            "meta": meta or {},
-            "files": store.file_digests(step_dir, skip=(store.CHECKPOINT_MANIFEST,)),
-        })
+        if hosts.is_primary():  # every process wrote its shards; process 0 vouches for them
+            store.write_json(step_dir / store.CHECKPOINT_MANIFEST, {
+                "step": step,
+                "config": self.fingerprint,
+                "meta": meta or {},
+                "files": store.file_digests(step_dir, skip=(store.CHECKPOINT_MANIFEST,)),
+            })
+        faults.point("saved", step)
 
     # ---- reading -------------------------------------------------------------------------------
 

@@ -47,7 +47,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from laggrow import hosts
+from laggrow import faults, hosts
 from laggrow.errors import LaggrowError
 
 # ---- names -------------------------------------------------------------------------------------
@@ -175,14 +175,16 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
     """Append records, one JSON object a line, and flush them to disk. A torn last line left by
     a killed writer is cut off first, so the file stays a sequence of whole records."""
     path = Path(path)
-    if not records or not hosts.is_primary():
+    if not records:
         return
-    if path.is_file():
-        _truncate_torn_tail(path)
-    with path.open("a", encoding="utf-8") as fh:
-        fh.write("".join(dumps(r, indent=None) + "\n" for r in records))
-        fh.flush()
-        os.fsync(fh.fileno())
+    if hosts.is_primary():
+        if path.is_file():
+            _truncate_torn_tail(path)
+        with path.open("a", encoding="utf-8") as fh:
+            fh.write("".join(dumps(r, indent=None) + "\n" for r in records))
+            fh.flush()
+            os.fsync(fh.fileno())
+    faults.point("record", records[-1].get("step"))
 
 
 def rewrite_jsonl(path: Path, records: list[dict]) -> None:
@@ -440,6 +442,7 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
     lock = DirLock(tmp, what).acquire()
     try:
         hosts.barrier(f"staged {out}")
+        faults.point("staged", out.name)
         yield tmp
         hosts.barrier(f"staged {out} written")
         (tmp / LOCK_FILE).unlink()
