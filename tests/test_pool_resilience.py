@@ -20,7 +20,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import finish, invoke_ok, one_line_failure, snapshot, start_laggrow
+from conftest import finish, invoke_ok, one_line_failure, snapshot, start_laggrow, wait_stopped
 from laggrow import model, runs, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
@@ -222,6 +222,25 @@ def test_a_second_writer_of_a_pool_gets_one_line(probed, tmp_path):
         one_line_failure(invoke("train-final", directory), "in use by another laggrow process")
         one_line_failure(invoke("correlate", directory), "in use by another laggrow process")
     assert snapshot(directory) == before
+
+
+def test_a_second_probe_on_the_same_out_is_refused_before_it_trains(tiny_base_run, tmp_path):
+    """A probe (plain or --halving) while another builds the same --out: one line naming the
+    first one's pid, before it loads or trains anything; the first one's directory untouched."""
+    path = pool_file(tmp_path, tiny_base_run, halving={"eta": 2, "first": 2})
+    out = tmp_path / "probe"
+    # the first probe stops itself once its staging directory is made and locked
+    proc = start_laggrow("probe", path, "--out", out, fault="staged:probe=SIGSTOP")
+    try:
+        wait_stopped(proc)
+        before = snapshot(tmp_path)
+        for extra in ([], ["--halving"]):
+            one_line_failure(invoke("probe", path, "--out", out, *extra),
+                             f"--out {out}: in use by another laggrow process (pid {proc.pid})")
+        assert snapshot(tmp_path) == before
+    finally:
+        proc.kill()
+        proc.wait()
 
 
 # ---- the probe is the prefix of the final run -----------------------------------------------------

@@ -182,6 +182,27 @@ def test_a_stale_staging_dir_is_removed_and_a_live_one_kept(tmp_path):
         proc.wait()
 
 
+def test_a_second_staged_writer_of_the_same_out_is_refused_with_the_holders_pid(tmp_path):
+    out = tmp_path / "probe"
+    live = tmp_path / ".probe.1.partial"  # another process building `out`
+    live.mkdir()
+    proc = _holder(live)
+    try:
+        with pytest.raises(LaggrowError) as err:
+            store.check_not_staged(out)
+        assert f"--out {out}: in use by another laggrow process (pid {proc.pid})" in str(err.value)
+        # and staged_dir itself, once its own directory is locked (two writers started together)
+        with pytest.raises(LaggrowError, match=f"pid {proc.pid}"), store.staged_dir(out):
+            raise AssertionError("not refused")
+        assert sorted(p.name for p in tmp_path.iterdir()) == [live.name]
+    finally:
+        proc.kill()
+        proc.wait()
+    with store.staged_dir(out):  # its holder is gone: a stale leftover, removed
+        pass
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["probe"]
+
+
 def test_fault_points_act_only_when_a_test_names_one():
     from laggrow import faults
 

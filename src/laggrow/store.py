@@ -401,13 +401,14 @@ class DirLock:
         self.release()
 
 
-def _flock_or_refuse(fd: int, directory: Path, what: str) -> None:
-    """Take the exclusive flock on an open lock file, or say in one line who holds it."""
+def _flock_or_refuse(fd: int, directory: Path, what: str, holder_dir: Path | None = None) -> None:
+    """Take the exclusive flock on an open lock file, or say in one line who holds it. The lock
+    file is `holder_dir`'s (default `directory`'s); the line names `directory`."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError as err:
         if err.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
-            holder = _read_pid(directory / LOCK_FILE)
+            holder = _read_pid((holder_dir or directory) / LOCK_FILE)
             by = f" (pid {holder})" if holder else ""
             raise LaggrowError(f"{what} {directory}: in use by another laggrow process{by}; "
                                "wait for it to finish or stop it first") from None
@@ -441,6 +442,9 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
     tmp.mkdir()
     lock = DirLock(tmp, what).acquire()
     try:
+        # checked again once this one is locked: of two writers started together, the later to
+        # lock sees the other's lock (and both may refuse; never do both go on)
+        check_not_staged(out, what, mine=tmp)
         hosts.barrier(f"staged {out}")
         faults.point("staged", out.name)
         yield tmp
@@ -453,6 +457,27 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
         raise
     finally:
         lock.release()
+
+
+def check_not_staged(out: Path, what: str = "--out", mine: Path | None = None) -> None:
+    """One line naming the holder's pid if a live process is building `out` in a staging
+    directory (`staged_dir`), so that a second writer is refused at its start rather than after
+    its work, when the first has renamed its directory into place. Creates and writes nothing;
+    process 0 checks for all."""
+    out = Path(out).absolute()
+    if not hosts.is_primary() or not out.parent.is_dir():
+        return
+    for partial in out.parent.glob(f".{out.name}.*{_PARTIAL_SUFFIX}"):
+        if mine is not None and partial == mine:
+            continue
+        try:
+            fd = os.open(partial / LOCK_FILE, os.O_RDONLY)
+        except OSError:
+            continue  # no lock file (yet): not a writer this can name
+        try:
+            _flock_or_refuse(fd, out, what, holder_dir=partial)
+        finally:
+            os.close(fd)  # closing drops the flock, if this took it
 
 
 def remove_stale_partials(out: Path) -> None:
