@@ -15,7 +15,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, REPO, TEST_XLA_FLAGS, invoke_ok
-from laggrow import hosts
+from laggrow import faults, hosts
 from laggrow.errors import LaggrowError
 
 SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2"]
@@ -40,13 +40,17 @@ def loopback_env(port: int) -> dict[str, str]:
     return env
 
 
-def two_processes(*args, timeout: float = 300) -> list[subprocess.CompletedProcess]:
-    """`laggrow ARGS` as processes 0 and 1 of one cluster; both must succeed."""
+def two_processes(*args, timeout: float = 300, check: bool = True,
+                  env: dict[int, dict[str, str]] | None = None) -> list[subprocess.CompletedProcess]:
+    """`laggrow ARGS` as processes 0 and 1 of one cluster (`env`: extra variables per process);
+    with `check`, both must succeed. Fails if either is still running after `timeout` seconds."""
     port = free_port()
-    env = loopback_env(port)
+    base = loopback_env(port)
+    base.pop(faults.ENV, None)
     procs = [subprocess.Popen([sys.executable, "-m", "laggrow", "--coordinator", f"127.0.0.1:{port}",
                                "--num-processes", "2", "--process-id", str(i), *map(str, args)],
-                              cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                              cwd=REPO, env={**base, **(env or {}).get(i, {})}, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
              for i in range(2)]
     results = []
     for i, proc in enumerate(procs):
@@ -58,7 +62,7 @@ def two_processes(*args, timeout: float = 300) -> list[subprocess.CompletedProce
             pytest.fail(f"process {i} of laggrow {' '.join(map(str, args))} did not finish in {timeout} s")
         results.append(subprocess.CompletedProcess(proc.args, proc.returncode, out, err))
     for i, r in enumerate(results):
-        assert r.returncode == 0, f"process {i}: {r.stderr[-3000:]}"
+        assert not check or r.returncode == 0, f"process {i}: {r.stderr[-3000:]}"
     return results
 
 
@@ -89,9 +93,9 @@ def test_two_processes_and_one_take_turns_training_one_run(tmp_path, reference):
     assert [r["step"] for r in jsonl(out / "metrics.jsonl")] == [3, 6]
     assert (out / "checkpoints" / "6" / "laggrow-manifest.json").is_file()
     assert not (out / "summary.json").exists()  # paused, not finished
-    # process 1 prints nothing but problems (Gloo's own connection line aside); process 0 says it paused
-    said = [line for line in (results[1].stdout + results[1].stderr).splitlines() if not line.startswith("[Gloo]")]
-    assert said == [] and "paused at step 6" in results[0].stderr
+    # process 1 prints nothing but problems, and no process Gloo's connection lines; process 0 says it paused
+    assert results[1].stdout + results[1].stderr == "" and "paused at step 6" in results[0].stderr
+    assert "Gloo" not in results[0].stdout + results[0].stderr
     # a checkpoint written by two processes, resumed by one, whose checkpoint two processes resume
     invoke_ok("train", CONFIGS / "tiny.yaml", "--out", out, *sets(SETS), "--resume", "--until", "9")
     assert [r["step"] for r in jsonl(out / "metrics.jsonl")] == [3, 6, 9]
@@ -127,6 +131,11 @@ def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, r
 @pytest.mark.parametrize(("args", "env", "message"), [
     (("127.0.0.1", 2, 0), {}, "--coordinator: expected HOST:PORT (process 0's address), got '127.0.0.1'"),
     (("127.0.0.1:1234", None, None), {}, "--coordinator 127.0.0.1:1234: expected --num-processes and --process-id"),
+    (("127.0.0.1:99999", 2, 0), {}, "--coordinator 127.0.0.1:99999: expected a port in 1..65535 that every "
+                                    "process can join, got 99999"),
+    (("127.0.0.1:0", 2, 1), {}, "--coordinator 127.0.0.1:0: expected a port in 1..65535"),
+    ((":1234", 2, 1), {}, "--coordinator: expected HOST:PORT (process 0's address), got ':1234'"),
+    (("127.0.0.1:1234", 2, 1), {"LAGGROW_JOIN_TIMEOUT": "0"}, "--join-timeout: expected a number of seconds >= 1"),
     (("127.0.0.1:1234", 2, 2), {}, "--process-id: expected an integer in [0, 1], got 2"),
     ((None, 2, 0), {}, "--num-processes/--process-id: given without --coordinator"),
     ((None, None, None), {"JAX_COORDINATOR_ADDRESS": "h:1", "LAGGROW_NUM_PROCESSES": "two",
@@ -156,11 +165,54 @@ def test_laggrow_refuses_a_bad_coordinator_in_one_line(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+def test_a_process_whose_cluster_never_forms_gives_up_in_one_line(tmp_path):
+    """Process 1 of 2 with nobody at the coordinator's port, and process 0 of 2 that nobody
+    joins: each ends after --join-timeout seconds with one line, having written nothing."""
+    ports = [free_port(), free_port()]  # two clusters of one process each
+    procs = [subprocess.Popen([sys.executable, "-m", "laggrow", "--coordinator", f"127.0.0.1:{ports[i]}",
+                               "--num-processes", "2", "--process-id", str(i), "--join-timeout", "2",
+                               "train", str(CONFIGS / "tiny.yaml"), "--out", str(tmp_path / f"run{i}")],
+                              cwd=REPO, env=loopback_env(ports[i]), stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+             for i in range(2)]
+    for i, proc in enumerate(procs):
+        try:
+            out, err = proc.communicate(timeout=90)  # JAX alone waits 300 s
+        except subprocess.TimeoutExpired:
+            for p in procs:
+                p.kill()
+            pytest.fail(f"process {i} still waiting to join after 90 s")
+        lines = [line for line in (out + err).splitlines() if "error:" in line]
+        assert proc.returncode == 2 and "Traceback" not in err, err
+        assert lines == [f"{'[process 1] ' if i else ''}error: --coordinator 127.0.0.1:{ports[i]}: all 2 processes "
+                         "had not joined after 2 s (expected every process started with the same coordinator "
+                         "and number of processes, each with its own process id, and process 0 reachable there; "
+                         "a longer wait: --join-timeout SECONDS)"], err
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_crash_on_process_1_is_shown_and_ends_both_processes(tmp_path):
+    """A bug on process 1 (a RuntimeError raised at its first record): its traceback, prefixed
+    with the process, rather than nothing; and it does not wait for process 0 at exit, whose next
+    collective fails and which says so in one line."""
+    results = two_processes("train", CONFIGS / "tiny.yaml", "--out", tmp_path / "run", *sets(SETS), timeout=120,
+                            check=False, env={1: {faults.ENV: "record:3=raise"}})
+    crashed = results[1].stderr.splitlines()
+    assert results[1].returncode == 1, results[1].stderr
+    assert "[process 1] Traceback (most recent call last):" in crashed, results[1].stderr
+    assert crashed[-1] == "[process 1] RuntimeError: LAGGROW_TEST_ONLY_FAULT: a fault raised at record:3"
+    assert results[1].stdout == ""
+    errors = [line for line in results[0].stderr.splitlines() if line.startswith("error:")]
+    assert results[0].returncode == 2 and "Traceback" not in results[0].stderr, results[0].stderr
+    assert len(errors) == 1 and errors[0].startswith("error: another process of this command stopped"), errors
+    assert "Gloo] Rank" not in results[0].stdout + results[1].stderr
+
+
 LIBRARY_USE = """
 import sys
 import jax
 jax.distributed.initialize(sys.argv[1], 2, int(sys.argv[2]))
-from laggrow import hosts
+from laggrow import faults, hosts
 print(hosts.process_index(), hosts.process_count(), hosts.is_primary())
 """
 

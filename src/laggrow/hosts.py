@@ -13,6 +13,10 @@ mesh (laggrow.mesh). What the processes must agree on is here:
   takes part in a save, writing its own shards, as Orbax requires.
 - **Meeting points** (`barrier`): a process that reads back what process 0 wrote in the same
   command first waits for it there.
+- **A bounded join**: a process waits at most `join_timeout` seconds (`--join-timeout`,
+  `LAGGROW_JOIN_TIMEOUT`, default 120) for the others; `initialize` then hands one line to its
+  caller's `on_stuck` (JAX itself would abort the process with a C++ stack trace after its own
+  `initialization_timeout`, which is set later so that laggrow's line comes first).
 
 Importing this module does not import jax (`laggrow --help` stays instant); a single process
 never touches jax.distributed and every function here is then free. A program that imports
@@ -23,6 +27,8 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from laggrow.errors import LaggrowError
@@ -30,15 +36,22 @@ from laggrow.errors import LaggrowError
 COORDINATOR_ENV = "JAX_COORDINATOR_ADDRESS"
 NUM_PROCESSES_ENV = "LAGGROW_NUM_PROCESSES"
 PROCESS_ID_ENV = "LAGGROW_PROCESS_ID"
+JOIN_TIMEOUT_ENV = "LAGGROW_JOIN_TIMEOUT"
+JOIN_TIMEOUT = 120  # seconds a process waits for the others to join, by default
+# JAX's own deadline comes this much later, so that laggrow's line is what a user sees
+_JAX_GRACE = 60
+
 
 @dataclass(frozen=True)
 class Cluster:
-    """How to join: an explicit coordinator, or `auto` (JAX's own detection), or none."""
+    """How to join: an explicit coordinator, or `auto` (JAX's own detection), or none; and how
+    long to wait for the other processes."""
 
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
     auto: bool = False
+    join_timeout: int = JOIN_TIMEOUT
 
     @property
     def wanted(self) -> bool:
@@ -46,21 +59,31 @@ class Cluster:
 
 
 def cluster_from(coordinator: str | None, num_processes: int | None, process_id: int | None,
-                 auto: bool, environ: dict[str, str] | None = None) -> Cluster:
+                 auto: bool, environ: dict[str, str] | None = None, join_timeout: int | None = None) -> Cluster:
     """The cluster asked for by flags, falling back to the environment, checked: an explicit
-    coordinator needs the number of processes and this process's id, in range."""
+    coordinator needs a port others can join, the number of processes and this process's id, in
+    range; the wait to join is a positive number of seconds."""
     env = os.environ if environ is None else environ
     coordinator = coordinator or env.get(COORDINATOR_ENV) or None
     num_processes = num_processes if num_processes is not None else _env_int(env, NUM_PROCESSES_ENV)
     process_id = process_id if process_id is not None else _env_int(env, PROCESS_ID_ENV)
+    join_timeout = join_timeout if join_timeout is not None else _env_int(env, JOIN_TIMEOUT_ENV)
+    join_timeout = JOIN_TIMEOUT if join_timeout is None else join_timeout
+    if join_timeout < 1:
+        raise LaggrowError(f"--join-timeout: expected a number of seconds >= 1, got {join_timeout}")
     if coordinator is None:
         if num_processes is not None or process_id is not None:
             if not auto:
                 raise LaggrowError("--num-processes/--process-id: given without --coordinator (expected "
                                    f"--coordinator HOST:PORT or {COORDINATOR_ENV}, or --distributed)")
-        return Cluster(None, num_processes, process_id, auto)
-    if ":" not in coordinator or not coordinator.rsplit(":", 1)[1].isdigit():
+        return Cluster(None, num_processes, process_id, auto, join_timeout)
+    host, _, port = coordinator.rpartition(":")
+    if not host or not port.isdigit():
         raise LaggrowError(f"--coordinator: expected HOST:PORT (process 0's address), got {coordinator!r}")
+    if not 1 <= int(port) <= 65535:
+        # port 0 would have process 0 listen on a port the system picks, which no other process knows
+        raise LaggrowError(f"--coordinator {coordinator}: expected a port in 1..65535 that every process can "
+                           f"join, got {port}")
     if num_processes is None or process_id is None:
         raise LaggrowError(f"--coordinator {coordinator}: expected --num-processes and --process-id too "
                            f"(or {NUM_PROCESSES_ENV} and {PROCESS_ID_ENV})")
@@ -68,7 +91,7 @@ def cluster_from(coordinator: str | None, num_processes: int | None, process_id:
         raise LaggrowError(f"--num-processes: expected an integer >= 1, got {num_processes}")
     if not 0 <= process_id < num_processes:
         raise LaggrowError(f"--process-id: expected an integer in [0, {num_processes - 1}], got {process_id}")
-    return Cluster(coordinator, num_processes, process_id, auto)
+    return Cluster(coordinator, num_processes, process_id, auto, join_timeout)
 
 
 def _env_int(env, name: str) -> int | None:
@@ -81,21 +104,42 @@ def _env_int(env, name: str) -> int | None:
         raise LaggrowError(f"{name}: expected an integer, got {value!r}") from None
 
 
-def initialize(cluster: Cluster) -> None:
-    """Join the cluster (a no-op for a single process). Must run before any other use of jax."""
+def initialize(cluster: Cluster, on_stuck: Callable[[LaggrowError], None] | None = None) -> None:
+    """Join the cluster (a no-op for a single process). Must run before any other use of jax.
+
+    If the processes have not all joined after `cluster.join_timeout` seconds, `on_stuck` is
+    called (on another thread: this one is blocked inside JAX) with the line that says so; the
+    command line prints it and ends the process. Without `on_stuck`, JAX's own deadline (the
+    same number of seconds) ends the wait."""
     if not cluster.wanted or cluster.num_processes == 1:
         return
     import jax
 
+    timeout = cluster.join_timeout
+    watchdog = None
+    if on_stuck is not None:
+        where = f"--coordinator {cluster.coordinator}" if cluster.coordinator is not None else "--distributed"
+        count = f"all {cluster.num_processes} processes" if cluster.num_processes else "all processes"
+        stuck = LaggrowError(f"{where}: {count} had not joined after {timeout} s (expected every process started "
+                             "with the same coordinator and number of processes, each with its own process id, "
+                             "and process 0 reachable there; a longer wait: --join-timeout SECONDS)")
+        watchdog = threading.Timer(timeout, on_stuck, args=(stuck,))
+        watchdog.daemon = True
+        watchdog.start()
+        timeout += _JAX_GRACE
     try:
         if cluster.coordinator is not None:
-            jax.distributed.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id)
-        else:
-            jax.distributed.initialize()  # SLURM, Open MPI, Cloud TPU: JAX reads their environment
+            jax.distributed.initialize(cluster.coordinator, cluster.num_processes, cluster.process_id,
+                                       initialization_timeout=timeout)
+        else:  # SLURM, Open MPI, Cloud TPU: JAX reads their environment
+            jax.distributed.initialize(initialization_timeout=timeout)
     except (RuntimeError, ValueError) as err:
         text = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
         raise LaggrowError(f"jax.distributed: cannot join the cluster ({text}); expected every process "
                            "started with the same coordinator and its own process id") from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
 
 
 def _current() -> tuple[int, int]:
@@ -130,6 +174,25 @@ def barrier(name: str) -> None:
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices(name)
+
+
+def meet(name: str, timeout: float) -> bool:
+    """Whether every process arrives at meeting point `name` within `timeout` seconds (True for
+    one process). Unlike `barrier`, a process that never comes is not waited for: this goes
+    through the coordination service's key-value barrier, not a collective, and a timeout
+    leaves the cluster usable. For a failing process asking whether the others failed too."""
+    if process_count() == 1:
+        return True
+    from jax._src import distributed  # the client jax.distributed.initialize made; no public handle
+
+    client = distributed.global_state.client
+    if client is None:
+        return False
+    try:
+        client.wait_at_barrier(name, max(1, int(timeout * 1000)))
+    except Exception:  # noqa: BLE001 - DEADLINE_EXCEEDED, or a service already gone: not everyone came
+        return False
+    return True
 
 
 def agree(value: int) -> int:

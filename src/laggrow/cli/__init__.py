@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from laggrow.cli.errors import user_errors
+from laggrow.cli.errors import EXIT_USER_ERROR, end_one_of_several, exit_now, user_errors
 
 app = typer.Typer(
     name="laggrow",
@@ -36,22 +36,60 @@ def _root(
     distributed: Annotated[bool, typer.Option(
         "--distributed", help="Several processes, found by jax.distributed itself (SLURM, Open MPI, "
         "a Cloud TPU VM slice).")] = False,
+    join_timeout: Annotated[int | None, typer.Option(
+        "--join-timeout", metavar="SECONDS", help="Several processes: how long each waits for the others to "
+        "join before it gives up (env LAGGROW_JOIN_TIMEOUT) [default: 120].")] = None,
 ) -> None:
     """Grow Transformer LMs and choose the growth strategy with Landscape-Aware Growing (LAG)."""
-    _join(coordinator, num_processes, process_id, distributed)
+    _join(coordinator, num_processes, process_id, distributed, join_timeout)
 
 
 @user_errors
-def _join(coordinator: str | None, num_processes: int | None, process_id: int | None, distributed: bool) -> None:
+def _join(coordinator: str | None, num_processes: int | None, process_id: int | None, distributed: bool,
+          join_timeout: int | None) -> None:
     """Join the other processes of a multi-host command (laggrow.hosts); the others print only
-    their errors and warnings, process 0 everything."""
+    their errors and warnings, process 0 everything, and none prints Gloo's connection lines."""
     from laggrow import hosts
 
-    cluster = hosts.cluster_from(coordinator, num_processes, process_id, distributed)
-    hosts.initialize(cluster)
+    cluster = hosts.cluster_from(coordinator, num_processes, process_id, distributed, join_timeout=join_timeout)
+    prefix = f"[process {cluster.process_id}] " if cluster.process_id else ""
+    hosts.initialize(cluster, on_stuck=lambda err: exit_now(f"{prefix}error: {err}", EXIT_USER_ERROR))
+    if hosts.process_count() == 1:
+        return
+    prefix = f"[process {hosts.process_index()}] " if not hosts.is_primary() else ""
+    _drop_native_chatter(prefix)
     if not hosts.is_primary():
-        sys.stdout = _ProblemsOnly(sys.__stderr__, f"[process {hosts.process_index()}] ")
-        sys.stderr = _ProblemsOnly(sys.__stderr__, f"[process {hosts.process_index()}] ")
+        sys.stdout = _ProblemsOnly(sys.__stderr__, prefix)
+        sys.stderr = _ProblemsOnly(sys.__stderr__, prefix)
+
+
+# what JAX's CPU collectives (Gloo) print on the C++ side, on stdout, once per process
+_NATIVE_CHATTER = ("[Gloo] ",)
+
+
+def _drop_native_chatter(prefix: str) -> None:
+    """Route what native code writes to file descriptor 1 (Gloo's `[Gloo] Rank 1 is connected to
+    1 peer ranks...`, at a command's first collective) through a filter that drops that chatter
+    and passes anything else on, prefixed like this process's lines. Python's own stdout keeps
+    writing to the terminal directly, so no table or line of laggrow's waits on the filter."""
+    import os
+    import threading
+
+    sys.stdout.flush()
+    terminal = os.dup(1)
+    sys.stdout = io.TextIOWrapper(os.fdopen(terminal, "wb", buffering=0), encoding=sys.stdout.encoding,
+                                  errors=sys.stdout.errors, line_buffering=True, write_through=True)
+    read, write = os.pipe()
+    os.dup2(write, 1)
+    os.close(write)
+
+    def forward() -> None:
+        with os.fdopen(read, "rb") as native:
+            for line in native:
+                if not line.decode(errors="replace").startswith(_NATIVE_CHATTER):
+                    os.write(terminal, prefix.encode() + line)
+
+    threading.Thread(target=forward, name="laggrow-native-stdout", daemon=True).start()
 
 
 class _ProblemsOnly(io.TextIOBase):
@@ -109,4 +147,11 @@ def main() -> None:
     # and a failed write leaves tensorstore coroutines that were never awaited, which Python
     # reports at exit: noise after the one line that already said what happened
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
-    app()
+    try:
+        app()
+    except BaseException as err:
+        from laggrow import hosts
+
+        if hosts.process_count() > 1:  # one of several processes: it must not wait for the others at exit
+            end_one_of_several(err, hosts.process_index())
+        raise

@@ -10,10 +10,13 @@ and keeps its traceback.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import os
 import sys
+import traceback
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 
@@ -55,6 +58,63 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
 
     return wrapper
+
+
+def exit_now(line: str, code: int) -> NoReturn:
+    """Print `line` and end the process at once, from any thread: for a process blocked inside
+    native code (waiting to join a cluster) that no exception can reach."""
+    _line(line)
+    _flush()
+    os._exit(code)
+
+
+# how long a failing process waits for the others to fail too (they do at once on bad input)
+FAILED_TOGETHER_WAIT = 5.0
+
+
+def end_one_of_several(err: BaseException, process: int) -> NoReturn:
+    """How one process of a multi-process command ends: `err` is what ended its command (the
+    SystemExit that the error boundary and Typer end with, or a crash).
+
+    A success exits as usual, through JAX's shutdown, where every process meets. A failure is
+    printed first (its line, or for a crash its traceback, prefixed with the process on
+    processes other than 0). Then, if every process failed (bad input that each one found), they
+    leave together through that shutdown too. Otherwise the others are still working or waiting
+    for this one: waiting for them at the shutdown would hang for minutes, so this process ends at
+    once, and its leaving is what stops the others: their next collective fails, which they report
+    in one line here in turn."""
+    from laggrow import hosts
+
+    if isinstance(err, SystemExit):
+        code = err.code if isinstance(err.code, int) else (0 if err.code is None else 1)
+        if code == 0:
+            raise err
+    elif _peer_stopped(err):
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        _line(f"error: another process of this command stopped ({reason}); expected all of them to go on "
+              "(the first error printed says why)")
+        code = EXIT_USER_ERROR
+    else:
+        prefix = f"[process {process}] " if process else ""
+        text = "".join(traceback.format_exception(err))
+        sys.__stderr__.write("".join(f"{prefix}{line}\n" for line in text.splitlines()))
+        code = 1
+    _flush()
+    if hosts.meet("laggrow: every process failed", FAILED_TOGETHER_WAIT):
+        raise SystemExit(code)
+    os._exit(code)
+
+
+def _peer_stopped(err: BaseException) -> bool:
+    """A collective across processes that failed because another process is gone (JAX's CPU
+    collectives report it as a Gloo error, e.g. `Connection closed by peer`)."""
+    return isinstance(err, (RuntimeError, ValueError)) and "Gloo" in str(err)
+
+
+def _flush() -> None:
+    for stream in (sys.stdout, sys.stderr, sys.__stdout__, sys.__stderr__):
+        with contextlib.suppress(Exception):
+            stream.flush()
 
 
 def _line(text: str) -> None:
