@@ -208,6 +208,23 @@ def test_a_crash_on_process_1_is_shown_and_ends_both_processes(tmp_path):
     assert "Gloo] Rank" not in results[0].stdout + results[1].stderr
 
 
+@pytest.mark.parametrize("command", [
+    ("run", CONFIGS / "tiny_experiment.yaml"),
+    ("stack", CONFIGS / "stack-tiny.yaml"),
+])
+def test_run_and_stack_on_several_processes_are_refused_at_start_on_every_process(command, tmp_path):
+    results = two_processes(*command, "--out", tmp_path / "out", timeout=90, check=False)
+    for i, r in enumerate(results):
+        assert r.returncode == 2, r.stderr
+        line = (f"{'[process 1] ' if i else ''}error: laggrow {command[0]}: runs in one process only (expected no "
+                f"--coordinator, --distributed or JAX_COORDINATOR_ADDRESS{INSTEAD[command[0]]}")
+        assert r.stderr.splitlines() == [line], r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+INSTEAD = {"run": "; on several processes, run its stages with laggrow train, probe and train-final)", "stack": ")"}
+
+
 LIBRARY_USE = """
 import sys
 import jax

@@ -36,7 +36,7 @@ from typing import Any
 
 import yaml
 
-from laggrow import interrupt, store
+from laggrow import hosts, interrupt, store
 from laggrow.config import (
     RunConfig,
     apply_overrides,
@@ -163,6 +163,9 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     from laggrow.pool import probe
     from laggrow.train_run import prepare_run
 
+    # its stages decide what to redo from what is on disk, which the processes would read at
+    # different moments of process 0's writes: not spread yet
+    hosts.require_one_process("laggrow run", "run its stages with laggrow train, probe and train-final")
     path = Path(path)
     where = f"experiment {path}"
     raw = _apply_overrides(read_yaml(path, what="experiment"), overrides)

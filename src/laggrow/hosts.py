@@ -167,6 +167,15 @@ def is_primary() -> bool:
     return process_index() == 0
 
 
+def require_one_process(what: str, instead: str | None = None) -> None:
+    """One line if this command runs on several processes but is `what`, which does not spread
+    across them (yet): refused at its start, on every process, before anything is read or
+    written, rather than left to hang at its first meeting point. `instead`: what to run there."""
+    if process_count() > 1:
+        raise LaggrowError(f"{what}: runs in one process only (expected no --coordinator, --distributed or "
+                           f"{COORDINATOR_ENV}" + (f"; on several processes, {instead})" if instead else ")"))
+
+
 def barrier(name: str) -> None:
     """Every process waits here until all have arrived (no-op for one process). `name` must be
     the same on every process and different from the previous barrier's."""

@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import interrupt, runs, store
+from laggrow import hosts, interrupt, runs, store
 from laggrow.analysis.stacking import RECORD_FORMAT
 from laggrow.config import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
@@ -68,6 +68,7 @@ def _check_format(out: Path, recorded: dict) -> None:
 
 def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -> PreparedStack:
     """Check the config, --out and the corpus; nothing is written."""
+    hosts.require_one_process("laggrow stack")  # its runs train on one device of one process
     plan = load_stack_plan(config, overrides)
     out = Path(out).absolute()
     store.check_writable_target(out, "--out")
