@@ -231,6 +231,7 @@ def evaluation_record(pool: PoolConfig, data: Dataset, target: RunConfig) -> dic
 def check_probe_inputs(pool: PoolConfig, out: Path) -> None:
     """What a probe can check before loading anything: its --out and its fusion partners."""
     store.check_new_dir(out, "--out")
+    store.check_outside_runs(out, "--out")
     for c in pool.candidates():
         partner = c["options"].get("partner")
         if isinstance(partner, str):
