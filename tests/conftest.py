@@ -122,8 +122,8 @@ def train_records(run: Path) -> list[tuple]:
 
 
 def invoke_in_repo(*args):
-    """Run `laggrow ARGS` in-process from the repository root, where experiments name their
-    base configs relative to the working directory."""
+    """Run `laggrow ARGS` in-process from the repository root, where the experiments' default
+    `out` (runs/...) and relative paths given on the command line are resolved."""
     from typer.testing import CliRunner
 
     from laggrow.cli import app

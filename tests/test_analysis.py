@@ -52,15 +52,34 @@ def row(result, step):
 
 # ---- reading records ---------------------------------------------------------------------------
 
-def test_last_record_wins_and_meta_is_read(tmp_path):
+def test_records_and_meta_are_read(tmp_path):
     pool = write_pool(tmp_path, four([3, 1, 2, 4], [1, 3, 2, 4]), lag=10, final=100, preserving={"A": True})
-    with (pool / "curves.jsonl").open("a") as f:  # a resumed run logs step 100 of B again
-        f.write(json.dumps({"candidate": 1, "strategy": "B", "seed": 0, "step": 100, "eval_loss": 0.5}) + "\n")
     curves = load_curves(pool)
     assert curves.steps.tolist() == STEPS
-    assert curves.loss[1].tolist() == [1.0, 3.0, 0.5]
+    assert curves.loss[1].tolist() == [1.0, 3.0, 2.0]
     assert (curves.lag_steps, curves.final_steps) == (10, 100)
     assert [c.function_preserving for c in curves.candidates] == [True, False, False, False]
+    assert set(curves.inputs) == {"curves.jsonl", "probe.json"}  # what a correlation is made from
+
+
+def test_a_candidate_and_step_recorded_twice_is_damage_naming_the_line(tmp_path):
+    # a resumed train-final rewrites curves.jsonl up to the step it restored, so it never repeats one:
+    # a copy of scratch's final row with another loss was once taken for the final loss, silently
+    pool = write_pool(tmp_path, four([3, 1, 2, 4], [1, 3, 2, 4]), lag=10, final=100)
+    with (pool / "curves.jsonl").open("a") as f:
+        f.write(json.dumps({"candidate": 1, "strategy": "B", "seed": 0, "step": 100, "eval_loss": 0.5}) + "\n")
+    with pytest.raises(LaggrowError, match=r"curves.jsonl line 13: candidate 1 \('B' seed 0\) at step 100 again "
+                                           r"\(first at line 6\)"):
+        load_curves(pool)
+
+
+def test_a_stacking_directory_is_not_a_pool(tmp_path):
+    from laggrow import store
+
+    (tmp_path / store.STACK_CONFIG_FILE).write_text("{}")
+    (tmp_path / store.CURVES_FILE).write_text(json.dumps({"method": "top", "seed": 0, "step": 0}) + "\n")
+    with pytest.raises(LaggrowError, match="a stacking directory .laggrow stack., not a pool"):
+        load_curves(tmp_path)
 
 
 @pytest.mark.parametrize("line, message", [
@@ -71,6 +90,8 @@ def test_last_record_wins_and_meta_is_read(tmp_path):
     ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 1, "eval_loss": "low"}', "'eval_loss' must be a number"),
     ('{"candidate": 0, "strategy": "B", "seed": 0, "step": 1, "eval_loss": 1}', "candidate 0 is strategy 'B'"),
     ('{"candidate": 9, "strategy": "A", "seed": 0, "step": 1, "eval_loss": 1}', "one candidate index per"),
+    ('{"candidate": 0, "strategy": "A", "seed": 0, "step": 1, "eval_loss": 1' + "0" * 5000 + "}",
+     "line 2: holds an integer of 5001 digits"),
 ])
 def test_malformed_records_name_the_line(tmp_path, line, message):
     good = {"candidate": 0, "strategy": "A", "seed": 0, "step": 0, "eval_loss": 3.0}

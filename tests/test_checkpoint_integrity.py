@@ -8,6 +8,7 @@ records, as if nothing had happened.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import re
 import shutil
@@ -202,3 +203,44 @@ def test_checkpointer_api_verifies_refuses_and_keeps_meta(tmp_path):
         assert ckpt.steps() == [2] and not (tmp_path / store.CHECKPOINT_DIR / "3").exists()
         ckpt.save(jax.tree.map(jnp.asarray, _state(4.0, 3)), data_position=44)  # step 3 saved again
         assert ckpt.verify(3) is None
+
+
+def test_a_verified_checkpoint_that_cannot_be_restored_is_neither_marked_damaged_nor_removed(tmp_path, capsys):
+    # Step 2 verifies (its bytes are what was saved) but cannot be restored into the target at hand,
+    # as one cannot be without the memory or the devices it needs: it was once marked damaged, and
+    # deleted as soon as step 1 restored, on a guess.
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        ckpt.save({"params": {"w": jnp.full((32,), 1.0)}, "step": jnp.asarray(1, jnp.int32)}, data_position=11)
+        ckpt.save(_state(2.0, 2), data_position=22)  # 64 values
+    target = {"params": {"w": jnp.zeros((32,))}, "step": jnp.asarray(0, jnp.int32)}
+    with checkpoint.Checkpointer(tmp_path) as ckpt:
+        assert ckpt.verify(2) is None
+        with pytest.raises(checkpoint.CheckpointUnreadable,
+                           match=r"checkpoint 2 in .*: verified intact, but cannot be restored on this machine"):
+            ckpt.restore(target, remove_damaged=True)
+        assert ckpt.damaged == {}
+    assert sorted(p.name for p in (tmp_path / store.CHECKPOINT_DIR).iterdir()) == ["1", "2"]
+    assert "damaged" not in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # tensorstore's closed loop
+def test_a_save_on_a_full_disk_is_one_line_and_closing_adds_no_second_error(tmp_path):
+    # 0 bytes free: Orbax's own metadata write fails (an OSError) and the close that followed raised
+    # the same failure again from Orbax's thread, a traceback of some 190 lines over the one line
+    import subprocess
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("mounting a small filesystem needs root")
+    try:
+        ckpt = checkpoint.Checkpointer(disk)
+        with (disk / "filler").open("wb", buffering=0) as filler:
+            with contextlib.suppress(OSError):
+                while True:
+                    filler.write(b"\0" * 4096)
+        with pytest.raises(LaggrowError, match=r"checkpoint 1 in .*: cannot be written \(no space left on device\)"):
+            ckpt.save(_state(1.0, 1), data_position=1)
+        ckpt.close()  # the failure is reported once: closing raises nothing
+    finally:
+        subprocess.run(["umount", "-l", str(disk)], capture_output=True)

@@ -53,9 +53,14 @@ def test_a_cache_directory_that_cannot_be_made_is_one_warning_and_no_cache(tmp_p
     assert compile_cache.configure(made) == tmp_path / "new" / "cache" and (tmp_path / "new" / "cache").is_dir()
 
 
-def _train(tmp_path: Path, name: str, **env: str) -> Path:
-    """A real 2-step `laggrow train` with HOME in tmp_path and no JAX cache variable inherited."""
+def _train(tmp_path: Path, name: str, expect_stderr: bool = False, **env: str) -> Path | str:
+    """A real 2-step `laggrow train` with HOME in tmp_path and no JAX cache variable inherited;
+    returns HOME (or, with `expect_stderr`, the process's stderr). A HOME trained in before is
+    trained in again (its run directory made anew)."""
+    import shutil
+
     home = tmp_path / f"home-{name}"
+    shutil.rmtree(tmp_path / f"run-{name}", ignore_errors=True)
     environ = {k: v for k, v in os.environ.items()
                if k not in ("JAX_COMPILATION_CACHE_DIR", "XDG_CACHE_HOME", compile_cache.ENV)}
     environ.update(HOME=str(home), JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0", **env)
@@ -64,12 +69,25 @@ def _train(tmp_path: Path, name: str, **env: str) -> Path:
                            "--set", "train.warmup_steps=0"],
                           cwd=REPO, env=environ, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr
-    return home
+    return proc.stderr if expect_stderr else home
 
 
 def test_a_laggrow_process_caches_its_compilations_by_default_and_not_when_off(tmp_path):
     home = _train(tmp_path, "default")
-    cached = list((home / ".cache" / "laggrow" / "jax").iterdir())
+    cache = home / ".cache" / "laggrow" / "jax"
+    cached = list(cache.iterdir())
     assert cached, "the default cache directory holds the run's compiled programs"
+    # an entry cut short (a process killed while writing it): one warning naming the cache, and the
+    # entry written again; JAX alone warned in two raw lines on every run and never replaced it
+    entry = max(cache.glob("jit_step_fn-*-cache"), key=lambda p: p.stat().st_size)
+    whole = entry.stat().st_size
+    entry.write_bytes(entry.read_bytes()[:5000])
+    stderr = _train(tmp_path, "default", expect_stderr=True)
+    warnings = [line for line in stderr.splitlines() if "warning" in line.lower()]
+    assert len(warnings) == 1, stderr
+    assert warnings[0].startswith(f"warning: compilation cache {cache}: entry {entry.name.removesuffix('-cache')} "
+                                  "cannot be read (")
+    assert "UserWarning" not in stderr
+    assert abs(entry.stat().st_size - whole) < whole / 10, "written again whole"
     home = _train(tmp_path, "off", LAGGROW_COMPILATION_CACHE="off")
     assert not (home / ".cache").exists()

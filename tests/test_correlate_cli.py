@@ -125,6 +125,14 @@ def _malformed(tmp_path: Path) -> Path:
     return pool
 
 
+def _stacking_dir(tmp_path: Path) -> Path:
+    from laggrow import store
+
+    (tmp_path / store.STACK_CONFIG_FILE).write_text("{}")
+    (tmp_path / store.CURVES_FILE).write_text(json.dumps({"method": "top", "seed": 0, "step": 0}) + "\n")
+    return tmp_path
+
+
 @pytest.mark.parametrize("make, args, message", [
     (lambda p: p / "nowhere", [], "nowhere: not found; expected a pool directory"),
     (lambda p: p, [], "curves.jsonl: not found; expected the per-step records"),
@@ -132,6 +140,20 @@ def _malformed(tmp_path: Path) -> Path:
     (lambda p: write(p, pool_records(strategies="AB")), [], "2 strategies with a loss at step 128"),
     (lambda p: write(p, pool_records()), ["--final-step", "100"], "final step 100: no candidate"),
     (lambda p: write(p, pool_records()), ["--threshold", "2"], "threshold 2.0: expected a correlation"),
+    # a correlation against step 0 has no step before it: rho 1.00 of nothing, over correlation.json
+    (lambda p: write(p, pool_records()), ["--final-step", "0"], "final step 0: no evaluated step before it"),
+    # an eta without the first round replays nothing: refused, not ignored
+    (lambda p: write(p, pool_records()), ["--halving-eta", "1"], "--halving-eta: given without --halving-first"),
+    (lambda p: write(p, pool_records()), ["--halving-first", "4", "--halving-eta", "1"],
+     "--halving-eta: expected an integer >= 2, got 1"),
+    # refused alike on a finished pool and on a probe-only one (which has no curves to T to replay it on)
+    (lambda p: write(p, pool_records()), ["--halving-first", "1000"], "--halving-first: expected an integer in [1, "
+                                                                       "final_steps=128]"),
+    (lambda p: write(p, pool_records(up_to=LAG)), ["--halving-first", "1000"],
+     "holds no finals to replay successive halving on"),
+    (lambda p: write(p, pool_records(up_to=LAG)), ["--halving-first", "4"], "holds no finals to replay successive "
+                                                                            "halving on"),
+    (_stacking_dir, [], "a stacking directory (laggrow stack), not a pool"),
 ])
 def test_bad_input_is_one_line_and_exit_2(tmp_path, make, args, message):
     pool = make(tmp_path)
@@ -140,6 +162,19 @@ def test_bad_input_is_one_line_and_exit_2(tmp_path, make, args, message):
     assert message in result.stderr
     assert result.stderr.count("\n") == 1 and "Traceback" not in result.stderr
     assert not any((tmp_path / name).exists() for name in OUTPUTS)  # nothing half-written
+
+
+def test_extrapolate_says_when_it_fell_back_to_the_window_mean(tmp_path):
+    # at k = 16 a curve evaluated at 0 1 2 4 8 16 has three points at steps >= 16 // 4: too few to fit
+    result = invoke(str(write(tmp_path, pool_records())), "--bootstrap", "0")
+    assert result.exit_code == 0, result.output
+    fell = {p["predictor"]: p["fell_back_at_k"]
+            for p in json.loads((tmp_path / "correlation.json").read_text())["predictors"]["predictors"]}
+    assert fell["extrapolate"] == {"step": LAG, "candidates": 10, "fell_back": 10,
+                                   "reasons": {"fewer than 4 points to fit": 10}}
+    assert fell["loss"] is None  # it has nothing to fall back to
+    assert "extrapolate fell back to the window mean for 10 of 10 candidates at k = 16" in \
+        " ".join(result.output.split())
 
 
 def test_outputs_are_all_or_nothing(tmp_path):

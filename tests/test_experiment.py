@@ -99,6 +99,31 @@ def test_second_run_redoes_nothing(experiment):
     assert snapshot(out) == before, "no file written, rewritten or removed"
 
 
+def test_the_correlation_is_current_by_what_it_was_made_from_not_by_mtimes(experiment, tmp_path):
+    import shutil
+
+    from laggrow import experiment as exp
+
+    out = tmp_path / "copy"
+    shutil.copytree(experiment[0], out, ignore=shutil.ignore_patterns("checkpoints", "*_state"))
+    pool = out / "pool"
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        ex = exp.load_experiment(TINY, out)
+    finally:
+        os.chdir(cwd)
+    assert exp.correlation_is_current(ex)
+    # a copy (cp without -p, a sync) that leaves correlation.json older than final.json: still current
+    os.utime(pool / "correlation.json", (1, 1))
+    assert exp.correlation_is_current(ex)
+    # curves changed under a correlation.json that is newer: made again
+    lines = (pool / "curves.jsonl").read_text().splitlines()
+    (pool / "curves.jsonl").write_text("\n".join(lines[:-1]) + "\n")
+    os.utime(pool / "correlation.json")
+    assert not exp.correlation_is_current(ex)
+
+
 def test_report_renders_again_from_the_records(experiment):
     out, _ = experiment
     text = (out / "report.md").read_text()
@@ -119,6 +144,7 @@ def test_changed_experiment_is_refused_and_changes_nothing(experiment):
 
 def _experiment_file(tmp_path: Path, **changes) -> Path:
     raw = yaml.safe_load(TINY.read_text())
+    raw["base"] = str(TINY.parent / raw["base"])  # the file is written elsewhere: its base from here
     raw.update(changes)
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(raw))

@@ -117,23 +117,29 @@ REPORT_DAMAGES = {
     "experiment.json garbage": (_write("experiment.json", "{{"), "malformed JSON"),
     "experiment.json {}": (_write("experiment.json", "{}"), "missing experiment_file"),
     "experiment.json wrong types": (_edit_json("experiment.json", lambda o: o.update(experiment_file=5)),
-                                    "a record is damaged"),
+                                    "experiment.json: experiment_file: expected a string, got 5"),
     "summary.json garbage": (_write("base/summary.json", "\x00\x01"), "malformed JSON"),
     "summary.json missing a key": (_edit_json("base/summary.json", lambda o: o.pop("params")), "missing params"),
     "summary.json params text": (_edit_json("base/summary.json", lambda o: o.update(params="x")),
-                                 "a record is damaged"),
+                                 "summary.json: params: expected an integer, got 'x'"),
     "summary.json loss text": (_edit_json("base/summary.json", lambda o: o.update(final_eval_loss="x")),
-                               "a record is damaged"),
+                               "summary.json: final_eval_loss: expected a number, got 'x'"),
     "pool.json garbage": (_write("pool/pool.json", "nope"), "malformed JSON"),
     "pool.json wrong types": (_edit_json("pool/pool.json", lambda o: o.update(pool=3, candidates=7)),
-                              "a record is damaged"),
+                              "pool.json: pool: expected a mapping, got 3"),
     "correlation.json garbage": (_write("pool/correlation.json", "[1, 2"), "malformed JSON"),
     "correlation.json a list": (_write("pool/correlation.json", "[]"), "expected the correlation"),
     "correlation.json rows text": (_edit_json("pool/correlation.json", lambda o: o.update(rows="x")),
-                                   "a record is damaged"),
+                                   "correlation.json: rows: expected a list, got 'x'"),
     "correlation.json strategies damaged": (
         _edit_json("pool/correlation.json", lambda o: o.update(strategies=[{"strategy": 1}])),
-        "a record is damaged"),
+        "correlation.json: strategies[0].strategy: expected a string, got 1"),
+    "correlation.json a pick of no strategy": (
+        _edit_json("pool/correlation.json", lambda o: o["rows"][0].update(leaders=["nobody"])),
+        "correlation.json: strategy 'nobody': expected one of its strategies"),
+    "correlation.json a loss list cut short": (
+        _edit_json("pool/correlation.json", lambda o: o["strategies"][1]["loss"].pop()),
+        "correlation.json: strategies[1]: expected a loss and a rank at each of the"),
 }
 
 
@@ -146,6 +152,20 @@ def test_report_on_a_damaged_record_is_one_line(finished, tmp_path, damage):
     before = snapshot(out)
     one_line_failure(invoke("report", out), expected)
     assert snapshot(out) == before, "nothing written"
+
+
+def test_a_fault_in_rendering_is_a_bug_with_its_traceback(finished, tmp_path, monkeypatch):
+    # every record is checked when read: a fault while rendering is laggrow's, not a damaged file
+    from laggrow.report import writer
+
+    def broken(inputs):
+        raise TypeError("a renderer's own mistake")
+
+    out = tmp_path / "ex"
+    shutil.copytree(finished, out, ignore=shutil.ignore_patterns("checkpoints"))
+    monkeypatch.setattr(writer, "render", broken)
+    with pytest.raises(TypeError, match="a renderer's own mistake"):
+        writer.write_report(out)
 
 
 def test_report_refuses_an_experiment_being_written(finished, tmp_path):

@@ -454,12 +454,50 @@ def _old_format(directory: Path) -> None:
     (directory / store.STACK_FILE).write_text(json.dumps(record))
 
 
+def _no_curves(directory: Path) -> None:
+    (directory / store.CURVES_FILE).unlink()
+
+
+def _empty_curves(directory: Path) -> None:
+    (directory / store.CURVES_FILE).write_text("")
+
+
+def _curves_without_a_run(directory: Path) -> None:
+    rows = [r for r in make_rows() if (r["method"], r["seed"]) != ("middle", 1)]
+    (directory / store.CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _nan_in_curves(directory: Path) -> None:
+    rows = make_rows()
+    rows[3]["test_loss"] = math.nan  # json.dumps writes the NaN literal, which is not JSON
+    (directory / store.CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _text_for_a_curve_loss(directory: Path) -> None:
+    rows = make_rows()
+    rows[2]["test_loss"] = "low"
+    (directory / store.CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
+def _unknown_method_run(directory: Path) -> None:
+    record = make_record()
+    record["runs"][0]["method"] = "sideways"
+    (directory / store.STACK_FILE).write_text(json.dumps(record))
+
+
 @pytest.mark.parametrize("damage, message", [
     (_break_json, "malformed JSON"),
     (_old_format, "written by another version of laggrow stack (record format 1, expected 2"),
     (_drop_key, "missing stages"),
-    (_string_for_number, "the stacking record is damaged"),
-    (_string_in_config, "the stacking record is damaged"),
+    (_string_for_number, "stack.json: runs[0].final_test_loss: expected a number, got '1.8'"),
+    (_string_in_config, "stack.json: config.stack.alpha: expected a number, got 'one'"),
+    (_unknown_method_run, "stack.json: runs[0].method: expected one of the methods (adaptive, top, middle, scratch)"),
+    (_no_curves, "curves.jsonl: is missing (expected every evaluation of every run in stack.json"),
+    (_empty_curves, "curves.jsonl: has no rows (expected every evaluation of every run"),
+    (_curves_without_a_run, "curves.jsonl: has no rows of middle seed 1 (expected"),
+    (_nan_in_curves, "curves.jsonl line 4: holds NaN, which is not JSON"),
+    (_text_for_a_curve_loss, "curves.jsonl: test_loss: expected a number, got 'low' (expected the stacking curves "
+                             "(line 3"),
 ])
 def test_laggrow_report_on_a_damaged_stacking_record_is_one_line(tmp_path, damage, message):
     from typer.testing import CliRunner
@@ -473,3 +511,31 @@ def test_laggrow_report_on_a_damaged_stacking_record_is_one_line(tmp_path, damag
     line = one_line_failure(result, message)
     assert str(directory) in line
     assert snapshot(directory) == before  # no report.md, no stack.png, no temporary left
+
+
+def test_a_stacking_run_not_finished_yet_is_named_by_report(tmp_path):
+    directory = tmp_path / "stack"
+    directory.mkdir()
+    (directory / store.STACK_CONFIG_FILE).write_text("{}")  # laggrow stack writes it first, stack.json last
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    report = ["report", str(directory)]
+    one_line_failure(CliRunner().invoke(app, report), "a stacking run not finished yet (no stack.json")
+    with store.DirLock(directory, "stacking directory"):  # and while it runs, who holds it
+        one_line_failure(CliRunner().invoke(app, report), "in use by another laggrow process")
+
+
+def test_a_fault_in_rendering_is_a_bug_with_its_traceback_not_a_damaged_record(tmp_path, monkeypatch):
+    # the records are checked when read: what rendering raises is laggrow's bug, never the user's file
+    from laggrow.report import writer
+
+    def broken(*args, **kwargs):
+        raise KeyError("a renderer's own mistake")
+
+    monkeypatch.setattr(writer, "render_stack", broken)
+    directory = write_dir(tmp_path / "stack")
+    with pytest.raises(KeyError, match="a renderer's own mistake"):
+        writer.write_stack_report(directory)
+    assert not (directory / store.REPORT_FILE).exists()

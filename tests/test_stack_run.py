@@ -299,6 +299,10 @@ def test_ctrl_c_stops_after_a_step_and_says_how_to_continue(tmp_path):
     (["train.steps=2", "train.warmup_steps=0", "stack.probe_steps=1"],
      "train.steps: expected a budget that gives each of the 3 stages at least one step"),
     (["stack.seeds=-1"], "stack.seeds: expected a list"),
+    # i ** alpha beyond the largest float (54 lines of OverflowError before)
+    (["stack.alpha=700"], "stack.alpha: expected a number > 0 whose stage weights i ** alpha (i = 1..3"),
+    # stack runs on one device: a layout would be ignored, as train refuses one it cannot use
+    (["mesh.data=2"], "mesh: laggrow stack runs on one device"),
 ])
 def test_bad_input_is_one_line_exit_2_and_nothing_written(tmp_path, sets, expected):
     from typer.testing import CliRunner
@@ -349,3 +353,36 @@ def test_a_damaged_record_read_back_is_one_line(stacked, tmp_path):
     errors = [line for line in result.output.splitlines() if line.startswith("error:")]
     assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
     assert f"{copy / store.CURVES_FILE} line 2: malformed" in errors[0]
+
+
+def _drop_choices(copy: Path) -> str:
+    (copy / store.STAGES_DIR / "adaptive-seed0" / store.CHOICES_FILE).unlink()
+    return f"{store.STAGES_DIR}/adaptive-seed0/{store.CHOICES_FILE}: missing, though adaptive-seed0 has finished"
+
+
+def _drop_rows(copy: Path) -> str:
+    rows = [r for r in _curves(copy) if r["method"] != "middle"]
+    (copy / store.CURVES_FILE).write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return f"{store.CURVES_FILE}: no rows of the finished middle-seed0 (init at step 0"
+
+
+@pytest.mark.parametrize("damage", [_drop_choices, _drop_rows])
+def test_a_rerun_checks_the_records_of_finished_methods(stacked, tmp_path, damage):
+    """A finished method is read back, not run again: with its records gone, stack.json would have
+    been written without them (adaptive's `choices: []`, rows missing) and the command exit 0."""
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from laggrow.cli import app
+
+    copy = tmp_path / "copy"
+    shutil.copytree(stacked, copy, ignore=shutil.ignore_patterns("checkpoints"))
+    expected = damage(copy)
+    before = snapshot(copy)
+    result = CliRunner().invoke(app, ["stack", str(TINY), "--out", str(copy)])
+    # found once the run has started (after its header line): one error line, no traceback
+    errors = [line for line in result.output.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert expected in errors[0] and f"remove {copy / store.MODELS_DIR}" in errors[0], errors[0]
+    assert snapshot(copy) == before

@@ -72,7 +72,8 @@ def test_a_section_given_as_a_scalar_is_one_line(tmp_path, text, expected):
 
 def test_an_empty_section_is_an_empty_mapping_also_under_set(tmp_path):
     config = tmp_path / "c.yaml"
-    config.write_text(TINY.read_text() + "\nmodel:\n")  # the last `model:` wins: empty
+    text = TINY.read_text()
+    config.write_text(text[:text.index("model:")] + "model:\n" + text[text.index("data:"):])  # an empty `model:`
     cfg = load_run_config(config, ["model.n_layers=3"])
     assert cfg.model.n_layers == 3 and cfg.model.d_model == ModelConfig.d_model
 
@@ -262,7 +263,7 @@ def test_a_finite_lr_scale_times_a_finite_lr_can_still_overflow():
 
 @pytest.fixture
 def experiment(tmp_path) -> Path:
-    text = (CONFIGS / "tiny_experiment.yaml").read_text().replace("configs/tiny.yaml", str(TINY))
+    text = (CONFIGS / "tiny_experiment.yaml").read_text().replace("base: tiny.yaml", f"base: {TINY}")
     path = tmp_path / "e.yaml"
     path.write_text(text)
     return path
@@ -418,4 +419,132 @@ def test_grow_into_a_model_too_large_for_memory_is_refused_at_once(tmp_path, wei
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "model.n_layers=100000000" in lines[0] and "needs about" in lines[0], proc.stderr
+    assert not out.exists()
+
+
+# ---- issue 20: what a new user still hit ---------------------------------------------------------
+
+
+def test_a_key_given_twice_in_a_yaml_mapping_is_one_line_naming_it(tmp_path):
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY.read_text().replace("  lr: 0.003\n", "  lr: 0.003\n  lr: 0.1\n"))
+    line = refused(["train", config, "--out", tmp_path / "out"], tmp_path / "out", "key 'lr' appears twice")
+    assert "first at line" in line
+    # a merge key's values may still be overridden: that is what merging is for
+    merged = tmp_path / "m.yaml"
+    merged.write_text("shared: &base {lr: 0.003, steps: 10}\ntrain:\n  <<: *base\n  lr: 0.01\n")
+    raw = yaml.safe_load(merged.read_text())
+    from laggrow.config import read_yaml
+
+    assert read_yaml(merged)["train"] == {**raw["train"], "lr": 0.01}
+
+
+@pytest.mark.parametrize("where", ["file", "set"])
+def test_an_integer_of_thousands_of_digits_is_one_line_without_pythons_advice(tmp_path, where):
+    digits = "7" * 5000
+    config = tmp_path / "c.yaml"
+    config.write_text(TINY.read_text() + (f"\nseedless: {digits}\n" if where == "file" else ""))
+    sets = ["--set", f"train.steps={digits}"] if where == "set" else []
+    line = refused(["train", config, "--out", tmp_path / "out", *sets], tmp_path / "out",
+                   "an integer of 5000 digits")
+    assert "set_int_max_str_digits" not in line
+
+
+def test_a_set_value_that_is_not_yaml_is_refused_not_kept_as_text(tmp_path):
+    refused(["train", TINY, "--out", tmp_path / "out", "--set", "train.lr=[1e-3"], tmp_path / "out",
+            "--set 'train.lr=[1e-3': the value cannot be read as YAML")
+
+
+def test_an_lr_scale_beyond_a_float32_learning_rate_is_one_line():
+    raw = {**POOL, "strategies": ["stack", {"name": "zero_top", "lr_scale": 1e308}]}
+    with pytest.raises(LaggrowError, match="pool strategy zero_top: lr_scale 1e.308 x train.lr 0.003 is not a finite "
+                                           "learning rate .expected a product of at most 3.4e.38"):
+        pool_config_from_dict(raw).target_run_config(load_run_config(TINY))
+
+
+@pytest.mark.parametrize("label", ["a|b", "two\nlines", "tab\there"])
+def test_a_label_that_would_break_the_reports_tables_is_one_line(tmp_path, label):
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump({**POOL, "strategies": ["stack", {"name": "zero_top", "label": label}]}))
+    refused(["probe", pool, "--out", tmp_path / "out"], tmp_path / "out", "holds '|' or a line break")
+
+
+def test_the_default_eval_points_fits_a_short_pool():
+    short = {k: v for k, v in POOL.items() if k != "eval_points"}  # final_steps 4: at most 5 points
+    assert pool_config_from_dict(short).eval_points == 5
+    assert pool_config_from_dict({**short, "final_steps": 400}).eval_points == 16
+    with pytest.raises(LaggrowError, match="eval_points: expected an integer in .2, 5."):  # given, still checked
+        pool_config_from_dict({**short, "eval_points": 16})
+
+
+def test_run_refuses_a_pool_of_fewer_than_three_strategies_before_training(tmp_path, experiment):
+    refused(["run", experiment, "--out", tmp_path / "ex", "--set", "pool.strategies=[stack, zero_top]"],
+            tmp_path / "ex", "pool.strategies: expected at least 3 strategies")
+
+
+def test_an_experiments_base_is_read_from_the_experiment_files_directory(tmp_path, monkeypatch):
+    # `cd / && laggrow run /path/to/configs/tiny_experiment.yaml` used to look for configs/tiny.yaml in /
+    monkeypatch.chdir(tmp_path)
+    refused(["run", CONFIGS / "tiny_experiment.yaml", "--out", tmp_path / "ex", "--set",
+             "base_set=[model.n_layers=0]"], tmp_path / "ex", "model.n_layers: expected an integer >= 1")
+
+
+@pytest.mark.parametrize("verb", ["train", "stack"])
+def test_an_empty_out_is_refused_not_taken_for_the_working_directory(tmp_path, monkeypatch, verb):
+    monkeypatch.chdir(tmp_path)
+    config = TINY if verb == "train" else CONFIGS / "stack-tiny.yaml"
+    refused([verb, config, "--out", ""], None, '--out: expected a directory path, got an empty string')
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_until_beyond_the_runs_steps_is_refused(tmp_path):
+    refused(["train", TINY, "--out", tmp_path / "out", "--until", "1000"], tmp_path / "out",
+            "--until: expected a step in [1, train.steps=40], got 1000")
+
+
+def test_a_dangling_link_as_out_is_named_as_one(tmp_path):
+    link = tmp_path / "link"
+    link.symlink_to(tmp_path / "gone")
+    refused(["train", TINY, "--out", link], None, f"--out {link}: a symbolic link to {tmp_path / 'gone'}, which "
+                                                  "does not exist")
+
+
+def test_out_inside_the_source_run_is_refused(tmp_path, source, weightless):
+    inside = weightless / "grown"
+    refused(["grow", "--from", weightless, "--strategy", "stack", "--set", "model.n_layers=3", "--out", inside],
+            inside, f"--out {inside}: inside the laggrow run {weightless}")
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump({**POOL, "source": str(source)}))
+    inside = source / "pool"
+    refused(["probe", pool, "--out", inside], inside, f"--out {inside}: inside the laggrow run {source}")
+
+
+def test_run_out_inside_a_run_is_refused(tmp_path, experiment, weightless):
+    inside = weightless / "ex"
+    refused(["run", experiment, "--out", inside], inside, f"out {inside}: inside the laggrow run {weightless}")
+
+
+def test_a_pool_directory_as_a_pool_source_is_named_as_one(tmp_path, weightless):
+    (weightless / "pool.json").write_text("{}")  # a config.json and a pool.json: what a probe writes
+    pool = tmp_path / "pool.yaml"
+    pool.write_text(yaml.safe_dump({**POOL, "source": str(weightless)}))
+    line = refused(["probe", pool, "--out", tmp_path / "out"], tmp_path / "out",
+                   "a pool directory (laggrow probe), not a training run")
+    assert "unfinished" not in line and "laggrow train" in line
+
+
+@pytest.mark.skipif(Path("/proc/sys/vm/overcommit_memory").exists()
+                    and Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1",
+                    reason="with overcommit always on, the kernel grants the allocation and kills the process later")
+def test_a_real_out_of_memory_is_one_line_naming_what_ran_out_and_what_to_lower(tmp_path):
+    # LAGGROW_MEMORY overstating the machine lets a 64 GiB model through the estimate; XLA's own
+    # out-of-memory error (a JaxRuntimeError of some hundred lines) is the one line instead
+    out = tmp_path / "out"
+    result = CliRunner().invoke(app, ["train", str(TINY), "--out", str(out), "--set", f"model.d_ff={2**28}"],
+                                env={resources.MEMORY_ENV: "1000T"})
+    # after the run's header: one error line, no traceback, nothing left at --out
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.exit_code == 2 and len(errors) == 1 and "Traceback" not in result.output, result.output
+    assert "out of memory on the " in errors[0] and "68719476736 bytes" in errors[0]
+    assert "lower train.batch_size, the model's size" in errors[0] and "LAGGROW_MEMORY=1000T may overstate" in errors[0]
     assert not out.exists()

@@ -9,10 +9,15 @@ tree so that optax's named-tuple states keep their types.
 Integrity: once Orbax has finalised step N, `store.CHECKPOINT_MANIFEST` is written into its
 directory with the sha256 and size of every file there and a fingerprint of the config the
 state belongs to. A restore verifies the manifest first. A checkpoint with no manifest (killed
-between Orbax's finalise and the manifest), a file changed, truncated or missing, a manifest for
-another config, or one Orbax fails to read is damaged: the restore warns in one line and falls
-back to the previous checkpoint (max_to_keep=2 keeps one), or raises one line when none is
-intact. Orbax would otherwise restore flipped bytes silently, and training would go on from them.
+between Orbax's finalise and the manifest), a file changed, truncated or missing, or a manifest
+for another config is damaged: the restore warns in one line and falls back to the previous
+checkpoint (max_to_keep=2 keeps one), or raises one line when none is intact. Orbax would
+otherwise restore flipped bytes silently, and training would go on from them.
+
+Only a failed verification makes a checkpoint damaged. One whose manifest verified but that Orbax
+cannot restore failed for a reason outside it (memory, a read error, devices unlike the ones it
+was saved from): the restore stops with one line, marks nothing and removes nothing, since the
+same checkpoint restores once the machine allows it.
 """
 
 from __future__ import annotations
@@ -42,6 +47,14 @@ def _one_line(err: BaseException, limit: int = 160) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+class CheckpointDamaged(LaggrowError):
+    """A checkpoint failed its verification (or none is intact): its bytes are not what was saved."""
+
+
+class CheckpointUnreadable(LaggrowError):
+    """A checkpoint verified intact that Orbax could not restore: the machine's fault, not the file's."""
+
+
 class Checkpointer:
     """Numbered checkpoints in `run_dir/checkpoints/<step>`.
 
@@ -58,6 +71,7 @@ class Checkpointer:
         self.restored_step: int | None = None  # the step the last restore returned
         self.restored_meta: dict[str, Any] = {}  # and the `meta` saved with it
         self.damaged: dict[int, str] = {}  # step -> why, found by the last restore
+        self._failed_save = False  # a save raised: closing must not raise its echo over it
         # A save killed mid-write leaves an Orbax temporary directory; only a writer, which
         # holds the run's lock, may remove it. (Orbax's own read_only option logs warnings.)
         options = ocp.CheckpointManagerOptions(max_to_keep=max_to_keep, create=not read_only,
@@ -79,14 +93,12 @@ class Checkpointer:
             self._manager.save(step, args=ocp.args.StandardSave(item), force=True)
             faults.point("save", step)
             self._manager.wait_until_finished()
-        except OSError:
-            raise
         except Exception as err:
-            # Orbax writes through tensorstore, whose I/O failures (a full disk, a file size
-            # limit) arrive as ValueError/RuntimeError rather than OSError.
-            if not _looks_like_io_error(err):
+            self._failed_save = True
+            reason = io_error_reason(err)
+            if reason is None:
                 raise
-            raise LaggrowError(f"checkpoint {step} in {self.directory}: cannot be written ({_io_reason(err)}); "
+            raise LaggrowError(f"checkpoint {step} in {self.directory}: cannot be written ({reason}); "
                                "expected a writable directory with free space") from None
         faults.point("finalised", step)
         step_dir = self.step_dir(step)
@@ -160,8 +172,11 @@ class Checkpointer:
             if reason is None:
                 try:
                     item = self._restore_step(candidate, target)
-                except Exception as err:  # any failure to read it back: the checkpoint is unusable
-                    reason = f"Orbax cannot read it: {_one_line(err)}"
+                except Exception as err:  # verified, so not the file's fault: nothing is marked or removed
+                    raise CheckpointUnreadable(
+                        f"checkpoint {candidate} in {self.directory}: verified intact, but cannot be restored on this "
+                        f"machine ({_one_line(err)}); nothing was removed (expected the memory and devices to "
+                        "restore it: run again once the machine allows it)") from None
             if reason is None:
                 if remove_damaged and self.damaged:
                     self._remove(sorted(self.damaged))
@@ -172,13 +187,13 @@ class Checkpointer:
                 return item, position
             self.damaged[candidate] = reason
             if step is not None:
-                raise LaggrowError(f"checkpoint {candidate} in {self.directory} is damaged ({reason}); "
-                                   "expected an intact checkpoint")
+                raise CheckpointDamaged(f"checkpoint {candidate} in {self.directory} is damaged ({reason}); "
+                                        "expected an intact checkpoint")
             if i + 1 < len(steps):
                 warn(f"warning: checkpoint {candidate} in {self.directory} is damaged ({reason}); "
                      f"falling back to checkpoint {steps[i + 1]}")
         found = "; ".join(f"checkpoint {s}: {r}" for s, r in self.damaged.items())
-        raise LaggrowError(f"{self.directory}: no intact checkpoint ({found}); expected at least one "
+        raise CheckpointDamaged(f"{self.directory}: no intact checkpoint ({found}); expected at least one "
                            "complete checkpoint (train again into a new directory)")
 
     def _restore_step(self, step: int, target: dict[str, Any]) -> dict[str, Any]:
@@ -211,8 +226,14 @@ class Checkpointer:
     # ---- lifetime ------------------------------------------------------------------------------
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
-        self._manager.close()
+        """Wait for the last save and close. After a failed save, Orbax raises that save's error
+        again here: it has been reported already, and must not replace that report."""
+        try:
+            self._manager.wait_until_finished()
+            self._manager.close()
+        except Exception:
+            if not self._failed_save:
+                raise
 
     def __enter__(self) -> Checkpointer:
         return self
@@ -221,21 +242,26 @@ class Checkpointer:
         self.close()
 
 
-_OS_ERROR_CODE = re.compile(r"os_error_code='?(\d+)")
+# tensorstore reports an OS error as a payload of its status, rendered `[os_error_code='28']`
+# into the ValueError / RuntimeError it raises: the one structured field it exposes to Python.
+_OS_ERROR_CODE = re.compile(r"\[os_error_code='?(\d+)'?\]")
 
 
-def _looks_like_io_error(err: BaseException) -> bool:
-    """Whether an exception from Orbax/tensorstore reports a failed write, not a bug."""
-    text = str(err).lower()
-    return bool(_OS_ERROR_CODE.search(text)) or any(word in text for word in (
-        "no space left", "file too large", "disk quota", "read-only file system", "permission denied",
-        "input/output error", "error writing", "failed to write", "failed writing"))
-
-
-def _io_reason(err: BaseException) -> str:
-    """The OS's reason ('file too large'), when tensorstore quotes its error code."""
-    code = _OS_ERROR_CODE.search(str(err))
-    return os.strerror(int(code.group(1))).lower() if code else _one_line(err)
+def io_error_reason(err: BaseException) -> str | None:
+    """The OS's reason ('no space left on device') when a failed save is a failed write, else None
+    (a bug, to be raised as it is): an OSError in the exception's chain (Orbax writes its metadata
+    with Python's I/O), or the OS error code that tensorstore attaches to a failed write."""
+    seen: set[int] = set()
+    chain: BaseException | None = err
+    while chain is not None and id(chain) not in seen:
+        seen.add(id(chain))
+        if isinstance(chain, OSError) and chain.errno is not None:
+            return os.strerror(chain.errno).lower()
+        code = _OS_ERROR_CODE.search(str(chain)) if isinstance(chain, ValueError | RuntimeError) else None
+        if code:
+            return os.strerror(int(code.group(1))).lower()
+        chain = chain.__cause__ or chain.__context__
+    return None
 
 
 def has_checkpoint(run_dir: Path) -> bool:

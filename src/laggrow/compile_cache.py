@@ -10,6 +10,9 @@ imported, so `laggrow.cli.main` calls `configure` before any verb imports jax.
 - `LAGGROW_COMPILATION_CACHE=DIR`: the cache in DIR.
 - otherwise: `$XDG_CACHE_HOME/laggrow/jax`, by default `~/.cache/laggrow/jax`.
 - a directory laggrow cannot create or write: one warning line, and no cache.
+- an entry JAX cannot read back (truncated by a process killed while writing it, damaged on disk):
+  one warning line naming the cache and the entry, which is removed, so the program is compiled and
+  written again (JAX itself warns in two raw lines on every run and never replaces it).
 
 Programs that compile in under `JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS` (laggrow's default 0.5 s,
 JAX's 1 s) are not written: reading them back would cost about what compiling does.
@@ -17,10 +20,14 @@ JAX's 1 s) are not written: reading them back would cost about what compiling do
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.util
 import os
 import sys
-from collections.abc import MutableMapping
+from collections.abc import Callable, MutableMapping
 from pathlib import Path
+from typing import Any
 
 ENV = "LAGGROW_COMPILATION_CACHE"
 OFF = ("off", "0", "false", "no")
@@ -44,7 +51,8 @@ def configure(environ: MutableMapping[str, str] | None = None, create: bool = Tr
     """Set JAX's cache variables in `environ` (default `os.environ`) as the module docstring says;
     returns the directory, or None when off. laggrow's own choice of directory is created and
     checked first (`create`): one that cannot be written is one warning line and no cache, instead
-    of a multi-line JAX warning at every compilation."""
+    of a multi-line JAX warning at every compilation. For this process's environment, entries JAX
+    cannot read are guarded too (`guard_entries`)."""
     environ = os.environ if environ is None else environ
     directory = cache_dir(environ)
     if directory is None:
@@ -62,4 +70,80 @@ def configure(environ: MutableMapping[str, str] | None = None, create: bool = Tr
             return None
     environ["JAX_COMPILATION_CACHE_DIR"] = str(directory)
     environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", MIN_COMPILE_SECONDS)
+    if environ is os.environ:  # this process's cache (another mapping only asks where it would go)
+        guard_entries(directory)
     return directory
+
+
+# ---- damaged entries --------------------------------------------------------------------------------
+
+# JAX reads an entry in `jax._src.compilation_cache.get_executable_and_time(cache_key, ...)`; the
+# entry's files in the cache directory are named after the key.
+_JAX_MODULE = "jax._src.compilation_cache"
+_READER = "get_executable_and_time"
+_ENTRY_SUFFIXES = ("-cache", "-atime")
+
+
+def guarded_reader(read: Callable[..., Any], directory: Path) -> Callable[..., Any]:
+    """JAX's cache reader, made to treat an entry it cannot read as a miss: one warning line naming
+    the cache and the entry, and the entry removed so that the compiled program is written again."""
+
+    def get_executable_and_time(cache_key: str, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception as err:
+            for suffix in _ENTRY_SUFFIXES:
+                with contextlib.suppress(OSError):
+                    (Path(directory) / f"{cache_key}{suffix}").unlink()
+            why = " ".join((str(err).splitlines() or [""])[0].split())[:100] or type(err).__name__
+            print(f"warning: compilation cache {directory}: entry {cache_key} cannot be read ({why}); removed, "
+                  "its program is compiled again", file=sys.stderr, flush=True)
+            return None, None
+
+    get_executable_and_time.laggrow_guarded = True  # type: ignore[attr-defined]
+    return get_executable_and_time
+
+
+class _GuardOnImport(importlib.abc.MetaPathFinder):
+    """Wraps JAX's cache reader (`guarded_reader`) as soon as JAX imports its cache module: the
+    command line decides the cache before jax is imported, and must not import it itself
+    (`laggrow --help` stays instant)."""
+
+    def __init__(self, directory: Path):
+        self.directory = directory
+
+    def find_spec(self, name: str, path: Any, target: Any = None) -> Any:
+        if name != _JAX_MODULE:
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is None or spec.loader is None:
+            return spec
+        loader, directory = spec.loader, self.directory
+
+        class Loader(importlib.abc.Loader):
+            def create_module(self, spec: Any) -> Any:
+                return loader.create_module(spec)
+
+            def exec_module(self, module: Any) -> None:
+                loader.exec_module(module)
+                _wrap(module, directory)
+
+        spec.loader = Loader()
+        return spec
+
+
+def _wrap(module: Any, directory: Path) -> None:
+    read = getattr(module, _READER, None)
+    if callable(read) and not getattr(read, "laggrow_guarded", False):
+        setattr(module, _READER, guarded_reader(read, directory))
+
+
+def guard_entries(directory: Path) -> None:
+    """Guard JAX's reading of the cache in `directory` (see `guarded_reader`): now if JAX's cache
+    module is imported already, else when it is."""
+    module = sys.modules.get(_JAX_MODULE)
+    if module is not None:
+        _wrap(module, directory)
+    elif not any(isinstance(finder, _GuardOnImport) for finder in sys.meta_path):
+        sys.meta_path.insert(0, _GuardOnImport(directory))

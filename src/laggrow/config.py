@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from laggrow.errors import LaggrowError
+from laggrow.errors import KeyValueError, LaggrowError
 from laggrow.resources import INT32_MAX, MAX_VOCAB, SEED_MAX, check_training_fits
 
 
@@ -314,7 +314,7 @@ def differences(now: Any, then: Any, prefix: str = "") -> list[str]:
 def require(ok: bool, key: str, expected: str, got: Any) -> None:
     """The one form of a config error: `key: expected X, got Y`."""
     if not ok:
-        raise LaggrowError(f"{key}: expected {expected}, got {shown(got)}")
+        raise KeyValueError(key, f"expected {expected}, got {shown(got)}")
 
 
 def _require_int(obj: Any, section: str, name: str, low: int, high: int = INT32_MAX) -> None:
@@ -407,10 +407,47 @@ def coerce(value: Any, typ: Any, where: str) -> Any:
     return value
 
 
+# The most digits an integer of a config may have: below Python's own limit on converting digits to
+# an int (4300), whose error would advise `sys.set_int_max_str_digits()` instead of naming the value.
+# Shorter integers are read, and refused by the bounds of the key they are given to.
+MAX_INT_DIGITS = 4000
+
+
 class _Loader(yaml.SafeLoader):
     """YAML 1.1 reads `1e-5` (no dot) as a string; scientific notation is common in configs
-    (`lr: 3e-4`, and `json.dumps` writes `1e-05`), so floats are resolved as YAML 1.2 does."""
+    (`lr: 3e-4`, and `json.dumps` writes `1e-05`), so floats are resolved as YAML 1.2 does.
 
+    A key given twice in one mapping is refused (PyYAML keeps the last silently, so a user editing
+    the first one would change nothing), and so is an integer of more than MAX_INT_DIGITS digits."""
+
+    def construct_mapping(self, node: yaml.Node, deep: bool = False) -> dict:
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":  # `<<: *base`: its keys may be overridden
+                    continue
+                key = self.construct_object(key_node, deep=deep)
+                try:
+                    first = seen.get(key)
+                except TypeError:  # an unhashable key: PyYAML's own check names it
+                    continue
+                if first is not None:
+                    raise yaml.constructor.ConstructorError(
+                        None, None, f"key {shown(key)} appears twice in one mapping (first at line "
+                        f"{first.line + 1}; expected each key once)", key_node.start_mark)
+                seen[key] = key_node.start_mark
+        return super().construct_mapping(node, deep=deep)
+
+    def construct_yaml_int(self, node: yaml.Node) -> int:
+        digits = sum(ch.isalnum() for ch in str(node.value))
+        if digits > MAX_INT_DIGITS:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"an integer of {digits} digits (expected a number of at most {MAX_INT_DIGITS} "
+                "digits; steps, sizes and seeds fit 32 bits)", node.start_mark)
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
 
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
@@ -454,6 +491,17 @@ def read_yaml(path: str | Path, what: str = "config") -> dict[str, Any]:
     return raw
 
 
+def parse_override(item: str, text: str) -> Any:
+    """The value of `--set KEY=TEXT`, parsed as YAML; one line when it is not YAML (rather than
+    keeping the text as a string the user did not write: `[1, 2` is not a list)."""
+    try:
+        return parse_yaml(text)
+    except yaml.YAMLError as err:
+        problem = getattr(err, "problem", None) or "invalid syntax"
+        raise LaggrowError(f"--set {shown(item)}: the value cannot be read as YAML ({problem}); expected a "
+                           "YAML value, e.g. 8, 1e-3, true, [1, 2] or a quoted string") from None
+
+
 def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
     """Apply `section.key=value` overrides; the value is parsed as YAML (`8`, `true`, `1e-3`)."""
     raw = {k: dict(v) if isinstance(v, dict) else v for k, v in raw.items()}
@@ -464,10 +512,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[st
         parts = dotted.strip().split(".")
         if len(parts) != 2 or not all(parts):
             raise LaggrowError(f"--set {item!r}: expected section.key=value, e.g. model.n_layers=8")
-        try:
-            value = parse_yaml(text)
-        except yaml.YAMLError:
-            value = text
+        value = parse_override(item, text)
         if raw.get(parts[0]) is None:  # absent, or an empty `model:` in the file
             raw[parts[0]] = {}
         section = raw[parts[0]]

@@ -1,7 +1,7 @@
 """One LAG study from one file: train the base, probe the pool, train the finals, correlate, report.
 
     # configs/demo.yaml
-    base: configs/small.yaml          # a run config (relative to the working directory)
+    base: small.yaml                  # a run config (a relative path: from this file's directory)
     base_set: [train.steps=600]       # optional `section.key=value` overrides of the base config
     pool:                             # a pool exactly as pool_config.py reads it, without `source`
       target: {n_layers: 8}
@@ -9,7 +9,7 @@
       lag_steps: 32                   # k
       final_steps: 320                # T
     correlate: {threshold: 0.9, bootstrap: 1000, seed: 0}
-    out: runs/demo
+    out: runs/demo                    # (relative to the working directory)
 
 An experiment directory holds
 
@@ -41,7 +41,7 @@ from laggrow.config import (
     RunConfig,
     apply_overrides,
     build_dataclass,
-    parse_yaml,
+    parse_override,
     read_yaml,
     run_config_from_dict,
 )
@@ -52,6 +52,9 @@ from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR,
 from laggrow.train_run import PreparedRun
 
 STAGES = ("base", "probe", "finals", "correlate", "report")
+
+# the statistics rank strategies and correlate the rankings: a rank correlation needs three
+MIN_STRATEGIES = 3
 
 
 @dataclass(frozen=True)
@@ -180,7 +183,8 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     out = Path(out if out is not None else cfg.out or Path("runs") / path.stem).absolute()
     _check_out(out)
 
-    base_raw = apply_overrides(read_yaml(cfg.base, what=f"{where} base"), list(cfg.base_set))
+    base_raw = apply_overrides(read_yaml(base_config_path(path, cfg.base), what=f"{where} base"),
+                               list(cfg.base_set))
     base_cfg = run_config_from_dict(base_raw, where=f"base {cfg.base}")
     base_dir = out / BASE_DIR
     try:  # the vocabulary comes from the tokenizer; an existing base run must match exactly
@@ -195,9 +199,20 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     pool = pool_config_from_dict({**cfg.pool, "source": str(base_dir)}, where=f"{where} pool")
     options.check_fits(pool, f"{where} correlate")
     probe.check_pool(pool, base_cfg, pool.target_run_config(base_cfg))
+    if len(pool.strategies) < MIN_STRATEGIES:  # found after all training otherwise, by the statistics
+        raise LaggrowError(f"{where} pool.strategies: expected at least {MIN_STRATEGIES} strategies (laggrow run "
+                           f"ranks them and correlates the rankings, and a rank correlation needs three), got "
+                           f"{len(pool.strategies)}; use laggrow probe and train-final for a smaller pool")
     experiment = Experiment(path, out, cfg, base_cfg, pool, options, base_run)
     _check_probe_matches(experiment)
     return experiment
+
+
+def base_config_path(experiment: Path, base: str) -> Path:
+    """The base run config an experiment names: a relative path is read from the experiment file's
+    directory, so an experiment runs the same from any working directory."""
+    given = Path(base).expanduser()
+    return given if given.is_absolute() else Path(experiment).parent / given
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
@@ -207,11 +222,7 @@ def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[s
     for item in overrides or []:
         key, sep, text = item.partition("=")
         if sep and key.strip() in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-            try:
-                value = parse_yaml(text)
-            except yaml.YAMLError:
-                value = text  # left for build_dataclass to name the key and what it expected
-            raw = {**raw, key.strip(): value}
+            raw = {**raw, key.strip(): parse_override(item, text)}
         else:
             nested.append(item)
     return apply_overrides(raw, nested)
@@ -225,6 +236,7 @@ def _check_out(out: Path) -> None:
     if out.exists() and not out.is_dir():
         raise LaggrowError(f"out {out}: not a directory (expected a new or experiment directory)")
     store.check_writable_target(out, "out")
+    store.check_outside_runs(out, "out")
     if out.is_dir() and not (out / EXPERIMENT_FILE).is_file() \
             and any(not entry.name.startswith(".") for entry in out.iterdir()):
         raise LaggrowError(f"out {out}: not empty and holds no {EXPERIMENT_FILE} (expected a new directory "
@@ -327,27 +339,30 @@ def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
 
 
 def correlation_is_current(ex: Experiment) -> bool:
-    """correlation.json exists, is newer than the finals and was made with these options by this
-    version of the analysis (its schema)."""
+    """correlation.json exists, was made from the records now on disk (the sha256 of curves.jsonl,
+    probe.json and final.json it recorded), with these options, by this version of the analysis
+    (its schema). A correlation.json that cannot be read is made again, as a missing one would be:
+    it is laggrow's output, not a record anything else is derived from."""
     from laggrow.analysis.correlation import SCHEMA
+    from laggrow.analysis.curves import input_digests
 
-    path, final = ex.pool_dir / CORRELATION_FILE, ex.pool_dir / store.FINAL_FILE
-    if not path.is_file() or path.stat().st_mtime < final.stat().st_mtime:
+    path = ex.pool_dir / CORRELATION_FILE
+    if not path.is_file():
+        return False
+    try:
+        made = store.read_json(path, "correlation")
+    except LaggrowError:
+        return False
+    if made.get("schema") != SCHEMA or made.get("inputs") != input_digests(ex.pool_dir / store.CURVES_FILE):
+        return False
+    lag, boot, replayed = made.get("little_lag"), made.get("bootstrap"), made.get("halving")
+    if not isinstance(lag, dict) or not isinstance(boot, dict) or not isinstance(replayed, dict | None):
         return False
     opts = ex.correlate
-    try:  # a damaged correlation.json is made again, as a missing one would be
-        made = store.read_json(path, "correlation")
-        if made.get("schema") != SCHEMA:
-            return False
-        lag, boot = made["little_lag"], made["bootstrap"]
-        given = lag["regret_tol"]
-        replayed = made.get("halving")
-        halving = {"first": replayed["first"], "eta": replayed["eta"]} if replayed else {}
-        wanted = {"first": opts.halving["first"], "eta": opts.halving.get("eta", 2)} if opts.halving else {}
-        return (lag["threshold"], given, boot["n"], boot["seed"], made.get("predictor"), halving) == \
-            (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed, opts.predictor, wanted)
-    except (LaggrowError, KeyError, TypeError):
-        return False
+    halving = {"first": replayed.get("first"), "eta": replayed.get("eta")} if replayed else {}
+    wanted = {"first": opts.halving["first"], "eta": opts.halving.get("eta", 2)} if opts.halving else {}
+    return (lag.get("threshold"), lag.get("regret_tol"), boot.get("n"), boot.get("seed"), made.get("predictor"),
+            halving) == (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed, opts.predictor, wanted)
 
 
 def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:

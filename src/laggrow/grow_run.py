@@ -37,6 +37,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     # Every check that needs no weights, corpus or jax work comes first, cheapest first.
     store.check_new_dir(out, "--out")
     store.check_not_staged(out, "--out")
+    store.check_outside_runs(out, "--out")
     if optimizer_state not in ("reset", "carry"):
         raise LaggrowError(f"--optimizer-state: expected 'reset' or 'carry', got {optimizer_state!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:

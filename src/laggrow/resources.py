@@ -172,3 +172,34 @@ def check_bootstrap(n_boot: int, strategies: int, steps: int, seeds: int, what: 
         fits = have // max(bootstrap_bytes(1, strategies, steps, seeds), 1)
         raise LaggrowError(f"{what}: {n_boot} resamples of {strategies} strategies x {steps} steps need about "
                            f"{human(need)} of memory, {_have(have)}; expected at most {fits}")
+
+
+# ---- when the estimate was not enough ---------------------------------------------------------------
+
+# XLA reports a failed allocation as a JaxRuntimeError whose status code (the word before the
+# colon of its message, the one structured field it exposes to Python) is RESOURCE_EXHAUSTED.
+_EXHAUSTED = "RESOURCE_EXHAUSTED"
+
+
+def out_of_memory_message(err: BaseException) -> str | None:
+    """The one line for a real out-of-memory error raised by XLA (the estimates here are lower
+    bounds, and LAGGROW_MEMORY may overstate the machine): what ran out, and what to lower. None
+    for any other exception. Does not import jax: an error from it means it is imported."""
+    import sys
+
+    jax = sys.modules.get("jax")
+    if jax is None or not isinstance(err, jax.errors.JaxRuntimeError):
+        return None
+    code, _, detail = str(err).partition(":")
+    if code.strip() != _EXHAUSTED:
+        return None
+    try:
+        where = f"{jax.devices()[0].platform} device"
+    except RuntimeError:
+        where = "device"
+    detail = " ".join(detail.split())[:160] or "an allocation failed"
+    setting = os.environ.get(MEMORY_ENV, "").strip()
+    told = (f"; {MEMORY_ENV}={setting} may overstate this machine's memory: lower it to what is free, and the "
+            "estimate refuses what cannot fit before it starts") if setting else ""
+    return (f"out of memory on the {where} ({detail}); expected a run that fits: lower train.batch_size, the "
+            f"model's size or a pool's chunk_size{told}")

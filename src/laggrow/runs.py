@@ -70,6 +70,9 @@ def require_finished(path: Path, what: str = "run") -> dict | None:
     """The summary of a finished run; one line for a run that has not finished training. A run
     freshly made by `laggrow grow` (never trained since) is a whole model too: None."""
     path = Path(path)
+    if (path / store.POOL_FILE).is_file():  # it holds a config.json too: say what it is
+        raise LaggrowError(f"{what} {path}: a pool directory (laggrow probe), not a training run; expected a "
+                           "finished laggrow train run, such as the pool's source)")
     summary = read_summary(path, what)
     if summary is None and (path / store.GROWTH_FILE).is_file() and not (path / store.METRICS_FILE).is_file():
         return None

@@ -146,9 +146,12 @@ def write_file(path: Path, write: Callable[[Path], None]) -> None:
         with open(tmp, "rb+") as fh:
             os.fsync(fh.fileno())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as err:
         with contextlib.suppress(OSError):
             tmp.unlink()
+        if isinstance(err, OSError) and err.filename is None and err.errno is not None:
+            # a write that fails at close (a full disk) names no file: the one line names the record
+            raise OSError(err.errno, err.strerror or os.strerror(err.errno), str(path)) from None
         raise
     _fsync_dir(path.parent)
 
@@ -234,6 +237,30 @@ def remove_stale_temporaries(directory: Path) -> None:
 # ---- reading -----------------------------------------------------------------------------------
 
 
+class UnexpectedJson(ValueError):
+    """What laggrow never writes into a record: NaN or Infinity (not JSON; `json_safe` writes null),
+    or an integer of more digits than Python converts (its error advises an interpreter setting)."""
+
+
+_MAX_JSON_INT_DIGITS = 4000
+
+
+def _json_constant(name: str) -> Any:
+    raise UnexpectedJson(f"holds {name}, which is not JSON (laggrow writes a missing number as null)")
+
+
+def _json_int(text: str) -> int:
+    if len(text) > _MAX_JSON_INT_DIGITS:
+        raise UnexpectedJson(f"holds an integer of {len(text.lstrip('-'))} digits")
+    return int(text)
+
+
+def loads(text: str | bytes, *, allow_nan: bool = False) -> Any:
+    """JSON as laggrow writes it: `json.loads`, refusing NaN and Infinity unless `allow_nan` (a
+    format that gives them a meaning), and integers of thousands of digits (`UnexpectedJson`)."""
+    return json.loads(text, parse_int=_json_int, **({} if allow_nan else {"parse_constant": _json_constant}))
+
+
 def read_json(path: Path, what: str, expect: type = dict) -> Any:
     """A JSON file laggrow wrote, or one line naming it and what was wrong: missing, unreadable,
     not UTF-8, not JSON, or not the expected type (a dict unless told)."""
@@ -247,9 +274,11 @@ def read_json(path: Path, what: str, expect: type = dict) -> Any:
     except OSError as err:
         raise LaggrowError(f"{path}: cannot be read ({err.strerror}); expected the {what}") from None
     try:
-        obj = json.loads(text)
+        obj = loads(text)
     except json.JSONDecodeError as err:
         raise LaggrowError(f"{path}: malformed JSON ({err.msg} at line {err.lineno}); expected the {what}") from None
+    except UnexpectedJson as err:
+        raise LaggrowError(f"{path}: {err}; expected the {what} (is it damaged?)") from None
     if not isinstance(obj, expect):
         raise LaggrowError(f"{path}: expected the {what} (a JSON {expect.__name__}), got {type(obj).__name__}")
     return obj
@@ -308,10 +337,12 @@ def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = json.loads(line.decode("utf-8"))
+            record = loads(line.decode("utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise LaggrowError(f"{path} line {number}: malformed (expected the {what}, one JSON object a line; "
                                "the file is damaged)") from None
+        except UnexpectedJson as err:
+            raise LaggrowError(f"{path} line {number}: {err}; expected the {what} (the file is damaged)") from None
         if not isinstance(record, dict):
             raise LaggrowError(f"{path} line {number}: expected a JSON object (the {what}), "
                                f"got {type(record).__name__}")
@@ -342,6 +373,9 @@ def check_writable_target(path: Path, what: str) -> None:
     """Fail early, before any compute, when `path` could not be written: a file where a
     directory is expected, or a nearest existing ancestor that is not a writable directory."""
     path = Path(path).absolute()
+    if path.is_symlink() and not path.exists():
+        raise LaggrowError(f"{what} {path}: a symbolic link to {os.readlink(path)}, which does not exist "
+                           "(expected a directory, or a link to one)")
     if path.exists() and not path.is_dir():
         raise LaggrowError(f"{what} {path}: exists and is not a directory (expected a directory)")
     ancestor = path
@@ -351,6 +385,17 @@ def check_writable_target(path: Path, what: str) -> None:
         raise LaggrowError(f"{what} {path}: {ancestor} is a file, not a directory (expected a directory path)")
     if not os.access(ancestor, os.W_OK | os.X_OK):
         raise LaggrowError(f"{what} {path}: {ancestor} is not writable (expected a writable directory)")
+
+
+def check_outside_runs(path: Path, what: str) -> None:
+    """One line when `path` lies inside a laggrow run or pool directory (one holding config.json):
+    a run's directory holds its own files only, and what another command wrote there would be
+    mixed with them (a probe into its source run, a grown run inside the run it grew from)."""
+    path = Path(path).absolute()
+    for parent in path.resolve().parents:
+        if (parent / CONFIG_FILE).is_file():
+            raise LaggrowError(f"{what} {path}: inside the laggrow run {parent} (expected a directory outside "
+                               "any run or pool directory)")
 
 
 def check_new_dir(path: Path, what: str) -> None:
@@ -503,6 +548,17 @@ def remove_stale_partials(out: Path) -> None:
 # fingerprint of the config the state belongs to. Written after the save is finalised, so a step
 # without it was interrupted before laggrow could vouch for it.
 CHECKPOINT_MANIFEST = "laggrow-manifest.json"
+
+
+def sha256_of(path: Path) -> str:
+    """The sha256 of a file's bytes (read in blocks)."""
+    import hashlib
+
+    sha = hashlib.sha256()
+    with Path(path).open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            sha.update(block)
+    return sha.hexdigest()
 
 
 def file_digests(directory: Path, skip: tuple[str, ...] = ()) -> dict[str, dict[str, Any]]:

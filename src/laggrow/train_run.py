@@ -38,6 +38,12 @@ class PreparedRun:
     layout: Any = None  # laggrow.mesh.Layout: the devices it trains on (cfg.mesh resolved by prepare_run)
 
 
+def check_until(cfg: RunConfig, until: int | None) -> None:
+    """`--until` must be a step of the run: one beyond train.steps would pause nothing."""
+    if until is not None and not 1 <= until <= cfg.train.steps:
+        raise LaggrowError(f"--until: expected a step in [1, train.steps={cfg.train.steps}], got {until}")
+
+
 def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     """Load the corpus, fill the vocabulary from the tokenizer and check `out` against `cfg`."""
     out = Path(out).absolute()
@@ -99,6 +105,7 @@ def execute_run(
     run (default: `laggrow train OUT/config.json --out OUT --resume`)."""
     from laggrow import interrupt
 
+    check_until(run.config, until)
     out = run.out
     # every process has read `out` as it was (prepare_run) before process 0 writes to it
     hosts.barrier(f"train {out} prepared")
@@ -140,13 +147,21 @@ def _discard(out: Path, created: bool) -> None:
             out.rmdir()
 
 
-def _remove_tree(path: Path, attempts: int = 20) -> None:
-    """rmtree that also removes what arrives while it runs: after a failed save, tensorstore's
-    threads can still create files in the checkpoint's temporary directory for a moment, and one
-    pass of rmtree (errors ignored) then leaves a non-empty directory behind (seen once in CI)."""
-    for _ in range(attempts):
+def _remove_tree(path: Path, settle: float = 0.25, patience: float = 5.0) -> None:
+    """rmtree that also removes what arrives after it: when a save fails (a full disk), Orbax
+    reports the first failed write while tensorstore's threads are still finishing others, and
+    they create files in the checkpoint's temporary directory for a moment after it was removed.
+    Done once the path has stayed absent for `settle` seconds (at most `patience` in all)."""
+    deadline = time.monotonic() + patience
+    gone_since: float | None = None
+    while time.monotonic() < deadline:
         shutil.rmtree(path, ignore_errors=True)
-        if not path.exists():
+        now = time.monotonic()
+        if path.exists():
+            gone_since = None
+        elif gone_since is None:
+            gone_since = now
+        elif now - gone_since >= settle:
             return
         time.sleep(0.05)
 

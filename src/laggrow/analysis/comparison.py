@@ -21,7 +21,7 @@ import numpy as np
 from laggrow.analysis.correlation import correlate, rankable_pool, scored
 from laggrow.analysis.curves import Curves, resolve_final_step
 from laggrow.analysis.halving import curve_from_matrix, halving_budgets, successive_halving
-from laggrow.analysis.predictors import get_predictor, predictor_names
+from laggrow.analysis.predictors import Predictor, get_predictor, predictor_names
 
 
 def compare_predictors(curves: Curves, final_step: int | None = None, threshold: float = 0.9,
@@ -50,7 +50,8 @@ def compare_predictors(curves: Curves, final_step: int | None = None, threshold:
         summary.append({"predictor": name, "kind": predictor.kind, "summary": predictor.summary,
                         "little_lag": result.little_lag["step"],
                         "little_lag_compute": result.little_lag["compute_fraction"],
-                        "at_init": at(result, 0), "at_k": at(result, k)})
+                        "at_init": at(result, 0), "at_k": at(result, k),
+                        "fell_back_at_k": fallbacks(curves, predictor, k, final_step)})
     steps = []
     for j, step in enumerate(first.steps):
         steps.append({"step": step, "compute_fraction": first.rows[j].compute_fraction,
@@ -60,6 +61,25 @@ def compare_predictors(curves: Curves, final_step: int | None = None, threshold:
     return {"final_step": final_step, "lag_steps": curves.lag_steps, "threshold": threshold,
             "rule": first.little_lag["rule"], "best_set": first.best_set["members"],
             "compute_basis": first.little_lag["compute_basis"], "predictors": summary, "steps": steps}
+
+
+def fallbacks(curves: Curves, predictor: Predictor, step: int | None, final_step: int) -> dict[str, Any] | None:
+    """For a predictor that can fall back to another (`Predictor.fell_back`): of the candidates
+    with a selection loss at `step`, how many it fell back on there, and why; None otherwise."""
+    if predictor.fell_back is None or step is None or step not in curves.steps:
+        return None
+    j = int(np.searchsorted(curves.steps, step))
+    reasons: dict[str, int] = {}
+    ranked = 0
+    for row in curves.loss:
+        if not np.isfinite(row[j]):
+            continue
+        ranked += 1
+        seen = np.isfinite(row[: j + 1])
+        why = predictor.fell_back(curves.steps[: j + 1][seen], row[: j + 1][seen], final_step)
+        if why is not None:
+            reasons[why] = reasons.get(why, 0) + 1
+    return {"step": int(step), "candidates": ranked, "fell_back": sum(reasons.values()), "reasons": reasons}
 
 
 def strategy_scores(curves: Curves, final_step: int, predictor: str) -> tuple[list[str], np.ndarray, np.ndarray]:
@@ -116,6 +136,7 @@ def full_correlation(curves: Curves, final_step: int | None = None, threshold: f
     `first` (and `eta`, default 2)."""
     result = correlate(curves, final_step, threshold, regret_tol, n_boot, seed, predictor).to_dict()
     result["predictors"] = compare_predictors(curves, result["final_step"], threshold, regret_tol)
+    result["inputs"] = dict(curves.inputs)  # the records it was made from (experiment.correlation_is_current)
     if halving:
         result["halving"] = replay_halving(curves, int(halving.get("eta", 2)), int(halving["first"]),
                                            predictor, result["final_step"])

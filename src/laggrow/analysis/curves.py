@@ -1,8 +1,10 @@
 """A pool's records on disk, as arrays: the reading side of the contract with probe / train-final.
 
 `curves.jsonl` holds one JSON object per candidate per evaluated step, appended by `laggrow probe`
-(steps 0..k) and `laggrow train-final` (steps > k up to T); a resumed run may repeat a
-(candidate, step), and the last record wins. A null or non-finite `eval_loss`, or `"diverged": true`,
+(steps 0..k) and `laggrow train-final` (steps > k up to T). Every (candidate, step) appears once:
+a resumed train-final first rewrites the file up to the step it restored, so a second record of one
+is damage (an edit, a file concatenated), named by its line rather than silently preferred.
+A null or non-finite `eval_loss`, or `"diverged": true`,
 marks the step a candidate diverged on; nothing it logs from there on is ranked. `probe.json` /
 `final.json` are optional and only lend `lag_steps`, `final_steps` and `function_preserving`.
 
@@ -21,7 +23,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +62,9 @@ class Curves:
     windows: np.ndarray | None = None  # (candidates, steps, windows) selection per-window losses, or None
     test_windows: np.ndarray | None = None  # the same on the test set
     split: bool = False  # the records come from a pool that evaluates a selection and a test set
+    # file name -> sha256 of the files read (curves.jsonl, probe.json, final.json): what a result made
+    # from these records was made from, so that it can tell whether it is still current
+    inputs: dict[str, str] = field(default_factory=dict)
 
 
 def _number(value: Any) -> bool:
@@ -73,9 +78,11 @@ def _loss_or_nan(value: Any) -> float:
 def _parse_record(line: str, where: str) -> dict:
     expected = f"expected a JSON object with {', '.join(REQUIRED_KEYS)}"
     try:
-        obj = json.loads(line)
+        obj = store.loads(line, allow_nan=True)  # a NaN loss marks a divergence, as null does
     except json.JSONDecodeError as err:
         raise LaggrowError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {expected}") from None
+    except store.UnexpectedJson as err:
+        raise LaggrowError(f"{where}: {err}; {expected}") from None
     if not isinstance(obj, dict):
         raise LaggrowError(f"{where}: {expected}, got {json.dumps(obj)[:60]}")
     missing = [k for k in REQUIRED_KEYS if k not in obj]
@@ -127,14 +134,18 @@ def _read_meta(directory: Path) -> tuple[int | None, int | None, dict[int, bool]
 
 
 def load_curves(path: str | Path) -> Curves:
-    """Read a pool directory (or its curves.jsonl). Duplicate (candidate, step) records: the last wins."""
+    """Read a pool directory (or its curves.jsonl). A (candidate, step) recorded twice is damage."""
     path = Path(path)
     if not path.exists():
         raise LaggrowError(f"{path}: not found; expected a pool directory holding {CURVES_FILE}")
+    if path.is_dir() and (path / store.STACK_CONFIG_FILE).is_file():
+        raise LaggrowError(f"{path}: a stacking directory (laggrow stack), not a pool; expected a pool directory "
+                           f"written by laggrow probe (a stacking directory's results: laggrow report {path})")
     file = path / CURVES_FILE if path.is_dir() else path
     if not file.is_file():
         raise LaggrowError(f"{file}: not found; expected the per-step records written by `laggrow probe`")
     latest: dict[tuple[int, int], dict] = {}
+    line_of: dict[tuple[int, int], int] = {}
     identity: dict[int, tuple[str, int, int]] = {}
     owner: dict[tuple[str, int], int] = {}
     with file.open(encoding="utf-8", errors="replace") as lines:
@@ -149,7 +160,12 @@ def load_curves(path: str | Path) -> Curves:
                 raise LaggrowError(f"{where}: candidate {cand} is strategy {key[0]!r} seed {key[1]}, but "
                                    f"line {first[2]} says {first[0]!r} seed {first[1]}; expected one "
                                    "candidate index per (strategy, seed)")
-            latest[(cand, rec["step"])] = rec
+            at = (cand, rec["step"])
+            if at in latest:
+                raise LaggrowError(f"{where}: candidate {cand} ({key[0]!r} seed {key[1]}) at step {rec['step']} "
+                                   f"again (first at line {line_of[at]}); expected one record per candidate and "
+                                   "step (is the file damaged?)")
+            latest[at], line_of[at] = rec, lineno
     if not latest:
         raise LaggrowError(f"{file}: no records; expected one JSON object per candidate per evaluated step")
     lag, final, preserving = _read_meta(file.parent)
@@ -176,7 +192,18 @@ def load_curves(path: str | Path) -> Curves:
                                     diverged_at.get(cand)))
     split = has_test or _pool_has_split(file.parent)
     return Curves(str(file), steps, candidates, loss, flops, tokens, lag, final, test if has_test else None,
-                  windows["eval_windows"], windows["test_windows"], split)
+                  windows["eval_windows"], windows["test_windows"], split, input_digests(file))
+
+
+def input_digests(file: Path) -> dict[str, str]:
+    """The sha256 of a pool's curves file and of the probe.json / final.json beside it (those present):
+    what a correlation is made from."""
+    file = Path(file)
+    digests = {CURVES_FILE: store.sha256_of(file)}
+    for name in (store.PROBE_FILE, store.FINAL_FILE):
+        if (file.parent / name).is_file():
+            digests[name] = store.sha256_of(file.parent / name)
+    return digests
 
 
 def _pool_has_split(directory: Path) -> bool:
@@ -227,6 +254,9 @@ def resolve_final_step(curves: Curves, final_step: int | None = None) -> int:
         if final_step not in reached:
             raise LaggrowError(f"final step {final_step}: no candidate has an eval loss there; "
                                f"expected one of the evaluated steps {_step_list(reached)}")
+        if not (reached < final_step).any():  # nothing to rank against it: a trivial correlation
+            raise LaggrowError(f"final step {final_step}: no evaluated step before it; expected a later one of "
+                               f"the evaluated steps {_step_list(reached)}")
         return int(final_step)
     if not has_finals(curves):
         seen = f"beyond the probe's lag of {curves.lag_steps} steps" if curves.lag_steps is not None \

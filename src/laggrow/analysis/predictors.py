@@ -52,6 +52,9 @@ class Predictor:
     fn: PredictorFn
     summary: str
     kind: Kind
+    # for a predictor that can fall back to another: why it did on this curve, or None (same arguments
+    # as `fn`), so that the comparison says how often its numbers are not its own
+    fell_back: Callable[[np.ndarray, np.ndarray, int], str | None] | None = None
 
 
 # ---- the predictors ---------------------------------------------------------------------------
@@ -101,7 +104,18 @@ def _initial_guess(t: np.ndarray, y: np.ndarray, a_max: float) -> tuple[float, f
 
 
 def extrapolate(steps: np.ndarray, losses: np.ndarray, final_step: int) -> float:
-    """The loss at `final_step` of a power law a + b * (t + 1) ** -c fitted to the late part of the curve.
+    """The loss at `final_step` of a power law fitted to the late part of the curve (`extrapolate_fit`)."""
+    return extrapolate_fit(steps, losses, final_step)[0]
+
+
+def extrapolate_fallback(steps: np.ndarray, losses: np.ndarray, final_step: int) -> str | None:
+    """Why `extrapolate` returned the window mean on this curve, or None when it fitted."""
+    return extrapolate_fit(steps, losses, final_step)[1]
+
+
+def extrapolate_fit(steps: np.ndarray, losses: np.ndarray, final_step: int) -> tuple[float, str | None]:
+    """The loss at `final_step` of a power law a + b * (t + 1) ** -c fitted to the late part of the
+    curve, and None; or the fallback's value and why it was taken.
 
     Fitted by scipy's curve_fit to the points with step >= max(1, last_step // 4), under the bounds
     a in [0, max loss of those points], b >= 0, c in [0.05, 3]. The prediction is clipped to
@@ -115,8 +129,10 @@ def extrapolate(steps: np.ndarray, losses: np.ndarray, final_step: int) -> float
     late = t >= max(1, int(steps[-1]) // EXTRAPOLATE_TAIL_DIVISOR)
     t, y = t[late], y[late]
     a_max = float(y.max()) if len(y) else 0.0
-    if len(t) < EXTRAPOLATE_MIN_POINTS or not a_max > 0.0:
-        return fallback
+    if len(t) < EXTRAPOLATE_MIN_POINTS:
+        return fallback, f"fewer than {EXTRAPOLATE_MIN_POINTS} points to fit"
+    if not a_max > 0.0:
+        return fallback, "no positive loss to fit"
     p0 = _initial_guess(t, y, a_max)
     try:
         with warnings.catch_warnings():  # an exact fit has no covariance estimate; we use only the point
@@ -126,11 +142,11 @@ def extrapolate(steps: np.ndarray, losses: np.ndarray, final_step: int) -> float
                                      bounds=([0.0, 0.0, EXPONENT_BOUNDS[0]], [a_max, np.inf, EXPONENT_BOUNDS[1]]),
                                      maxfev=EXTRAPOLATE_MAXFEV)
     except (RuntimeError, ValueError, FloatingPointError):  # no convergence within maxfev, or a bad start
-        return fallback
+        return fallback, "the fit did not converge"
     value = float(_power_law(np.float64(final_step), a, b, c))
     if not math.isfinite(value):
-        return fallback
-    return min(max(value, 0.0), float(losses[-1]))
+        return fallback, "the fit is not finite at the final step"
+    return min(max(value, 0.0), float(losses[-1])), None
 
 
 PREDICTORS: dict[str, Predictor] = {p.name: p for p in (
@@ -140,7 +156,8 @@ PREDICTORS: dict[str, Predictor] = {p.name: p for p in (
               f"least-squares loss per step over the last {WINDOW} evaluations (a score: lower = falling faster)",
               "score"),
     Predictor("extrapolate", extrapolate,
-              "power law a + b*(t+1)**-c fitted to steps >= last/4, evaluated at the final step", "predicted loss"),
+              "power law a + b*(t+1)**-c fitted to steps >= last/4, evaluated at the final step", "predicted loss",
+              fell_back=extrapolate_fallback),
 )}
 
 

@@ -19,8 +19,12 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
-from laggrow.errors import LaggrowError
+from laggrow.errors import KeyValueError, LaggrowError
 from laggrow.resources import MAX_BOOTSTRAP, SEED_MAX
+
+# the keys the successive-halving checks name (analysis.halving), as this command's options
+HALVING_OPTIONS = {"halving.first": "--halving-first", "halving.eta": "--halving-eta",
+                   "halving.final_step": "--final-step"}
 
 
 @user_errors
@@ -42,8 +46,9 @@ def correlate_command(
         "(see laggrow.analysis.predictors); every one is compared in the predictors table.")] = "loss",
     halving_first: Annotated[int | None, typer.Option(
         "--halving-first", min=1, help="Replay successive halving on the curves: steps of its first round.")] = None,
-    halving_eta: Annotated[int, typer.Option(
-        "--halving-eta", help="Successive halving: keep the best 1/eta each round (an integer >= 2).")] = 2,
+    halving_eta: Annotated[int | None, typer.Option(
+        "--halving-eta", help="Successive halving: keep the best 1/eta each round (an integer >= 2; "
+        "default 2).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON instead of tables.")] = False,
 ) -> None:
     """How early the ranking settles: rank correlations with the final loss, regret, the little lag.
@@ -56,7 +61,10 @@ def correlate_command(
     from laggrow.analysis.predictors import get_predictor
 
     get_predictor(predictor)  # an unknown name is one line before anything is read
-    if halving_first is not None and halving_eta < 2:
+    if halving_eta is not None and halving_first is None:
+        raise LaggrowError("--halving-eta: given without --halving-first (expected --halving-first K0, the steps of "
+                           "the first round, to replay successive halving)")
+    if halving_eta is not None and halving_eta < 2:
         raise LaggrowError(f"--halving-eta: expected an integer >= 2, got {halving_eta}")
     from laggrow.report import tables
     from laggrow.report.writer import write_correlation, write_stability
@@ -71,6 +79,9 @@ def correlate_command(
         out_dir = Path(curves.source).parent
         console = Console()
         if final_step is None and not analysis.has_finals(curves):
+            if halving_first is not None:  # it replays halving on curves to T: a probe has none
+                raise LaggrowError(f"--halving-first: {directory} holds no finals to replay successive halving on "
+                                   f"(expected curves to T; run laggrow train-final {directory} first)")
             stability = analysis.ranking_stability(curves).to_dict()
             written = write_stability(curves, stability, out_dir)
             if as_json:
@@ -82,14 +93,14 @@ def correlate_command(
             console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
             return
 
-        halving = {"eta": halving_eta, "first": halving_first} if halving_first is not None else None
+        halving = {"eta": halving_eta or 2, "first": halving_first} if halving_first is not None else None
         try:
             result = analysis.full_correlation(curves, final_step=final_step, threshold=threshold,
                                                regret_tol=regret_tol, n_boot=n_boot, seed=seed,
                                                predictor=predictor, halving=halving)
-        except LaggrowError as err:  # the halving checks name its keys; here they are options
-            if str(err).startswith("halving."):
-                raise LaggrowError(f"--halving-{str(err).removeprefix('halving.')}") from None
+        except KeyValueError as err:  # the halving checks name its keys; here they are options
+            if err.key in HALVING_OPTIONS:
+                raise err.renamed(HALVING_OPTIONS[err.key]) from None
             raise
         written = write_correlation(curves, result, out_dir)
         if as_json:
@@ -102,6 +113,8 @@ def correlate_command(
             if line:
                 console.print(line, highlight=False)
         console.print(tables.predictor_table(result["predictors"]))
+        for note in tables.fallback_notes(result["predictors"]):
+            console.print(note, highlight=False)
         if "halving" in result:
             console.print(tables.halving_summary(result["halving"]), highlight=False)
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)

@@ -3,7 +3,8 @@
 Every verb is wrapped in `user_errors`. What is the user's to fix ends in one line on stderr and
 exit code 2, never a traceback: a `LaggrowError` (bad config, damaged record, refused --out), and
 an `OSError` (a full disk, a path that cannot be written), which on a user's paths is the
-environment's fault, not laggrow's. A stop on request (Ctrl-C, SIGTERM) ends in one line saying
+environment's fault, not laggrow's, and a real out-of-memory error of XLA (what ran out and what
+to lower: the memory estimates are lower bounds). A stop on request (Ctrl-C, SIGTERM) ends in one line saying
 what was saved and how to continue, with exit code 130 as shells expect. Anything else is a bug
 and keeps its traceback.
 """
@@ -22,6 +23,7 @@ import typer
 
 from laggrow.errors import LaggrowError
 from laggrow.interrupt import Interrupted
+from laggrow.resources import out_of_memory_message
 
 EXIT_USER_ERROR = 2
 EXIT_INTERRUPTED = 130
@@ -52,6 +54,12 @@ def user_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except Interrupted as err:
             _line(f"interrupted: {err}")
             raise typer.Exit(code=EXIT_INTERRUPTED) from None
+        except Exception as err:
+            message = out_of_memory_message(err)  # XLA's own report: a stack of frames and a status
+            if message is None:
+                raise
+            _line(f"error: {message}")
+            raise typer.Exit(code=EXIT_USER_ERROR) from None
         except KeyboardInterrupt:
             _line("interrupted: stopped at once; what was checkpointed is kept (run the same command "
                   "again, with --resume for laggrow train)")

@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 from laggrow.resources import SEED_MAX
 
 HELP = (
@@ -27,7 +28,8 @@ HELP = (
 def grow_command(
     source: Annotated[Path, typer.Option("--from", help="A trained laggrow run directory.")],
     strategy: Annotated[str, typer.Option("--strategy", help="A strategy name, or WIDTH+DEPTH.")],
-    out: Annotated[Path, typer.Option("--out", help="The grown run's directory (must not exist).")],
+    out: Annotated[str, typer.Option("--out", metavar=OUT_HELP_METAVAR,
+                                     help="The grown run's directory (must not exist).")],
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Target size and settings: section.key=value, e.g. model.n_layers=8 (repeatable).")] = None,
     optimizer_state: Annotated[str, typer.Option(
@@ -46,6 +48,7 @@ def grow_command(
     from laggrow.grow_run import grow_run
     from laggrow.store import GROWTH_FILE
 
+    out = out_dir(out)
     options = {"noise": noise, "block": block, "partner": str(partner) if partner is not None else None}
     record = grow_run(source, strategy, out, overrides, optimizer_state, seed, options)
     console = Console()

@@ -8,6 +8,7 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 
 
 def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
@@ -55,7 +56,7 @@ def _halving(console, cfg, pool_file: Path, out: Path) -> None:
 @user_errors
 def probe_command(
     pool: Annotated[Path, typer.Argument(help="Pool YAML: source run, target, strategies, lag_steps, final_steps.")],
-    out: Annotated[Path, typer.Option("--out", help="Pool directory to create.")],
+    out: Annotated[str, typer.Option("--out", metavar=OUT_HELP_METAVAR, help="Pool directory to create.")],
     halving: Annotated[bool, typer.Option(
         "--halving", help="Successive halving instead (the pool's halving key: eta, first, predictor): "
         "train all K0 steps, keep the best 1/eta, continue those, until one strategy remains.")] = False,
@@ -73,6 +74,7 @@ def probe_command(
     from laggrow.pool.config import load_pool_config
 
     console = Console()
+    out = out_dir(out)
     state = {}
 
     def on_start(cfg, candidates):

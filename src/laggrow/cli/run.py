@@ -8,13 +8,15 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 
 
 @user_errors
 def run_command(
     experiment: Annotated[Path, typer.Argument(help="Experiment YAML: base, base_set, pool, correlate, out.")],
-    out: Annotated[Path | None, typer.Option(
-        "--out", help="Experiment directory [default: the file's `out`, else runs/<experiment name>].")] = None,
+    out: Annotated[str | None, typer.Option(
+        "--out", metavar=OUT_HELP_METAVAR,
+        help="Experiment directory [default: the file's `out`, else runs/<experiment name>].")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override an experiment value: section.key=value, e.g. pool.seeds=[1] (repeatable).")] = None,
 ) -> None:
@@ -31,7 +33,7 @@ def run_command(
     from laggrow.report import tables
 
     console = Console(stderr=True)
-    ex = exp.load_experiment(experiment, out, overrides)
+    ex = exp.load_experiment(experiment, out_dir(out), overrides)
 
     def header() -> None:
         console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
@@ -69,7 +71,8 @@ def report_command(
     from laggrow.report.writer import write_report, write_stack_report
 
     with contextlib.ExitStack() as held:
-        if (directory / store.STACK_FILE).is_file():
+        if (directory / store.STACK_FILE).is_file() or (directory / store.STACK_CONFIG_FILE).is_file():
+            # a stacking run still running holds the lock: one line naming it
             held.enter_context(store.DirLock(directory, "stacking directory"))
             path = write_stack_report(directory)
         else:

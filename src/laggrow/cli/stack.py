@@ -9,12 +9,14 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 
 
 @user_errors
 def stack_command(
     config: Annotated[Path, typer.Argument(help="Stacking YAML: model (the target), data, train (T), stack.")],
-    out: Annotated[Path, typer.Option("--out", help="Stacking directory (run again to continue it).")],
+    out: Annotated[str, typer.Option("--out", metavar=OUT_HELP_METAVAR,
+                                     help="Stacking directory (run again to continue it).")],
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a value: section.key=value, e.g. stack.probe_steps=8 (repeatable).")] = None,
 ) -> None:
@@ -33,6 +35,7 @@ def stack_command(
     from laggrow.stack.run import prepare_stack, run_stack
 
     console = Console(stderr=True)
+    out = out_dir(out)
     prepared = prepare_stack(config, out, overrides)
     plan = prepared.plan
     depths = " -> ".join(str(s.depth) for s in plan.stages)

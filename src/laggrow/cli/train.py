@@ -8,12 +8,14 @@ from typing import Annotated
 import typer
 
 from laggrow.cli.errors import user_errors
+from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 
 
 @user_errors
 def train_command(
     config: Annotated[Path, typer.Argument(help="Run config YAML (sections model, data, train).")],
-    out: Annotated[Path | None, typer.Option("--out", help="Run directory [default: runs/<config name>].")] = None,
+    out: Annotated[str | None, typer.Option("--out", metavar=OUT_HELP_METAVAR,
+                                            help="Run directory [default: runs/<config name>].")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override a config value: section.key=value (repeatable).")] = None,
     resume: Annotated[bool, typer.Option("--resume", help="Continue the unfinished run in --out.")] = False,
@@ -27,10 +29,12 @@ def train_command(
 
     from laggrow.cli.progress import TrainProgress
     from laggrow.config import load_run_config
-    from laggrow.train_run import execute_run, prepare_run
+    from laggrow.train_run import check_until, execute_run, prepare_run
 
     console = Console(stderr=True)
+    out = out_dir(out)
     cfg = load_run_config(config, overrides)
+    check_until(cfg, until)  # before the corpus is read
     out = out if out is not None else Path("runs") / config.stem
     run = prepare_run(cfg, out, resume)
     cfg = run.config

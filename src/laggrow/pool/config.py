@@ -13,6 +13,7 @@
     probe_lr: schedule             # schedule | peak (see "Probe protocols" below)
     train: {lr: 0.002}             # overrides of the source's train config after growth
     eval_points: 16                # log-spaced evaluation steps, 0, k and T always included
+                                   # (default 16, or final_steps + 1 when T is shorter)
     eval_every: 4                  # also every 4 steps in [0, k] (0: off): what the predictors read
     eval_at: [48, 64]              # and at these steps, each in [0, final_steps]
     test_batches: 16               # the test set: this many batches of data.eval_batch_size windows,
@@ -81,6 +82,13 @@ SOURCE_END_KEYS = ("lr", "warmup_start")
 
 # Options a strategy entry may carry besides the growth's own (noise, block, partner).
 POOL_ENTRY_KEYS = ("name", "label", "lr_scale")
+
+# The largest float32: a learning rate is one on the device.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+# A label names a row of report.md's Markdown tables and a line of the terminal's: no column
+# separator, no line break.
+LABEL_FORBIDDEN = "|"
 
 
 @dataclass(frozen=True)
@@ -193,9 +201,11 @@ class PoolConfig:
         raw["train"]["warmup_steps"] = min(raw["train"]["warmup_steps"], self.final_steps)
         target = run_config_from_dict(raw, where="pool target")
         for spec in self.strategies:
-            if not math.isfinite(target.train.lr * spec.lr_scale):
+            # the rate is a float32 on the device: beyond its range it overflows to inf there
+            if not math.isfinite(target.train.lr * spec.lr_scale) or target.train.lr * spec.lr_scale > FLOAT32_MAX:
                 raise LaggrowError(f"pool strategy {spec.label}: lr_scale {spec.lr_scale:g} x train.lr "
-                                   f"{target.train.lr:g} is not a finite learning rate")
+                                   f"{target.train.lr:g} is not a finite learning rate (expected a product of at "
+                                   f"most {FLOAT32_MAX:.3g}, the largest float32)")
         n = len(self.strategies) * len(self.seeds)
         # auto goes down to one at a time if it must: the device's memory decides when training
         together = 1 if self.chunk_size == AUTO else n if self.chunk_size <= 0 else min(self.chunk_size, n)
@@ -242,6 +252,11 @@ def _labelled(specs: list[StrategySpec]) -> tuple[StrategySpec, ...]:
                 extra.append(f"lr_scale={s.lr_scale:g}")
             label = f"{s.name}({', '.join(extra)})" if names.count(s.name) > 1 and extra else s.name
         out.append(dataclasses.replace(s, label=label))
+    for s in out:
+        if LABEL_FORBIDDEN in s.label or not s.label.isprintable():
+            raise LaggrowError(f"pool strategies: label {shown(s.label)} holds '|' or a line break or another "
+                               "control character (expected a label that can name a row of report.md's tables; "
+                               "set 'label' to one)")
     labels = [s.label for s in out]
     dupes = sorted({label for label in labels if labels.count(label) > 1})
     if dupes:
@@ -268,6 +283,8 @@ def pool_config_from_dict(raw: dict[str, Any], where: str = "pool") -> PoolConfi
     pool = build_dataclass(PoolConfig, {**raw, "strategies": ()}, where)
     pool = dataclasses.replace(pool, strategies=specs, seeds=tuple(pool.seeds), eval_at=tuple(pool.eval_at),
                                chunk_size=chunk_size, mesh=mesh)
+    if "eval_points" not in raw and 1 <= pool.final_steps:  # the default fits: one evaluation a step at most
+        pool = dataclasses.replace(pool, eval_points=min(PoolConfig.eval_points, pool.final_steps + 1))
     _validate(pool, where)
     return pool
 

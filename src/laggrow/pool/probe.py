@@ -232,6 +232,7 @@ def check_probe_inputs(pool: PoolConfig, out: Path) -> None:
     """What a probe can check before loading anything: its --out and its fusion partners."""
     store.check_new_dir(out, "--out")
     store.check_not_staged(out, "--out")  # another probe building it: refused before any work
+    store.check_outside_runs(out, "--out")
     for c in pool.candidates():
         partner = c["options"].get("partner")
         if isinstance(partner, str):

@@ -223,6 +223,8 @@ def _predictors_section(result: dict) -> list[str]:
                      NONE if p["little_lag"] is None else str(p["little_lag"]), pct(p["little_lag_compute"])])
     lines += [md_table(["predictor", "what", "rho at 0", f"rho at k = {k}", "top-1 at k", "in set at k",
                         "regret at k", "little lag", "its cost"], rows, align="llrrrrrrr"), ""]
+    for note in tables.fallback_notes(comparison, quote=lambda name: f"`{name}`"):
+        lines += [note + ".", ""]
     replay = result.get("halving")
     if replay:
         lines += [tables.halving_summary(replay)[0].upper() + tables.halving_summary(replay)[1:] + ".", ""]

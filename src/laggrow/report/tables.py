@@ -7,6 +7,7 @@ report can be re-rendered from the files on disk.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from rich import box
@@ -152,6 +153,20 @@ def predictor_table(comparison: dict) -> Table:
                       num(at_k.get("regret"), ".3g"),
                       NONE if p["little_lag"] is None else str(p["little_lag"]), pct(p["little_lag_compute"]))
     return table
+
+
+def fallback_notes(comparison: dict, quote: Callable[[str], str] = str) -> list[str]:
+    """One sentence per predictor that fell back to another at k (`fell_back_at_k`): its numbers
+    there are partly the other predictor's. `quote` writes a predictor's name (report.md: as code)."""
+    notes = []
+    for p in comparison["predictors"]:
+        fell = p.get("fell_back_at_k")
+        if fell and fell["fell_back"]:
+            why = "; ".join(f"{n}: {reason}" for reason, n in sorted(fell["reasons"].items()))
+            notes.append(f"{quote(p['predictor'])} fell back to the window mean for {fell['fell_back']} of "
+                         f"{fell['candidates']} candidates at k = {fell['step']} ({why}): its row at k is partly "
+                         f"{quote('window')}'s")
+    return notes
 
 
 def halving_summary(replay: dict) -> str:

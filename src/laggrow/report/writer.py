@@ -1,8 +1,10 @@
 """The files presentation writes: correlation.{json,csv} with the figures, and report.md (of an
 experiment directory, or with stack.png of a stacking directory).
 
-Every group of outputs is written all or nothing through `store.write_outputs`, so a failure
-(a full disk, a damaged record found late) leaves the previous files or none, never a mix.
+Every record is checked when it is read (`report.schema`): a damaged one is one line naming the
+file and the key. What is raised while rendering is then a bug, and keeps its traceback. Every
+group of outputs is written all or nothing through `store.write_outputs`, so a failure (a full
+disk) leaves the previous files or none, never a mix.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from laggrow import runs, store
 from laggrow.errors import LaggrowError
-from laggrow.report import figures
+from laggrow.report import figures, schema
 from laggrow.report.experiment_markdown import ReportInputs, render
 from laggrow.report.stack_markdown import render_stack
 
@@ -69,9 +71,9 @@ def read_experiment_record(out: Path) -> dict:
     if not (out / store.EXPERIMENT_FILE).is_file():
         raise LaggrowError(f"{out}: holds no experiment or stacking run (expected a directory written by laggrow run "
                            "or laggrow stack)")
-    record = store.read_json(out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
-    return store.require_keys(record, ("experiment_file", "experiment_given", "out_given"),
-                              out / store.EXPERIMENT_FILE, "experiment record written by laggrow run")
+    what = "experiment record written by laggrow run"
+    return schema.check(store.read_json(out / store.EXPERIMENT_FILE, what), schema.EXPERIMENT,
+                        out / store.EXPERIMENT_FILE, what)
 
 
 def read_inputs(out: Path) -> ReportInputs:
@@ -81,15 +83,12 @@ def read_inputs(out: Path) -> ReportInputs:
     record = read_experiment_record(out)
     pool_dir = out / store.POOL_DIR
     summary_file = out / store.BASE_DIR / store.SUMMARY_FILE
-    summary = store.require_keys(
-        store.read_json(summary_file, "base run's summary (run laggrow run first)"),
-        ("params", "steps", "tokens", "final_eval_loss", "heldout_unigram_entropy", "seconds", "tokens_per_second"),
-        summary_file, "base run's summary")
-    meta = store.require_keys(store.read_json(pool_dir / store.POOL_FILE, "pool record"),
-                              ("pool", "candidates"), pool_dir / store.POOL_FILE, "pool record")
-    result = store.require_keys(
+    summary = schema.check(store.read_json(summary_file, "base run's summary (run laggrow run first)"),
+                           schema.SUMMARY, summary_file, "base run's summary")
+    meta = schema.check(store.read_json(pool_dir / store.POOL_FILE, "pool record"), schema.POOL_RECORD,
+                        pool_dir / store.POOL_FILE, "pool record")
+    result = schema.check_correlation(
         store.read_json(pool_dir / store.CORRELATION_FILE, "correlation (run laggrow run first)"),
-        ("rows", "strategies", "lag_steps", "final_step", "little_lag", "bootstrap", "notes", "excluded"),
         pool_dir / store.CORRELATION_FILE, "correlation written by laggrow correlate")
     timings = {}
     if (out / store.TIMINGS_FILE).is_file():
@@ -117,25 +116,13 @@ def _write_growth_curves(out: Path, result: dict) -> bool:
     return True
 
 
-# What a record of the right keys but wrong contents (a string where a number belongs, a list
-# too short) raises when it is formatted or drawn.
-_DAMAGE = (TypeError, KeyError, ValueError, IndexError, AttributeError)
-
-
 def write_report(out: Path) -> Path:
-    """Render OUT/report.md from the records (and draw its own figure); returns its path. A
-    record damaged inside (valid JSON, wrong contents) is one line naming the directory."""
+    """Render OUT/report.md from the records (and draw its own figure); returns its path. The
+    records are checked when read: a damaged one is one line naming its file and key."""
     out = Path(out)
     inputs = read_inputs(out)
-    try:
-        text = render(inputs)
-        inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
-        text = render(inputs)
-    except _DAMAGE as err:
-        names = (store.EXPERIMENT_FILE, f"{store.BASE_DIR}/{store.SUMMARY_FILE}",
-                 f"{store.POOL_DIR}/{store.POOL_FILE}", f"{store.POOL_DIR}/{store.CORRELATION_FILE}")
-        raise LaggrowError(f"{out}: a record is damaged ({type(err).__name__}: {err}); expected the records "
-                           f"laggrow run wrote ({', '.join(names)}); run laggrow run again into a new out") from None
+    inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
+    text = render(inputs)
     path = out / store.REPORT_FILE
     store.write_text(path, text)
     return path
@@ -153,6 +140,10 @@ def read_stack_record(directory: Path) -> dict:
     from laggrow.analysis.stacking import RECORD_FORMAT
 
     path = directory / store.STACK_FILE
+    if not path.is_file() and (directory / store.STACK_CONFIG_FILE).is_file():
+        raise LaggrowError(f"{directory}: a stacking run not finished yet (no {store.STACK_FILE}, which laggrow stack "
+                           "writes once every method has run); run the same laggrow stack command again to finish "
+                           "it, then report")
     if not path.is_file():
         raise LaggrowError(f"{directory}: holds no stacking run (expected a directory written by laggrow stack)")
     record = store.read_json(path, STACK_WHAT)
@@ -164,23 +155,25 @@ def read_stack_record(directory: Path) -> dict:
     return store.require_keys(record, STACK_KEYS, path, STACK_WHAT)
 
 
+def read_stack_rows(directory: Path, record: dict) -> list[dict]:
+    """curves.jsonl of a stacking directory, checked against its stack.json (`schema.check_stack`)."""
+    directory = Path(directory)
+    rows = store.read_jsonl(directory / store.CURVES_FILE, "stacking curves")
+    schema.check_stack(record, rows, directory / store.STACK_FILE, directory / store.CURVES_FILE, STACK_WHAT)
+    return rows
+
+
 def write_stack_report(directory: Path) -> Path:
     """Render DIR/report.md and draw DIR/stack.png from stack.json and curves.jsonl, both or
-    neither; returns the report's path. A record damaged inside (valid JSON, wrong contents) is
-    one line naming the directory."""
+    neither; returns the report's path. The records are checked when read: a damaged one is one
+    line naming its file and key."""
     from laggrow.analysis.stacking import best_methods, choice_rows, method_summaries
 
     directory = Path(directory)
     record = read_stack_record(directory)
-    rows = store.read_jsonl(directory / store.CURVES_FILE, "stacking curves")
-    try:
-        summaries = method_summaries(record, rows)
-        text = render_stack(record, summaries, choice_rows(record), best_methods(record))
-        # the figure is drawn inside write_outputs, so damage it finds late still leaves nothing
-        store.write_outputs(directory, {store.REPORT_FILE: text,
-                                        store.STACK_PNG: lambda p: figures.plot_stack(record, rows, p)})
-    except _DAMAGE as err:
-        raise LaggrowError(f"{directory}: the stacking record is damaged ({type(err).__name__}: {err}); expected "
-                           f"{store.STACK_FILE} and {store.CURVES_FILE} as laggrow stack writes them; run laggrow "
-                           "stack again into a new --out") from None
+    rows = read_stack_rows(directory, record)
+    summaries = method_summaries(record, rows)
+    text = render_stack(record, summaries, choice_rows(record), best_methods(record))
+    store.write_outputs(directory, {store.REPORT_FILE: text,
+                                    store.STACK_PNG: lambda p: figures.plot_stack(record, rows, p)})
     return directory / store.REPORT_FILE

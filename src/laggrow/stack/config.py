@@ -154,7 +154,9 @@ def stage_ends(total: int, n_stages: int, alpha: float) -> list[int]:
     """PROP-alpha: stage i (from 1) gets total * i**alpha / sum_j j**alpha steps. Rounded on the
     cumulative shares, so the lengths sum to `total` exactly and each is within one step of its
     share."""
-    weights = [i**alpha for i in range(1, n_stages + 1)]
+    weights = [i**alpha for i in range(1, n_stages + 1)]  # OverflowError beyond the largest float
+    if not math.isfinite(sum(weights)):  # each finite, their sum not
+        raise OverflowError(f"PROP-{alpha:g} weights of {n_stages} stages add up beyond the largest float")
     cumulative, ends = 0.0, []
     for w in weights:
         cumulative += w
@@ -368,12 +370,19 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train, stack), got {shown(raw)}")
     raw = dict(raw)
     stack = stack_config_from_dict(raw.pop("stack", None))
+    if "mesh" in raw:  # a run config's section, which laggrow stack would otherwise ignore
+        raise LaggrowError(f"{where}: mesh: laggrow stack runs on one device (expected no mesh section and no "
+                           "--set mesh.KEY; laggrow train, probe and train-final spread over devices)")
     run = run_config_from_dict(raw, where=where)
     target, start, block = run.model.n_layers, stack.start_layers, stack.block
     require(target > start and (target - start) % block == 0, "model.n_layers",
             f"stack.start_layers ({start}) plus a positive multiple of stack.block ({block})", target)
     n_stages = (target - start) // block + 1
-    stages = stages_over(run.train.steps, start, target, block, stack.alpha)
+    try:
+        stages = stages_over(run.train.steps, start, target, block, stack.alpha)
+    except OverflowError:  # i ** alpha beyond the largest float
+        raise LaggrowError(f"stack.alpha: expected a number > 0 whose stage weights i ** alpha (i = 1..{n_stages}, "
+                           f"PROP-alpha) add up to a finite float, got {shown(stack.alpha)}") from None
     short = min(stages, key=lambda s: s.steps)
     require(short.steps >= 1, "train.steps",
             f"a budget that gives each of the {n_stages} stages at least one step under PROP-{stack.alpha:g} "

@@ -36,7 +36,7 @@ import numpy as np
 
 from laggrow import interrupt, model, store, train
 from laggrow.analysis.predictors import get_predictor
-from laggrow.checkpoint import Checkpointer, warn
+from laggrow.checkpoint import CheckpointDamaged, Checkpointer, warn
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint
 from laggrow.errors import LaggrowError
 from laggrow.stack import probe as probing
@@ -100,6 +100,42 @@ class MethodRun:
     def finished(self) -> bool:
         return (self.model_dir / store.SUMMARY_FILE).is_file()
 
+    def expected_rows(self) -> set[tuple[int, str]]:
+        """The (step, point) rows every finished run of this method has in curves.jsonl: the init,
+        each growth and (adaptive, where it chose among several) its probe, and each stage's end
+        (point "stage end": a train row, or the probe's when the probe is the whole stage)."""
+        rows = {(0, "init")}
+        for stage in self.stages:
+            if stage.stage > 1:
+                rows.add((stage.start, "growth"))
+                if self.method == "adaptive" and len(self.plan.candidates(stage)) > 1:
+                    rows.add((stage.start + self.plan.stack.probe_steps, "probe"))
+            rows.add((stage.end, "stage end"))
+        return rows
+
+    def check_finished_records(self) -> None:
+        """A finished run's records are read back, not made again: they must all be there (its
+        choice at every growth, its rows in curves.jsonl), or stack.json would silently lack them."""
+        again = (f"expected the records laggrow stack wrote for it; remove {self.model_dir} to run it again, "
+                 "or choose another --out")
+        growths = [s.stage for s in self.stages if s.stage > 1]
+        if growths:
+            if not self.choices_file.is_file():
+                raise LaggrowError(f"{self.choices_file}: missing, though {self.name} has finished ({again})")
+            recorded = [c.get("stage") for c in store.read_jsonl(self.choices_file, f"{self.name}'s choices")]
+            if sorted(recorded) != growths:
+                raise LaggrowError(f"{self.choices_file}: choices of stages {recorded}, expected one at each growth "
+                                   f"(stages {growths}) of the finished {self.name} ({again})")
+        rows = store.read_jsonl(self.curves, "stacking curves") if self.curves.is_file() else []
+        have = {(r.get("step"), r.get("point")) for r in rows
+                if (r.get("method"), r.get("seed")) == (self.method, self.seed)}
+        have |= {(step, "stage end") for step, point in have if point in ("train", "probe")}
+        missing = sorted(self.expected_rows() - have)
+        if missing:
+            shown = ", ".join(f"{point} at step {step}" for step, point in missing[:4])
+            more = f" and {len(missing) - 4} more" if len(missing) > 4 else ""
+            raise LaggrowError(f"{self.curves}: no rows of the finished {self.name} ({shown}{more}) ({again})")
+
     def result(self) -> dict[str, Any]:
         """This run's entry of stack.json, read back from its final model and its choices."""
         summary = store.read_json(self.model_dir / store.SUMMARY_FILE, f"{self.name}'s summary")
@@ -146,7 +182,7 @@ class MethodRun:
             if reason is None:
                 try:
                     state, _ = ckpt.restore(abstract_state(self.plan, self.train_cfg, stage.depth), step=step)
-                except LaggrowError as err:
+                except CheckpointDamaged as err:  # CheckpointUnreadable is the machine's: it is raised as it is
                     reason = str(err)
             if reason is None:
                 if damaged:
@@ -178,6 +214,7 @@ class MethodRun:
     def execute(self) -> dict[str, Any]:
         """Run what is left of this method and write its final model; returns its stack.json entry."""
         if self.finished():
+            self.check_finished_records()
             return self.result()
         store.ensure_dir(self.state_dir, "stacking directory")
         with Checkpointer(self.state_dir, fingerprint=self.fingerprint) as ckpt:
