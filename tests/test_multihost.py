@@ -138,6 +138,8 @@ def test_two_processes_probe_one_pool_with_the_curves_of_one_process(tmp_path, r
     (("127.0.0.1:1234", 2, 1), {"LAGGROW_JOIN_TIMEOUT": "0"}, "--join-timeout: expected a number of seconds >= 1"),
     (("127.0.0.1:1234", 2, 2), {}, "--process-id: expected an integer in [0, 1], got 2"),
     ((None, 2, 0), {}, "--num-processes/--process-id: given without --coordinator"),
+    ((None, None, None), {"LAGGROW_PROCESS_ID": "1"}, "LAGGROW_PROCESS_ID: given without --coordinator"),
+    ((None, 2, None), {"LAGGROW_PROCESS_ID": "1"}, "--num-processes/LAGGROW_PROCESS_ID: given without"),
     ((None, None, None), {"JAX_COORDINATOR_ADDRESS": "h:1", "LAGGROW_NUM_PROCESSES": "two",
                           "LAGGROW_PROCESS_ID": "0"}, "LAGGROW_NUM_PROCESSES: expected an integer, got 'two'"),
 ])

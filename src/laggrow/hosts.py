@@ -65,6 +65,10 @@ def cluster_from(coordinator: str | None, num_processes: int | None, process_id:
     range; the wait to join is a positive number of seconds."""
     env = os.environ if environ is None else environ
     coordinator = coordinator or env.get(COORDINATOR_ENV) or None
+    # what the user set, by the name they set it under (a flag, or its environment variable)
+    given = [flag if value is not None else name for flag, value, name in
+             (("--num-processes", num_processes, NUM_PROCESSES_ENV), ("--process-id", process_id, PROCESS_ID_ENV))
+             if value is not None or env.get(name)]
     num_processes = num_processes if num_processes is not None else _env_int(env, NUM_PROCESSES_ENV)
     process_id = process_id if process_id is not None else _env_int(env, PROCESS_ID_ENV)
     join_timeout = join_timeout if join_timeout is not None else _env_int(env, JOIN_TIMEOUT_ENV)
@@ -74,7 +78,7 @@ def cluster_from(coordinator: str | None, num_processes: int | None, process_id:
     if coordinator is None:
         if num_processes is not None or process_id is not None:
             if not auto:
-                raise LaggrowError("--num-processes/--process-id: given without --coordinator (expected "
+                raise LaggrowError(f"{'/'.join(given)}: given without --coordinator (expected "
                                    f"--coordinator HOST:PORT or {COORDINATOR_ENV}, or --distributed)")
         return Cluster(None, num_processes, process_id, auto, join_timeout)
     host, _, port = coordinator.rpartition(":")
