@@ -16,6 +16,7 @@ VARIANTS = {
     "rope": {"pos_emb": "rope"},
     "tied": {"tie_embeddings": True},
     "rope_tied": {"pos_emb": "rope", "tie_embeddings": True},
+    "llama_gqa_bias": {"arch": "llama", "pos_emb": "rope", "n_kv_heads": 2, "qkv_bias": True},
 }
 
 

@@ -278,7 +278,7 @@ def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fin
     cfg = load_run_config(tiny_config_path)
     before = dataclasses.asdict(cfg)  # what RunConfig.to_dict wrote before the keys existed
     del before["mesh"]  # the device layout, later still, is never written
-    for key in ModelConfig.COMPUTE_KEYS:
+    for key in ModelConfig.COMPUTE_KEYS + ModelConfig.ARCH_KEYS:  # the architecture's keys came later still
         del before["model"][key]
     for key in TrainConfig.OPTIONAL_KEYS:
         del before["train"][key]
@@ -293,6 +293,6 @@ def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fin
 
 def test_a_trained_run_at_the_defaults_loads_back(tiny_base_run):
     raw = json.loads((tiny_base_run / store.CONFIG_FILE).read_text())
-    assert not set(ModelConfig.COMPUTE_KEYS) & set(raw["model"])
+    assert not set(ModelConfig.COMPUTE_KEYS + ModelConfig.ARCH_KEYS) & set(raw["model"])
     loaded = runs.load_run(tiny_base_run)  # verifies the checkpoint's config fingerprint
     assert loaded.config.model.scan_layers == "auto" and int(loaded.state["step"]) == 10

@@ -99,22 +99,32 @@ def runtime() -> Runtime:
 
 
 # ---------------------------------------------------------------------------------------------
-# Kernels on (B, T, H, Dh) query / key / value, causal
+# Kernels on (B, T, H, Dh) queries and (B, T, K, Dh) keys / values, causal. K divides H: with
+# K < H each key/value head serves H / K consecutive query heads (grouped-query attention, the
+# convention of Hugging Face's repeat_kv and of jax.nn.dot_product_attention).
 
 
 def causal_attention_einsum(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Causal softmax attention written out: the query scaled before QK^T, a (T, T) additive mask
-    broadcast over batch and heads, the softmax in float32. The same arithmetic as
+    broadcast over batch and heads, the softmax in float32; grouped-query attention when k and v
+    have fewer heads than q. The same arithmetic as
     `jax.nn.dot_product_attention`'s XLA path (to float rounding: that one scales the scores and
     masks with a (B, H, T, T) boolean it builds with `ones_like`), and faster on CPU; see
     `attention_fn` for the figures."""
-    t, dh = q.shape[1], q.shape[-1]
+    b, t, h, dh = q.shape
+    kv = k.shape[2]
     q = q * jnp.asarray(1.0 / np.sqrt(dh), q.dtype)
-    scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
     # a large finite negative (not -inf): a row is never all masked here, and no inf - inf NaNs
     bias = jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -0.7 * float(jnp.finfo(jnp.float32).max))
-    probs = jax.nn.softmax(scores + bias[None, None].astype(jnp.float32), axis=-1).astype(v.dtype)
-    return jnp.einsum("bhts,bshd->bthd", probs, v)
+    if kv == h:
+        scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
+        probs = jax.nn.softmax(scores + bias[None, None].astype(jnp.float32), axis=-1).astype(v.dtype)
+        return jnp.einsum("bhts,bshd->bthd", probs, v)
+    # grouped-query attention: query head j reads key/value head j // (h / kv), with no copy of k, v
+    qg = q.reshape(b, t, kv, h // kv, dh)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32)
+    probs = jax.nn.softmax(scores + bias[None, None, None].astype(jnp.float32), axis=-1).astype(v.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(b, t, h, dh)
 
 
 def causal_attention_xla(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:

@@ -24,10 +24,20 @@ import yaml
 from laggrow.errors import KeyValueError, LaggrowError
 from laggrow.resources import INT32_MAX, MAX_VOCAB, SEED_MAX, check_training_fits
 
+ARCHS = ("gpt", "llama")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
-    """Shape of a decoder-only pre-LN Transformer LM."""
+    """Shape of a decoder-only pre-norm Transformer LM, of one of two architectures (`arch`):
+
+    - `gpt` (the default): LayerNorm, a GELU MLP, multi-head attention with q/k/v fused, learned
+      or rotary positions; no linear biases.
+    - `llama`: RMSNorm (epsilon `ln_eps`), a SwiGLU MLP (gate, up, down), grouped-query attention
+      (`n_kv_heads` key/value heads shared by groups of query heads), rotary positions of base
+      `rope_theta` in Hugging Face's rotate-half convention, no linear biases but optional ones on
+      q/k/v (`qkv_bias`, as Qwen2). The layout maps one-to-one onto Hugging Face's Llama tensors
+      (model.py's docstring)."""
 
     n_layers: int = 2
     d_model: int = 64
@@ -46,10 +56,26 @@ class ModelConfig:
     attention: str = "auto"  # auto | xla | cudnn (cuDNN fused flash attention, GPU, bf16/fp16)
     scan_layers: object = "auto"  # auto | true | false: lax.scan over the layer axis, or unrolled
     loss_chunk: int = 0  # tokens per chunk of the cross-entropy's logits; 0: all logits at once
+    # The architecture and its options (added after runs were first saved: see ARCH_KEYS).
+    arch: str = "gpt"  # gpt | llama
+    n_kv_heads: int = 0  # key/value heads (llama); 0: one per query head. Stored as 0 when = n_heads
+    rope_theta: float = 10000.0  # the base of RoPE's frequencies (pos_emb rope)
+    qkv_bias: bool = False  # biases on the q, k and v projections (llama; Qwen2 has them)
+
+    def __post_init__(self) -> None:
+        # One spelling per model: n_kv_heads equal to n_heads is plain multi-head attention, the
+        # default, so a config that says so and one that does not are one config (one fingerprint).
+        if self.n_kv_heads == self.n_heads and self.n_kv_heads != 0:
+            object.__setattr__(self, "n_kv_heads", 0)
 
     @property
     def head_dim(self) -> int:
         return self.d_model // self.n_heads
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads: `n_kv_heads`, or `n_heads` when it is 0 (always so for gpt)."""
+        return self.n_kv_heads or self.n_heads
 
     def validate(self) -> None:
         _require_finite(self, "model")
@@ -58,6 +84,7 @@ class ModelConfig:
         require(self.d_model % self.n_heads == 0, "model.d_model",
                  f"a multiple of model.n_heads ({self.n_heads})", self.d_model)
         require(self.pos_emb in ("learned", "rope"), "model.pos_emb", "'learned' or 'rope'", self.pos_emb)
+        self._validate_arch()
         if self.pos_emb == "rope":
             require(self.head_dim % 2 == 0, "model.d_model",
                      "d_model / n_heads even (RoPE rotates pairs)", self.d_model)
@@ -79,43 +106,83 @@ class ModelConfig:
                 "an integer (0: whole logits)", self.loss_chunk)
         _require_int(self, "model", "loss_chunk", 0)
 
+    def _validate_arch(self) -> None:
+        """The architecture's keys, each in one line; what one architecture lacks is refused for it."""
+        require(self.arch in ARCHS, "model.arch", "'gpt' or 'llama'", self.arch)
+        require(isinstance(self.qkv_bias, bool), "model.qkv_bias", "true or false", self.qkv_bias)
+        require(self.rope_theta > 0, "model.rope_theta", "a number > 0", self.rope_theta)
+        if self.pos_emb != "rope":
+            require(self.rope_theta == ModelConfig.rope_theta, "model.rope_theta",
+                    "10000 (unused: model.pos_emb is 'learned', so there is no RoPE)", self.rope_theta)
+        if self.arch == "gpt":
+            require(self.n_kv_heads == 0, "model.n_kv_heads",
+                    f"0 or {self.n_heads} (model.arch 'gpt' fuses q/k/v: grouped-query attention is "
+                    "model.arch 'llama')", self.n_kv_heads)
+            require(not self.qkv_bias, "model.qkv_bias",
+                    "false (model.arch 'gpt' has no linear biases; q/k/v biases are model.arch 'llama')",
+                    self.qkv_bias)
+            return
+        require(self.pos_emb == "rope", "model.pos_emb",
+                "'rope' with model.arch 'llama' (learned positions are model.arch 'gpt')", self.pos_emb)
+        _require_int(self, "model", "n_kv_heads", 0)
+        require(self.n_kv_heads <= self.n_heads and self.n_heads % self.kv_heads == 0, "model.n_kv_heads",
+                f"a divisor of model.n_heads ({self.n_heads}), or 0 for one per query head", self.n_kv_heads)
+
     # Keys added after runs were first saved: written to a run's config (and so to its checkpoint
     # fingerprint) only when they differ from their defaults, so a run saved before they existed
     # has the very config, and fingerprint, of the same run saved now and still resumes and loads.
     COMPUTE_KEYS = ("attention", "scan_layers", "loss_chunk")
+    ARCH_KEYS = ("arch", "n_kv_heads", "rope_theta", "qkv_bias")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, the compute keys (`COMPUTE_KEYS`) only where not at their defaults."""
+        """The fields as a dict, the keys added later (`COMPUTE_KEYS`, `ARCH_KEYS`) only where not
+        at their defaults."""
         out = dataclasses.asdict(self)
-        for key in self.COMPUTE_KEYS:
+        for key in self.COMPUTE_KEYS + self.ARCH_KEYS:
             if out[key] == getattr(ModelConfig, key) and type(out[key]) is type(getattr(ModelConfig, key)):
                 del out[key]
         return out
 
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
-        """Infer the architecture from a params tree (see model.py for the layout). What the
-        shapes cannot tell (dtype, ln_eps, max_seq_len under RoPE) comes from `defaults`."""
+        """Infer the architecture from a params tree (see model.py for the layouts). What the
+        shapes cannot tell (dtype, ln_eps, rope_theta, max_seq_len under RoPE) comes from `defaults`."""
         try:
             vocab, d_model = params["embed"]["tokens"].shape
-            n_layers, _, _, n_heads, _ = params["blocks"]["attn"]["w_qkv"].shape
-            d_ff = params["blocks"]["mlp"]["w_in"].shape[-1]
+            attn, mlp = params["blocks"]["attn"], params["blocks"]["mlp"]
+            fields = dict(defaults)
+            if "w_q" in attn:  # llama
+                n_layers, _, n_heads, _ = attn["w_q"].shape
+                fields.update(arch="llama", n_kv_heads=int(attn["w_k"].shape[2]), qkv_bias="b_q" in attn,
+                              d_ff=int(mlp["w_gate"].shape[-1]))
+            else:
+                n_layers, _, _, n_heads, _ = attn["w_qkv"].shape
+                fields["d_ff"] = int(mlp["w_in"].shape[-1])
         except (KeyError, TypeError, ValueError) as err:
             raise LaggrowError(f"params: not a laggrow model tree ({err!r} missing or misshapen)") from None
-        fields = dict(defaults)
         fields.update(n_layers=int(n_layers), d_model=int(d_model), n_heads=int(n_heads),
-                      d_ff=int(d_ff), vocab_size=int(vocab), tie_embeddings="head" not in params)
+                      vocab_size=int(vocab), tie_embeddings="head" not in params)
         if "pos" in params:
             fields.update(pos_emb="learned", max_seq_len=int(params["pos"]["embedding"].shape[0]))
         else:
             fields["pos_emb"] = "rope"
         return cls(**fields)
 
+    def _attention_width(self) -> int:
+        """Output units of the q, k, v and o projections together: 4 D for multi-head attention,
+        less under grouped-query attention (k and v have kv_heads * head_dim outputs each)."""
+        return 2 * self.d_model + 2 * self.kv_heads * self.head_dim
+
     def n_params(self) -> int:
         """Parameter count, matching `model.param_shapes` (checked in tests)."""
         d, f, v, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
-        per_layer = 4 * d + 4 * d * d + 2 * d * f  # two LNs, qkv + out, MLP in + out
-        total = v * d + L * per_layer + 2 * d
+        if self.arch == "llama":  # two RMSNorm scales, q k v o, gate up down, q/k/v biases
+            bias = self.d_model + 2 * self.kv_heads * self.head_dim if self.qkv_bias else 0
+            per_layer = 2 * d + self._attention_width() * d + 3 * d * f + bias
+            total = v * d + L * per_layer + d
+        else:
+            per_layer = 4 * d + 4 * d * d + 2 * d * f  # two LNs, qkv + out, MLP in + out
+            total = v * d + L * per_layer + 2 * d
         if self.pos_emb == "learned":
             total += self.max_seq_len * d
         if not self.tie_embeddings:
@@ -126,7 +193,8 @@ class ModelConfig:
         """Model FLOPs of one training token (forward + backward = 3x forward), as in PaLM's MFU:
         6 per matmul weight plus the attention score and value products."""
         d, f, v, L = self.d_model, self.d_ff, self.vocab_size, self.n_layers
-        matmul_weights = L * (4 * d * d + 2 * d * f) + d * v
+        mlp = 3 * d * f if self.arch == "llama" else 2 * d * f
+        matmul_weights = L * (self._attention_width() * d + mlp) + d * v
         attention = L * 2 * seq_len * d  # QK^T and AV, 2 FLOPs each, per token (causal not halved)
         return 6 * matmul_weights + 6 * attention
 
@@ -542,6 +610,8 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     data = build_dataclass(DataConfig, sections["data"], "data")
     model_raw = dict(sections["model"])
     model_raw.setdefault("max_seq_len", data.seq_len)
+    if model_raw.get("arch") == "llama":  # llama's positions are rotary; `learned` written out is refused
+        model_raw.setdefault("pos_emb", "rope")
     model = build_dataclass(ModelConfig, model_raw, "model")
     train = build_dataclass(TrainConfig, sections["train"], "train")
     mesh = mesh_config_from_dict(raw.get("mesh"), "mesh")

@@ -1,7 +1,8 @@
-"""A decoder-only pre-LayerNorm Transformer LM in Flax NNX, and a functional façade over it.
+"""Decoder-only pre-norm Transformer LMs in Flax NNX (`gpt` and `llama`, `model.arch`), and a
+functional façade over them.
 
-Outside this module parameters are plain nested dicts of arrays. Per-layer parameters are stacked
-on a leading layer axis, so growing in depth is array surgery along axis 0:
+Outside this module parameters are plain nested dicts of arrays. Per-layer parameters are
+stacked on a leading layer axis, so growing in depth is array surgery along axis 0. gpt:
 
     embed/tokens        (V, D)
     pos/embedding       (S, D)          learned positions only
@@ -13,6 +14,24 @@ on a leading layer axis, so growing in depth is array surgery along axis 0:
     blocks/mlp/w_out    (L, F, D)
     ln_f/scale          (D,)            ln_f/bias        (D,)
     head/w              (D, V)          untied embeddings only
+
+llama (K = n_kv_heads), one array per Hugging Face tensor, each `[out, in]` matrix of HF stored
+transposed to `[in, out]` with its head axis split out, so import and export are a transpose and
+a reshape per tensor (docs/design.md, "Two architectures"):
+
+    embed/tokens        (V, D)          model.embed_tokens.weight
+    blocks/norm1/scale  (L, D)          model.layers.{i}.input_layernorm.weight
+    blocks/attn/w_q     (L, D, H, Dh)   self_attn.q_proj.weight (H*Dh, D)
+    blocks/attn/w_k     (L, D, K, Dh)   self_attn.k_proj.weight (K*Dh, D)
+    blocks/attn/w_v     (L, D, K, Dh)   self_attn.v_proj.weight (K*Dh, D)
+    blocks/attn/b_q     (L, H, Dh)      self_attn.q_proj.bias   qkv_bias only (b_k, b_v: (L, K, Dh))
+    blocks/attn/w_o     (L, H, Dh, D)   self_attn.o_proj.weight (D, H*Dh)
+    blocks/norm2/scale  (L, D)          post_attention_layernorm.weight
+    blocks/mlp/w_gate   (L, D, F)       mlp.gate_proj.weight (F, D)
+    blocks/mlp/w_up     (L, D, F)       mlp.up_proj.weight (F, D)
+    blocks/mlp/w_down   (L, F, D)       mlp.down_proj.weight (D, F)
+    norm_f/scale        (D,)            model.norm.weight
+    head/w              (D, V)          lm_head.weight (V, D), untied embeddings only
 
 Heads keep their own axis in the stored weights (width growth clones heads), but the forward
 pass reshapes every weight to 2-D and runs the dense layers on (tokens, features) activations:
@@ -72,6 +91,46 @@ class Blocks(nnx.Module):
         self.mlp = MLP(cfg, rngs)
 
 
+class RMSNorms(nnx.Module):
+    """`n` stacked RMSNorm scales (or one when `n` is None): no bias, as in Llama."""
+
+    def __init__(self, d: int, n: int | None = None):
+        lead = () if n is None else (n,)
+        self.scale = nnx.Param(jnp.ones(lead + (d,), jnp.float32))
+
+
+class LlamaAttention(nnx.Module):
+    """Separate q, k, v, o projections (Hugging Face's tensors), k and v with `kv_heads` heads."""
+
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        L, D, H, K, Dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+        self.w_q = _normal(rngs, (L, D, H, Dh), _STD)
+        self.w_k = _normal(rngs, (L, D, K, Dh), _STD)
+        self.w_v = _normal(rngs, (L, D, K, Dh), _STD)
+        # the residual scaling of GPT-2, as the gpt blocks have it (Hugging Face inits o_proj at 0.02)
+        self.w_o = _normal(rngs, (L, H, Dh, D), _STD / math.sqrt(2 * L))
+        if cfg.qkv_bias:
+            self.b_q = nnx.Param(jnp.zeros((L, H, Dh), jnp.float32))
+            self.b_k = nnx.Param(jnp.zeros((L, K, Dh), jnp.float32))
+            self.b_v = nnx.Param(jnp.zeros((L, K, Dh), jnp.float32))
+
+
+class SwiGLU(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_ff
+        self.w_gate = _normal(rngs, (L, D, F), _STD)
+        self.w_up = _normal(rngs, (L, D, F), _STD)
+        self.w_down = _normal(rngs, (L, F, D), _STD / math.sqrt(2 * L))
+
+
+class LlamaBlocks(nnx.Module):
+    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
+        self.norm1 = RMSNorms(cfg.d_model, cfg.n_layers)
+        self.attn = LlamaAttention(cfg, rngs)
+        self.norm2 = RMSNorms(cfg.d_model, cfg.n_layers)
+        self.mlp = SwiGLU(cfg, rngs)
+
+
 class Embedding(nnx.Module):
     def __init__(self, rows: int, d: int, rngs: nnx.Rngs, name: str):
         setattr(self, name, _normal(rngs, (rows, d), _STD))
@@ -90,8 +149,12 @@ class TransformerLM(nnx.Module):
         self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs, "tokens")
         if cfg.pos_emb == "learned":
             self.pos = Embedding(cfg.max_seq_len, cfg.d_model, rngs, "embedding")
-        self.blocks = Blocks(cfg, rngs)
-        self.ln_f = LayerNorms(cfg.d_model)
+        if cfg.arch == "llama":
+            self.blocks = LlamaBlocks(cfg, rngs)
+            self.norm_f = RMSNorms(cfg.d_model)
+        else:
+            self.blocks = Blocks(cfg, rngs)
+            self.ln_f = LayerNorms(cfg.d_model)
         if not cfg.tie_embeddings:
             self.head = Head(cfg.d_model, cfg.vocab_size, rngs)
 
@@ -141,11 +204,21 @@ def layer_norm(x: jax.Array, scale: jax.Array, bias: jax.Array, eps: float) -> j
     return (y * scale.reshape(lead + scale.shape) + bias.reshape(lead + bias.shape)).astype(x.dtype)
 
 
-def rope(x: jax.Array) -> jax.Array:
-    """Rotary position embedding on (B, T, H, Dh), rotating the two halves of each head."""
+def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
+    """Hugging Face's LlamaRMSNorm: x * rsqrt(mean(x^2) + eps) in float32, cast back to the
+    compute dtype, then times the scale."""
+    x32 = x.astype(jnp.float32)
+    y = (x32 * jax.lax.rsqrt(jnp.square(x32).mean(-1, keepdims=True) + eps)).astype(x.dtype)
+    lead = (1,) * (x.ndim - 1)
+    return y * scale.reshape(lead + scale.shape).astype(x.dtype)
+
+
+def rope(x: jax.Array, theta: float = 10000.0) -> jax.Array:
+    """Rotary position embedding on (B, T, H, Dh), rotating the two halves of each head (Hugging
+    Face's rotate-half convention: dims i and i + Dh/2 pair up, inv_freq = theta^(-2i/Dh))."""
     _, t, _, dh = x.shape
     half = dh // 2
-    freqs = 1.0 / (10000.0 ** (jnp.arange(half, dtype=jnp.float32) / half))
+    freqs = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
     angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # (T, half)
     cos = jnp.cos(angles)[None, :, None, :].astype(x.dtype)
     sin = jnp.sin(angles)[None, :, None, :].astype(x.dtype)
@@ -185,7 +258,7 @@ def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: 
     qkv = qkv.reshape(b, t, 3, h, dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if cfg.pos_emb == "rope":
-        q, k = rope(q), rope(k)
+        q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
     att = attend(q, k, v)
     att = att.reshape(b * t, h * dh) @ layer["attn"]["w_out"].reshape(h * dh, d).astype(dtype)
     x = x + _dropout(att, dropout, key, i, 0)
@@ -195,10 +268,37 @@ def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: 
     return x + _dropout(y @ layer["mlp"]["w_out"].astype(dtype), dropout, key, i, 1)
 
 
+def _llama_block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: int,
+                 dropout: float, key: jax.Array | None) -> jax.Array:
+    """One Llama layer on 2-D (B*T, D) activations: RMSNorm, grouped-query attention with RoPE,
+    RMSNorm, SwiGLU; `attend` takes k and v with kv_heads heads (query head j reads KV head
+    j // (n_heads / kv_heads), as Hugging Face's repeat_kv)."""
+    dtype = jnp.dtype(cfg.dtype)
+    d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
+    attn = layer["attn"]
+
+    def project(y: jax.Array, name: str, heads: int) -> jax.Array:
+        out = y @ attn[f"w_{name}"].reshape(d, heads * dh).astype(dtype)
+        if cfg.qkv_bias:
+            out = out + attn[f"b_{name}"].reshape(1, heads * dh).astype(dtype)
+        return out.reshape(b, t, heads, dh)
+
+    y = rms_norm(x, layer["norm1"]["scale"], cfg.ln_eps)
+    q, k, v = project(y, "q", h), project(y, "k", kv), project(y, "v", kv)
+    q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
+    att = attend(q, k, v).reshape(b * t, h * dh) @ attn["w_o"].reshape(h * dh, d).astype(dtype)
+    x = x + _dropout(att, dropout, key, i, 0)
+
+    y = rms_norm(x, layer["norm2"]["scale"], cfg.ln_eps)
+    mlp = layer["mlp"]
+    y = jax.nn.silu(y @ mlp["w_gate"].astype(dtype)) * (y @ mlp["w_up"].astype(dtype))
+    return x + _dropout(y @ mlp["w_down"].astype(dtype), dropout, key, i, 1)
+
+
 def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
            key: jax.Array | None = None) -> jax.Array:
-    """The final (LayerNormed) hidden states (B*T, D) in the compute dtype: what the head
-    multiplies. The loss can take them in chunks instead of whole logits (`train.loss_fn`)."""
+    """The final (normed) hidden states (B*T, D) in the compute dtype: what the head multiplies.
+    The loss can take them in chunks instead of whole logits (`train.loss_fn`)."""
     dtype = jnp.dtype(cfg.dtype)
     b, t = tokens.shape
     blocks = params["blocks"]
@@ -209,8 +309,10 @@ def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: floa
     x = x.astype(dtype).reshape(b * t, cfg.d_model)  # 2-D activations: see the module docstring
 
     attend = attention.attention_fn(cfg.attention, cfg.dtype, cfg.head_dim, t)
-    block = functools.partial(_block, cfg=cfg, attend=attend, b=b, t=t, dropout=dropout, key=key)
-    n_layers = blocks["ln1"]["scale"].shape[0]
+    llama = cfg.arch == "llama"
+    block = functools.partial(_llama_block if llama else _block, cfg=cfg, attend=attend, b=b, t=t,
+                              dropout=dropout, key=key)
+    n_layers = jax.tree.leaves(blocks)[0].shape[0]
     if choose_scan(cfg.scan_layers, attention.runtime().backend):
         # the layer index rides along as a scanned input, so dropout folds in the same index
         def body(x, layer_and_index):
@@ -221,6 +323,8 @@ def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: floa
     else:
         for i in range(n_layers):
             x = block(x, jax.tree.map(lambda w, i=i: w[i], blocks), i)
+    if llama:
+        return rms_norm(x, params["norm_f"]["scale"], cfg.ln_eps)
     return layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
 
 

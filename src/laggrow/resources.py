@@ -80,22 +80,31 @@ def human(n_bytes: float) -> str:
 # ---- a training run -----------------------------------------------------------------------------
 
 
+def layer_values_per_token(m: Any) -> int:
+    """Values a token keeps in one layer for the backward pass (`m` a ModelConfig). gpt: the
+    residual stream twice, two LayerNorm outputs, q/k/v, the attention output (8 d_model) and the
+    MLP's hidden units and their GELU (2 d_ff). llama: the same stream, norms, q and attention
+    output (6 d_model), k and v (2 kv_heads * head_dim under grouped-query attention) and the
+    SwiGLU's gate, up, SiLU(gate) and product (4 d_ff)."""
+    if m.arch == "llama":
+        return 6 * m.d_model + 2 * m.kv_heads * m.head_dim + 4 * m.d_ff
+    return 8 * m.d_model + 2 * m.d_ff
+
+
 def training_bytes(cfg: RunConfig, candidates: int = 1, together: int = 1) -> tuple[int, int, int]:
     """(total, state, activations) in bytes: a lower bound of what training `cfg` holds at once.
 
     State: float32 params, AdamW's two moments (12 bytes a parameter) for every candidate, and
     the gradients (4 more) of the `together` candidates in one step. Activations, per candidate
-    in the step: what the backward pass keeps of each layer (the residual stream, layer norms,
-    q/k/v, the attention output, the MLP's hidden units and their activation: ~ 8 d_model +
-    2 d_ff values a token) and the (batch, heads, T, T) attention probabilities, in the compute
-    dtype, plus the float32 logits and their gradient; the held-out windows and one evaluation
-    batch's logits.
+    in the step: what the backward pass keeps of each layer (`layer_values_per_token`) and the
+    (batch, heads, T, T) attention probabilities, in the compute dtype, plus the float32 logits
+    and their gradient; the held-out windows and one evaluation batch's logits.
     """
     m, d, t = cfg.model, cfg.data, cfg.train
     width = 2 if m.dtype == "bfloat16" else 4
     n_params = m.n_params()
     tokens = t.batch_size * d.seq_len
-    per_layer = tokens * (8 * m.d_model + 2 * m.d_ff) * width + t.batch_size * m.n_heads * d.seq_len**2 * width
+    per_layer = tokens * layer_values_per_token(m) * width + t.batch_size * m.n_heads * d.seq_len**2 * width
     logits = tokens * m.vocab_size * (4 + 4)
     eval_windows = d.eval_batches * d.eval_batch_size * (d.seq_len + 1) * (4 + 8)  # tokens, int64 index
     eval_step = d.eval_batch_size * d.seq_len * m.vocab_size * 4 \

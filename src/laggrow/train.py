@@ -52,9 +52,10 @@ def make_schedule(cfg: TrainConfig) -> optax.Schedule:
 
 
 def decay_mask(params: dict) -> dict:
-    """Weight decay on weights only: LayerNorm parameters (ln1, ln2, ln_f) are left alone."""
+    """Weight decay on weights only: norm parameters (gpt's ln1, ln2, ln_f; llama's norm1, norm2,
+    norm_f) and biases (llama's b_q, b_k, b_v) are left alone."""
     def is_weight(path, _leaf) -> bool:
-        return not any(getattr(k, "key", "").startswith("ln") for k in path)
+        return not any(str(getattr(k, "key", "")).startswith(("ln", "norm", "b_")) for k in path)
 
     return jax.tree_util.tree_map_with_path(is_weight, params)
 
