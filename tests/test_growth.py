@@ -25,13 +25,18 @@ from laggrow.growth.layout import flatten, unflatten
 
 A = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, vocab_size=64, max_seq_len=16)
 B = dataclasses.replace(A, n_layers=3, pos_emb="rope", tie_embeddings=True)
+# llama: grouped-query attention (2 query heads per KV head), q/k/v biases, a RoPE base of its own
+LA = dataclasses.replace(A, arch="llama", pos_emb="rope", n_kv_heads=2, qkv_bias=True, rope_theta=500.0,
+                         ln_eps=1e-6)
+LB = dataclasses.replace(LA, n_layers=3, tie_embeddings=True, qkv_bias=False)
 
 
 def grown(cfg: ModelConfig, **sizes: int) -> ModelConfig:
     return dataclasses.replace(cfg, **sizes)
 
 
-# (id, source, target): depth, width and both, multiples and not, learned/untied and rope/tied.
+# (id, source, target): depth, width and both, multiples and not, learned/untied and rope/tied,
+# gpt and llama.
 CASES = [
     ("L2-3", A, grown(A, n_layers=3)),
     ("L3-5.rope.tied", B, grown(B, n_layers=5)),
@@ -40,6 +45,10 @@ CASES = [
     ("F64-96", A, grown(A, d_ff=96)),
     ("D32-64.L2-3", A, grown(A, d_model=64, n_heads=8, d_ff=128, n_layers=3)),
     ("D32-64.F64-96.L3-5.rope.tied", B, grown(B, d_model=64, n_heads=8, d_ff=96, n_layers=5)),
+    # llama: depth (untied, biases), width in whole KV groups (tied), both; n_kv_heads grows with n_heads
+    ("llama.L2-3", LA, grown(LA, n_layers=3)),
+    ("llama.D32-64.F64-128.tied", LB, grown(LB, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128)),
+    ("llama.D32-64.F64-128.L2-3", LA, grown(LA, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128, n_layers=3)),
 ]
 COMPOSITES = ["hypercloning+copy_zero", "net2net+zero_top", "fusion+stack_middle", "net2net+interleave"]
 SPECS = list(STRATEGIES) + COMPOSITES
@@ -108,7 +117,8 @@ def test_output_is_the_targets_shape_and_deterministic(spec, src, dst):
     for path, leaf in got.items():
         assert isinstance(leaf, jax.Array), path
         assert (leaf.shape, leaf.dtype) == (want[path].shape, want[path].dtype), path
-    assert ModelConfig.from_params(out, max_seq_len=dst.max_seq_len) == dst
+    untold = dict(max_seq_len=dst.max_seq_len, ln_eps=dst.ln_eps, rope_theta=dst.rope_theta)  # not in the shapes
+    assert ModelConfig.from_params(out, **untold) == dst
 
     for path, x in flatten(params).items():  # the input is untouched
         np.testing.assert_array_equal(np.asarray(x), before[path], err_msg=path)

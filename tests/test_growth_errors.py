@@ -22,7 +22,7 @@ from laggrow.growth import (
 )
 from laggrow.growth.layout import AXES, check_shapes, flatten, unflatten
 from laggrow.growth.registry import fresh_init_key
-from test_growth import KEY, A, B, source_params
+from test_growth import KEY, LA, LB, A, B, source_params
 
 WIDE = dataclasses.replace(A, d_model=64, n_heads=8, d_ff=128)
 DEEP = dataclasses.replace(A, n_layers=4)
@@ -58,6 +58,22 @@ def test_bad_targets_and_names(dst, strategy, needle):
     assert needle in fails(source_params(A), A, dst, strategy, KEY)
 
 
+@pytest.mark.parametrize("dst,strategy,needle", [
+    (dataclasses.replace(LA, d_model=64, n_heads=8), "hypercloning",
+     "model.n_kv_heads: width growth keeps 2 query heads per key/value head (heads grow in whole groups), "
+     "so n_heads 8 needs n_kv_heads 4, got 2"),
+    (dataclasses.replace(LA, d_model=64, n_heads=8, n_kv_heads=8), "net2net", "needs n_kv_heads 4, got 8"),
+    (dataclasses.replace(LA, d_model=40, n_heads=5), "zero_pad", "model.n_heads: width growth keeps 2 query "
+     "heads per key/value head (heads grow in whole groups), so expected a multiple of 2, got 5"),
+    (dataclasses.replace(LA, n_layers=3, arch="gpt", n_kv_heads=0, qkv_bias=False), "stack",
+     "model.arch: growth keeps it; expected 'llama' (the source's), got 'gpt'"),
+    (dataclasses.replace(LA, n_layers=3, qkv_bias=False), "stack", "model.qkv_bias: growth keeps it"),
+    (dataclasses.replace(LA, n_layers=3, rope_theta=10000.0), "stack", "model.rope_theta: growth keeps it"),
+])
+def test_bad_llama_targets(dst, strategy, needle):
+    assert needle in fails(source_params(LA), LA, dst, strategy, KEY)
+
+
 def test_bad_options():
     params = source_params(A)
     assert "option block: not used by strategy 'stack' (it takes no options)" in fails(
@@ -87,12 +103,12 @@ def test_shape_check_lists_missing_extra_and_mismatched_paths():
     assert "mismatched head/w: (32, 65) float32, expected (32, 64) float32" in message
 
 
-@pytest.mark.parametrize("cfg", [A, B], ids=["learned.untied", "rope.tied"])
+@pytest.mark.parametrize("cfg", [A, B, LA, LB], ids=["learned.untied", "rope.tied", "llama.bias", "llama.tied"])
 def test_axis_table_describes_every_parameter(cfg):
     shapes = flatten(model.param_shapes(cfg))
     assert set(shapes) <= set(AXES)
     sizes = {"L": cfg.n_layers, "V": cfg.vocab_size, "S": cfg.max_seq_len, "3": 3, "Dh": cfg.head_dim,
-             "D": cfg.d_model, "H": cfg.n_heads, "F": cfg.d_ff}
+             "D": cfg.d_model, "H": cfg.n_heads, "F": cfg.d_ff, "K": cfg.kv_heads}
     for path, spec in shapes.items():
         assert tuple(sizes[name.rstrip("<")] for name in AXES[path]) == spec.shape, path
 

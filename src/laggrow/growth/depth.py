@@ -6,8 +6,10 @@ zeroed (an identity layer) or noise is added. `apply_plan` turns a plan into par
 gather along the layer axis, so the strategies differ only in their plans, and the tests can
 check every slot against its plan.
 
-Why zeroed output projections preserve the function: a pre-LN block computes
-x + W_out(attn(LN(x))) + W_out'(mlp(LN(..))); with both W_out zero it returns x exactly.
+Why zeroed output projections preserve the function: a pre-norm block computes
+x + W_out(attn(LN(x))) + W_out'(mlp(LN(..))); with both W_out zero it returns x exactly. The
+projections are named per architecture (`layout.OUTPUT_PROJECTIONS`: gpt's attn/w_out and
+mlp/w_out, llama's o_proj and down_proj, attn/w_o and mlp/w_down, as LLaMA Pro zeroes them).
 """
 
 from __future__ import annotations

@@ -1,13 +1,18 @@
 """What each axis of each parameter means, and path-addressed helpers over params trees.
 
-Width growth has to know, for every weight, which axes are d_model (D), heads (H) and d_ff (F),
+Width growth has to know, for every weight, which axes are d_model (D), heads (H, K) and d_ff (F),
 and whether the axis is an *output* of the weight (its units are copied as they are) or an
 *input* (the weight's fan-in: when input units are duplicated, their weights are divided so the
 sum over the copies stays the same). `AXES` says that once, for the layout in model.py's
 docstring; a test checks that it covers `param_shapes` exactly, so the two cannot drift.
 
 Axis names: "L" layers, "V" vocabulary, "S" positions, "3" q/k/v, "Dh" head_dim (never grown);
-"D", "H", "F" grown outputs; "D<", "H<", "F<" grown inputs (fan-in).
+"D", "H", "F", "K" grown outputs; "D<", "H<", "F<" grown inputs (fan-in). "K" is llama's
+key/value heads: width growth keeps the query heads per KV head, so K grows with H, in whole
+groups (`growth.transform.check_target`).
+
+The two architectures (model.py's docstring) share the embedding and head, and none of their
+other paths: one table holds both, and a tree holds the paths of its own architecture only.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from laggrow.errors import LaggrowError
 AXES: dict[str, tuple[str, ...]] = {
     "embed/tokens": ("V", "D"),
     "pos/embedding": ("S", "D"),
+    # gpt
     "blocks/ln1/scale": ("L", "D"),
     "blocks/ln1/bias": ("L", "D"),
     "blocks/attn/w_qkv": ("L", "D<", "3", "H", "Dh"),
@@ -33,15 +39,38 @@ AXES: dict[str, tuple[str, ...]] = {
     "blocks/mlp/w_out": ("L", "F<", "D"),
     "ln_f/scale": ("D",),
     "ln_f/bias": ("D",),
+    # llama
+    "blocks/norm1/scale": ("L", "D"),
+    "blocks/attn/w_q": ("L", "D<", "H", "Dh"),
+    "blocks/attn/w_k": ("L", "D<", "K", "Dh"),
+    "blocks/attn/w_v": ("L", "D<", "K", "Dh"),
+    "blocks/attn/b_q": ("L", "H", "Dh"),
+    "blocks/attn/b_k": ("L", "K", "Dh"),
+    "blocks/attn/b_v": ("L", "K", "Dh"),
+    "blocks/attn/w_o": ("L", "H<", "Dh", "D"),
+    "blocks/norm2/scale": ("L", "D"),
+    "blocks/mlp/w_gate": ("L", "D<", "F"),
+    "blocks/mlp/w_up": ("L", "D<", "F"),
+    "blocks/mlp/w_down": ("L", "F<", "D"),
+    "norm_f/scale": ("D",),
     "head/w": ("D<", "V"),
 }
 
-GROWN_DIMS = ("D", "H", "F")
+GROWN_DIMS = ("D", "H", "F", "K")
 
-# Output projections: zeroing them turns a pre-LN residual block into the identity.
-OUTPUT_PROJECTIONS = ("blocks/attn/w_out", "blocks/mlp/w_out")
+# Output projections (what writes into the residual stream): zeroing them turns a pre-norm
+# residual block into the identity, LayerNorm or RMSNorm alike (llama: o_proj and down_proj).
+OUTPUT_PROJECTIONS = ("blocks/attn/w_out", "blocks/mlp/w_out", "blocks/attn/w_o", "blocks/mlp/w_down")
 
-LN_SCALES = ("blocks/ln1/scale", "blocks/ln2/scale", "ln_f/scale")
+# Input projections (what reads the normed stream into heads or d_ff units).
+INPUT_PROJECTIONS = ("blocks/attn/w_qkv", "blocks/mlp/w_in", "blocks/attn/w_q", "blocks/attn/w_k",
+                     "blocks/attn/w_v", "blocks/mlp/w_gate", "blocks/mlp/w_up")
+
+NORM_SCALES = ("blocks/ln1/scale", "blocks/ln2/scale", "ln_f/scale",
+               "blocks/norm1/scale", "blocks/norm2/scale", "norm_f/scale")
+
+# The final norm's parameters, which scale the logits (a tied embedding's width growth divides them).
+FINAL_NORM = ("ln_f/scale", "ln_f/bias", "norm_f/scale")
 
 
 def grown_axes(path: str) -> list[tuple[int, str, bool]]:

@@ -26,12 +26,14 @@ Params = dict
 Stage = tuple[Strategy, ModelConfig, ModelConfig]
 
 GROWN_FIELDS = ("n_layers", "d_model", "n_heads", "d_ff")
-WIDTH_FIELDS = ("d_model", "n_heads", "d_ff")
+WIDTH_FIELDS = ("d_model", "n_heads", "n_kv_heads", "d_ff")
+KEPT_FIELDS = ("arch", "vocab_size", "pos_emb", "rope_theta", "tie_embeddings", "qkv_bias")
 
 
 def check_target(src: ModelConfig, dst: ModelConfig) -> None:
-    """What any growth needs: the same vocabulary, positions, tying and head_dim; nothing smaller."""
-    for name in ("vocab_size", "pos_emb", "tie_embeddings"):
+    """What any growth needs: the same architecture, vocabulary, positions, tying, head_dim and
+    query heads per KV head; nothing smaller."""
+    for name in KEPT_FIELDS:
         if getattr(src, name) != getattr(dst, name):
             raise LaggrowError(f"model.{name}: growth keeps it; expected {getattr(src, name)!r} "
                                f"(the source's), got {getattr(dst, name)!r}")
@@ -48,6 +50,14 @@ def check_target(src: ModelConfig, dst: ModelConfig) -> None:
         raise LaggrowError(f"model.n_heads: width growth keeps head_dim {src.head_dim} (RoPE and the "
                            f"1/sqrt(head_dim) attention scale are exact only then), so d_model "
                            f"{dst.d_model} needs n_heads {need}, got {dst.n_heads}")
+    group = src.n_heads // src.kv_heads  # query heads per key/value head: 1 for gpt
+    if dst.n_heads % group:
+        raise LaggrowError(f"model.n_heads: width growth keeps {group} query heads per key/value head "
+                           f"(heads grow in whole groups), so expected a multiple of {group}, got {dst.n_heads}")
+    if dst.kv_heads != dst.n_heads // group:
+        raise LaggrowError(f"model.n_kv_heads: width growth keeps {group} query heads per key/value head "
+                           f"(heads grow in whole groups), so n_heads {dst.n_heads} needs n_kv_heads "
+                           f"{dst.n_heads // group}, got {dst.kv_heads}")
 
 
 def check_grows(src: ModelConfig, dst: ModelConfig, what: str = "target") -> None:

@@ -13,11 +13,18 @@ d_model: H' = D' / head_dim. What each strategy supports:
 | fusion       | exactly 2x                   | exactly 2x            | self-fusion only |
 
 Why d_model needs an integer factor to be exact: the residual stream x becomes [x, x, ..., x];
-LayerNorm's mean and variance over a tiled vector equal the original's, so every LayerNorm
-output is tiled too. Padding x with new coordinates (zero or not) changes those statistics.
-A tied embedding is used twice: tiled at the input, it would multiply the logits by the factor,
-so the final LayerNorm's scale and bias are divided by it instead (an untied head's fan-in is
-split like any other).
+LayerNorm's mean and variance over a tiled vector equal the original's, and so does RMSNorm's
+root mean square, so every norm's output is tiled too. Padding x with new coordinates (zero or
+not) changes those statistics. A tied embedding is used twice: tiled at the input, it would
+multiply the logits by the factor, so the final norm's scale (and bias) are divided by it instead
+(an untied head's fan-in is split like any other).
+
+llama's grouped-query attention: query head j reads key/value head j // G (G = n_heads /
+n_kv_heads), and growth keeps G, so heads grow in whole KV groups. A unit map on the KV heads
+(K) decides the query heads' map (`head_maps`): query head j copies head G * K[j // G] + j % G,
+so a cloned query head reads a clone of the KV head its source read. For gpt (G = 1) that is
+the head map it always was. SwiGLU's gate and up are outputs over d_ff and down its fan-in:
+silu(g) * u of a cloned unit is the source's, so splitting down's fan-in is exact.
 """
 
 from __future__ import annotations
@@ -27,10 +34,10 @@ import numpy as np
 from laggrow.config import ModelConfig
 from laggrow.errors import LaggrowError
 from laggrow.growth import ops
-from laggrow.growth.layout import LN_SCALES, flatten, grown_axes, unflatten
+from laggrow.growth.layout import FINAL_NORM, INPUT_PROJECTIONS, NORM_SCALES, flatten, grown_axes, unflatten
 from laggrow.growth.registry import NOISE_OPTION, PARTNER_OPTION, Context, register
 
-SIZES = {"D": "d_model", "H": "n_heads", "F": "d_ff"}
+SIZES = {"D": "d_model", "H": "n_heads", "F": "d_ff", "K": "kv_heads"}
 
 
 def sizes(cfg: ModelConfig) -> dict[str, int]:
@@ -63,10 +70,21 @@ def _require_factor(name: str, src: ModelConfig, dst: ModelConfig, dims: str, ex
 
 
 def _tied_output_scale(out: dict, dst: ModelConfig, factor: int, ctx: Context) -> None:
-    """A tiled tied embedding multiplies the logits by `factor`: divide the final LayerNorm."""
+    """A tiled tied embedding multiplies the logits by `factor`: divide the final norm."""
     if dst.tie_embeddings and ctx.split and factor != 1:
-        for path in ("ln_f/scale", "ln_f/bias"):
-            out[path] = out[path] / factor
+        for path in FINAL_NORM:
+            if path in out:
+                out[path] = out[path] / factor
+
+
+def head_maps(src: ModelConfig, dst: ModelConfig, kv_map: np.ndarray) -> dict[str, np.ndarray]:
+    """The unit maps of the query heads (H) and the KV heads (K) from one map of the KV heads:
+    query head j of the target copies head G * kv_map[j // G] + j % G of the source (-1 where
+    its group is new), G the query heads per KV head, which growth keeps."""
+    g = src.n_heads // src.kv_heads
+    j = np.arange(dst.n_heads)
+    group = kv_map[j // g]
+    return {"K": kv_map, "H": np.where(group >= 0, g * group + j % g, -1).astype(np.int64)}
 
 
 def clone_units(params: dict, src: ModelConfig, dst: ModelConfig, ctx: Context,
@@ -106,11 +124,11 @@ def grow_hypercloning(params: dict, src: ModelConfig, dst: ModelConfig, ctx: Con
                      "their fan-out divided by the number of copies; integer d_model factors, any d_ff",
           reference="Chen et al. 2016, Net2Net (ICLR); Chen et al. 2022, bert2BERT (ACL)")
 def grow_net2net(params: dict, src: ModelConfig, dst: ModelConfig, ctx: Context) -> dict:
-    maps = {"D": ops.tiled_units(src.d_model, dst.d_model)}
-    for dim in "HF":
-        old, new = sizes(src)[dim], sizes(dst)[dim]
-        # The map is structure, so moments need it too: derive it from the key in both modes.
-        maps[dim] = ops.random_units(old, new, ctx.rng(f"units/{dim}"))
+    # The maps are structure, so moments need them too: derive them from the key in both modes.
+    # Heads are drawn in whole KV groups (for gpt, one head a group: the draw it always was).
+    maps = {"D": ops.tiled_units(src.d_model, dst.d_model),
+            "F": ops.random_units(src.d_ff, dst.d_ff, ctx.rng("units/F"))}
+    maps.update(head_maps(src, dst, ops.random_units(src.kv_heads, dst.kv_heads, ctx.rng("units/H"))))
     return clone_units(params, src, dst, ctx, maps)
 
 
@@ -139,9 +157,9 @@ def grow_zero_pad(params: dict, src: ModelConfig, dst: ModelConfig, ctx: Context
     fresh = flatten(ctx.fresh(dst))
     out = {}
     for path, x in flatten(params).items():
-        if path in LN_SCALES:
-            base = fresh[path]  # ones, as LayerNorm starts
-        elif path in ("blocks/attn/w_qkv", "blocks/mlp/w_in"):
+        if path in NORM_SCALES:
+            base = fresh[path]  # ones, as a norm starts
+        elif path in INPUT_PROJECTIONS:
             base = fresh[path] * _region(fresh[path].shape, path, src)
         else:
             base = np.zeros_like(fresh[path])
