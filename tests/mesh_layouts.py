@@ -7,6 +7,7 @@ the test compares what they wrote. What runs, into OUT/<name>:
 
     train/<layout>       configs/tiny.yaml, 12 steps, on data = 1, 2 and 8 with FSDP
     train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
+    llama/<layout>       configs/tiny-llama.yaml, the same 12 steps, on data = 1 and 8 with FSDP
     probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
                          2x2, 4x2 with FSDP (padded to 4): 1, 4, 8 devices
     probe/c2d1-chunked   the same pool on 2 x 1 in chunks of 2, the second padded (chunk_size
@@ -29,10 +30,12 @@ from typer.testing import CliRunner
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny.yaml"
+TINY_LLAMA = REPO / "configs" / "tiny-llama.yaml"
 # held-out batches of 6: split over a data axis of 2, held whole where 8 devices do not divide them
 TRAIN_SETS = ["train.steps=12", "train.eval_every=6", "train.log_every=3", "train.warmup_steps=2",
               "data.eval_batch_size=6"]
 TRAIN_LAYOUTS = {"d1": ["mesh.data=1"], "d2": ["mesh.data=2"], "d8-fsdp": ["mesh.data=8", "mesh.fsdp=true"]}
+LLAMA_LAYOUTS = {"d1": ["mesh.data=1"], "d8-fsdp": ["mesh.data=8", "mesh.fsdp=true"]}
 PROBE_LAYOUTS = {"c1d1": ["mesh.candidates=1", "mesh.data=1"], "c2d2": ["mesh.candidates=2", "mesh.data=2"],
                  "c4d2-fsdp": ["mesh.candidates=4", "mesh.data=2", "mesh.fsdp=true"]}
 
@@ -58,6 +61,8 @@ def main(out: Path) -> None:
     resumed = out / "train" / "d4-then-1"
     laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=4"]), "--until", "6")
     laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=1"]), "--resume")
+    for name, layout in LLAMA_LAYOUTS.items():
+        laggrow("train", TINY_LLAMA, "--out", out / "llama" / name, *sets(TRAIN_SETS + layout))
 
     pool = {"source": str(out / "train" / "d1"), "target": {"n_layers": 3},
             "strategies": ["stack", "zero_top", "copy_zero"], "seeds": [0], "lag_steps": 4, "final_steps": 8,

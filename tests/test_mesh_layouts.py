@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from conftest import TEST_XLA_FLAGS
-from mesh_layouts import PROBE_LAYOUTS, TRAIN_LAYOUTS
+from mesh_layouts import LLAMA_LAYOUTS, PROBE_LAYOUTS, TRAIN_LAYOUTS
 
 HERE = Path(__file__).resolve().parent
 # float32 sums in another order (a batch split over devices): rounding, nothing more
@@ -59,6 +59,14 @@ def test_a_run_records_the_same_on_every_layout(layouts, layout):
     # tokens and flops are counted, not measured: exactly equal
     assert [(r["tokens"], r["flops"]) for r in metrics(layouts / "train" / layout)] == \
            [(r["tokens"], r["flops"]) for r in reference]
+
+
+@pytest.mark.parametrize("layout", [name for name in LLAMA_LAYOUTS if name != "d1"])
+def test_a_llama_run_records_the_same_on_every_layout(layouts, layout):
+    """Grouped-query attention's k/v, the SwiGLU and RMSNorm leaves, split by FSDP over 8 devices."""
+    reference = metrics(layouts / "llama" / "d1")
+    assert json.loads((layouts / "llama" / "d1" / "config.json").read_text())["model"]["arch"] == "llama"
+    assert_same_records(metrics(layouts / "llama" / layout), reference, RUN_KEYS, f"llama {layout}")
 
 
 def test_each_run_says_the_layout_it_trained_on(layouts):
