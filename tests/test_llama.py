@@ -333,3 +333,12 @@ def test_stacking_candidates_grow_a_llama_train_state(llama_run):
         for j, source in enumerate(block0.layers):  # (0, 0, 1): layer 0 duplicated after itself
             np.testing.assert_array_equal(np.asarray(new_p[path][j]), np.asarray(old_p[path][source]), err_msg=path)
             np.testing.assert_array_equal(np.asarray(new_mu[path][j]), np.asarray(old_mu[path][source]), err_msg=path)
+
+
+def test_reports_name_a_llama_and_read_a_gpt_as_before():
+    from laggrow.report.format import model_shape
+
+    gpt = load_run_config(CONFIGS / "tiny.yaml").model.to_dict()
+    assert model_shape(gpt) == "2 layers, d_model 32, 4 heads, d_ff 128"
+    assert model_shape(load_run_config(TINY_LLAMA).model.to_dict()) == \
+        "llama: 2 layers, d_model 32, 4 heads (2 key/value), d_ff 96"

@@ -15,7 +15,7 @@ from typing import Any
 
 from laggrow.config import RunConfig
 from laggrow.report import tables
-from laggrow.report.format import NONE, md_table, nats, num, pct, step_label
+from laggrow.report.format import NONE, md_table, model_shape, nats, num, pct, step_label
 from laggrow.store import BASE_DIR, CORRELATION_FILE, GROWTH_CURVES_PNG, POOL_DIR
 
 
@@ -48,8 +48,7 @@ def _base_section(inputs: ReportInputs) -> list[str]:
     cfg, summary = inputs.base, inputs.base_summary
     m, d, t = cfg.model, cfg.data, cfg.train
     rows = [
-        ["shape", f"{m.n_layers} layers, d_model {m.d_model}, {m.n_heads} heads, d_ff {m.d_ff}, "
-                  f"{m.pos_emb} positions"],
+        ["shape", f"{model_shape(m.to_dict())}, {m.pos_emb} positions"],
         ["parameters", f"{summary['params']:,}"],
         ["data", f"{d.corpus}, {d.tokenizer} tokens (vocabulary {m.vocab_size}), sequences of {d.seq_len}"],
         ["training", f"{summary['steps']} steps x batch {t.batch_size} = {summary['tokens']:,} tokens, "

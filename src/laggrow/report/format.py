@@ -26,6 +26,16 @@ def step_label(step: int, result: dict) -> str:
     return str(step)
 
 
+def model_shape(model: dict) -> str:
+    """`4 layers, d_model 64, 4 heads, d_ff 256` from a config.json's model section; a llama's
+    with its architecture and key/value heads (`llama: 4 layers, d_model 64, 4 heads (2
+    key/value), d_ff 256`), a gpt's as it always read."""
+    arch = model.get("arch", "gpt")
+    kv = "" if arch == "gpt" else f" ({model.get('n_kv_heads') or model['n_heads']} key/value)"
+    return ("" if arch == "gpt" else f"{arch}: ") + (
+        f"{model['n_layers']} layers, d_model {model['d_model']}, {model['n_heads']} heads{kv}, d_ff {model['d_ff']}")
+
+
 def md_table(header: list[str], rows: list[list[str]], align: str = "") -> str:
     """A markdown table; `align` has one letter per column, l or r (default: first l, the rest r)."""
     align = align or "l" + "r" * (len(header) - 1)

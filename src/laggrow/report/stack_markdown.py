@@ -9,7 +9,7 @@ An experiment directory's report.md is `report.experiment_markdown`'s.
 from __future__ import annotations
 
 from laggrow.report import tables
-from laggrow.report.format import NONE, md_table, nats, num, pct
+from laggrow.report.format import NONE, md_table, model_shape, nats, num, pct
 from laggrow.store import CURVES_FILE, MODELS_DIR, STACK_FILE, STACK_PNG
 
 
@@ -18,7 +18,7 @@ def _stack_setup(record: dict) -> list[str]:
     m, d, t = cfg["model"], cfg["data"], cfg["train"]
     stages = record["stages"]
     rows = [
-        ["target", f"{m['n_layers']} layers, d_model {m['d_model']}, {m['n_heads']} heads, d_ff {m['d_ff']}"],
+        ["target", model_shape(m)],
         ["data", f"{d['corpus']}, {d['tokenizer']} tokens, sequences of {d['seq_len']}"],
         ["depths", " -> ".join(str(s["depth"]) for s in stages) + f" (blocks of {stack['block']} "
                    f"layer{'s' if stack['block'] != 1 else ''})"],
