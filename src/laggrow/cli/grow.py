@@ -19,6 +19,7 @@ HELP = (
     "Depth strategies reach any n_layers >= the source's. Width strategies keep head_dim, so "
     "n_heads = d_model / head_dim: hypercloning needs integer factors of d_model and d_ff; net2net "
     "integer factors of d_model and any d_ff; zero_pad and random_pad any sizes; fusion exactly 2x. "
+    "A llama's heads grow in whole key/value groups: set model.n_kv_heads with model.n_heads. "
     "Compose width and depth as WIDTH+DEPTH, e.g. hypercloning+stack_middle. "
     "`laggrow strategies` lists them all."
 )
