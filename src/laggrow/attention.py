@@ -104,6 +104,10 @@ def runtime() -> Runtime:
 # convention of Hugging Face's repeat_kv and of jax.nn.dot_product_attention).
 
 
+# a large finite negative (not -inf): a row is never all masked here, and no inf - inf NaNs
+_MASKED = -0.7 * float(np.finfo(np.float32).max)
+
+
 def causal_attention_einsum(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Array:
     """Causal softmax attention written out: the query scaled before QK^T, a (T, T) additive mask
     broadcast over batch and heads, the softmax in float32; grouped-query attention when k and v
@@ -111,11 +115,25 @@ def causal_attention_einsum(q: jax.Array, k: jax.Array, v: jax.Array) -> jax.Arr
     `jax.nn.dot_product_attention`'s XLA path (to float rounding: that one scales the scores and
     masks with a (B, H, T, T) boolean it builds with `ones_like`), and faster on CPU; see
     `attention_fn` for the figures."""
+    return _softmax_attention(q, k, v, lambda t, s: jnp.tril(jnp.ones((t, s), bool)))
+
+
+def attention_at(q: jax.Array, k: jax.Array, v: jax.Array, positions: jax.Array) -> jax.Array:
+    """Attention of T queries at `positions` ((T,) integers) over S cached keys and values, key s
+    being position s: query t reads keys 0..positions[t] (laggrow.decode's cache; slots past a
+    query's position, written or not, are masked). The arithmetic of `causal_attention_einsum`,
+    which is this with positions 0..T-1 and S = T."""
+    return _softmax_attention(q, k, v, lambda t, s: jnp.arange(s)[None, :] <= positions[:, None])
+
+
+def _softmax_attention(q: jax.Array, k: jax.Array, v: jax.Array, visible) -> jax.Array:
+    """softmax(q k^T / sqrt(Dh) + mask) v for q (B, T, H, Dh) and k, v (B, S, K, Dh), where
+    `visible(T, S)` is the (T, S) boolean of what each query may read; with K < H, query head j
+    reads key/value head j // (H / K), with no copy of k and v."""
     b, t, h, dh = q.shape
-    kv = k.shape[2]
+    s, kv = k.shape[1], k.shape[2]
     q = q * jnp.asarray(1.0 / np.sqrt(dh), q.dtype)
-    # a large finite negative (not -inf): a row is never all masked here, and no inf - inf NaNs
-    bias = jnp.where(jnp.tril(jnp.ones((t, t), bool)), 0.0, -0.7 * float(jnp.finfo(jnp.float32).max))
+    bias = jnp.where(visible(t, s), 0.0, _MASKED)
     if kv == h:
         scores = jnp.einsum("bthd,bshd->bhts", q, k, preferred_element_type=jnp.float32)
         probs = jax.nn.softmax(scores + bias[None, None].astype(jnp.float32), axis=-1).astype(v.dtype)

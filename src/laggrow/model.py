@@ -213,13 +213,15 @@ def rms_norm(x: jax.Array, scale: jax.Array, eps: float) -> jax.Array:
     return y * scale.reshape(lead + scale.shape).astype(x.dtype)
 
 
-def rope(x: jax.Array, theta: float = 10000.0) -> jax.Array:
+def rope(x: jax.Array, theta: float = 10000.0, positions: jax.Array | None = None) -> jax.Array:
     """Rotary position embedding on (B, T, H, Dh), rotating the two halves of each head (Hugging
-    Face's rotate-half convention: dims i and i + Dh/2 pair up, inv_freq = theta^(-2i/Dh))."""
+    Face's rotate-half convention: dims i and i + Dh/2 pair up, inv_freq = theta^(-2i/Dh)). Token t
+    is at position t, or at `positions[t]` ((T,) integers: a cached decoding step, laggrow.decode)."""
     _, t, _, dh = x.shape
     half = dh // 2
     freqs = 1.0 / (theta ** (jnp.arange(half, dtype=jnp.float32) / half))
-    angles = jnp.arange(t, dtype=jnp.float32)[:, None] * freqs[None, :]  # (T, half)
+    pos = jnp.arange(t, dtype=jnp.float32) if positions is None else positions.astype(jnp.float32)
+    angles = pos[:, None] * freqs[None, :]  # (T, half)
     cos = jnp.cos(angles)[None, :, None, :].astype(x.dtype)
     sin = jnp.sin(angles)[None, :, None, :].astype(x.dtype)
     x1, x2 = x[..., :half], x[..., half:]
@@ -248,9 +250,16 @@ def choose_scan(requested, backend: str) -> bool:
     return bool(requested)
 
 
-def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: int,
-           dropout: float, key: jax.Array | None) -> jax.Array:
-    """One pre-LN layer on 2-D (B*T, D) activations; `layer` holds one layer's weights."""
+# A layer is two halves around the attention kernel, so the training forward pass (`hidden`, whole
+# sequences) and cached decoding (laggrow.decode, keys and values kept from earlier steps) run the
+# same code: `attention_inputs` (norm, projections, RoPE) gives q (B, T, H, Dh) and k, v (B, T, K,
+# Dh); the caller attends; `attention_output` adds the output projection and the MLP. Both work on
+# 2-D (B*T, D) activations; `layer` holds one layer's weights, `positions` the tokens' positions
+# ((T,) integers; None: 0..T-1).
+
+
+def _gpt_attention_inputs(x: jax.Array, layer: Params, cfg: ModelConfig, b: int, t: int,
+                          positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
     dtype = jnp.dtype(cfg.dtype)
     d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
     y = layer_norm(x, layer["ln1"]["scale"], layer["ln1"]["bias"], cfg.ln_eps)
@@ -258,8 +267,15 @@ def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: 
     qkv = qkv.reshape(b, t, 3, h, dh)
     q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
     if cfg.pos_emb == "rope":
-        q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
-    att = attend(q, k, v)
+        q, k = rope(q, cfg.rope_theta, positions), rope(k, cfg.rope_theta, positions)
+    return q, k, v
+
+
+def _gpt_attention_output(x: jax.Array, att: jax.Array, layer: Params, i, cfg: ModelConfig, b: int, t: int,
+                          dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """The pre-LN layer's rest: output projection, residual, LayerNorm, GELU MLP, residual."""
+    dtype = jnp.dtype(cfg.dtype)
+    d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
     att = att.reshape(b * t, h * dh) @ layer["attn"]["w_out"].reshape(h * dh, d).astype(dtype)
     x = x + _dropout(att, dropout, key, i, 0)
 
@@ -268,11 +284,10 @@ def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: 
     return x + _dropout(y @ layer["mlp"]["w_out"].astype(dtype), dropout, key, i, 1)
 
 
-def _llama_block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: int,
-                 dropout: float, key: jax.Array | None) -> jax.Array:
-    """One Llama layer on 2-D (B*T, D) activations: RMSNorm, grouped-query attention with RoPE,
-    RMSNorm, SwiGLU; `attend` takes k and v with kv_heads heads (query head j reads KV head
-    j // (n_heads / kv_heads), as Hugging Face's repeat_kv)."""
+def _llama_attention_inputs(x: jax.Array, layer: Params, cfg: ModelConfig, b: int, t: int,
+                            positions: jax.Array | None = None) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """RMSNorm, q with n_heads heads and k, v with kv_heads heads (query head j reads KV head
+    j // (n_heads / kv_heads), as Hugging Face's repeat_kv), biases, then RoPE."""
     dtype = jnp.dtype(cfg.dtype)
     d, h, kv, dh = cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
     attn = layer["attn"]
@@ -285,8 +300,16 @@ def _llama_block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: in
 
     y = rms_norm(x, layer["norm1"]["scale"], cfg.ln_eps)
     q, k, v = project(y, "q", h), project(y, "k", kv), project(y, "v", kv)
-    q, k = rope(q, cfg.rope_theta), rope(k, cfg.rope_theta)
-    att = attend(q, k, v).reshape(b * t, h * dh) @ attn["w_o"].reshape(h * dh, d).astype(dtype)
+    q, k = rope(q, cfg.rope_theta, positions), rope(k, cfg.rope_theta, positions)
+    return q, k, v
+
+
+def _llama_attention_output(x: jax.Array, att: jax.Array, layer: Params, i, cfg: ModelConfig, b: int, t: int,
+                            dropout: float = 0.0, key: jax.Array | None = None) -> jax.Array:
+    """The Llama layer's rest: o_proj, residual, RMSNorm, SwiGLU, residual."""
+    dtype = jnp.dtype(cfg.dtype)
+    d, h, dh = cfg.d_model, cfg.n_heads, cfg.head_dim
+    att = att.reshape(b * t, h * dh) @ layer["attn"]["w_o"].reshape(h * dh, d).astype(dtype)
     x = x + _dropout(att, dropout, key, i, 0)
 
     y = rms_norm(x, layer["norm2"]["scale"], cfg.ln_eps)
@@ -295,23 +318,50 @@ def _llama_block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: in
     return x + _dropout(y @ mlp["w_down"].astype(dtype), dropout, key, i, 1)
 
 
+def layer_halves(cfg: ModelConfig):
+    """(attention_inputs, attention_output) of `cfg.arch`'s layer (see above)."""
+    if cfg.arch == "llama":
+        return _llama_attention_inputs, _llama_attention_output
+    return _gpt_attention_inputs, _gpt_attention_output
+
+
+def _block(x: jax.Array, layer: Params, i, cfg: ModelConfig, attend, b: int, t: int,
+           dropout: float, key: jax.Array | None) -> jax.Array:
+    """One layer of `cfg.arch` on 2-D (B*T, D) activations, the whole sequence attended by
+    `attend` (causal; k and v with kv_heads heads)."""
+    inputs, output = layer_halves(cfg)
+    q, k, v = inputs(x, layer, cfg, b, t)
+    return output(x, attend(q, k, v), layer, i, cfg, b, t, dropout, key)
+
+
+def embed(params: Params, tokens: jax.Array, cfg: ModelConfig, positions: jax.Array | None = None) -> jax.Array:
+    """The input of the first layer, (B*T, D) in the compute dtype: token embeddings, plus learned
+    position embeddings of positions 0..T-1 (or `positions`, (T,) integers) when the model has them."""
+    b, t = tokens.shape
+    x = params["embed"]["tokens"][tokens]
+    if cfg.pos_emb == "learned":
+        table = params["pos"]["embedding"]
+        x = x + (table[:t] if positions is None else table[positions])[None]
+    return x.astype(jnp.dtype(cfg.dtype)).reshape(b * t, cfg.d_model)  # 2-D: see the module docstring
+
+
+def final_norm(params: Params, x: jax.Array, cfg: ModelConfig) -> jax.Array:
+    """The norm after the last layer (gpt's LayerNorm, llama's RMSNorm)."""
+    if cfg.arch == "llama":
+        return rms_norm(x, params["norm_f"]["scale"], cfg.ln_eps)
+    return layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
+
+
 def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,
            key: jax.Array | None = None) -> jax.Array:
     """The final (normed) hidden states (B*T, D) in the compute dtype: what the head multiplies.
     The loss can take them in chunks instead of whole logits (`train.loss_fn`)."""
-    dtype = jnp.dtype(cfg.dtype)
     b, t = tokens.shape
     blocks = params["blocks"]
-
-    x = params["embed"]["tokens"][tokens]
-    if cfg.pos_emb == "learned":
-        x = x + params["pos"]["embedding"][:t][None]
-    x = x.astype(dtype).reshape(b * t, cfg.d_model)  # 2-D activations: see the module docstring
+    x = embed(params, tokens, cfg)
 
     attend = attention.attention_fn(cfg.attention, cfg.dtype, cfg.head_dim, t)
-    llama = cfg.arch == "llama"
-    block = functools.partial(_llama_block if llama else _block, cfg=cfg, attend=attend, b=b, t=t,
-                              dropout=dropout, key=key)
+    block = functools.partial(_block, cfg=cfg, attend=attend, b=b, t=t, dropout=dropout, key=key)
     n_layers = jax.tree.leaves(blocks)[0].shape[0]
     if choose_scan(cfg.scan_layers, attention.runtime().backend):
         # the layer index rides along as a scanned input, so dropout folds in the same index
@@ -323,9 +373,7 @@ def hidden(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: floa
     else:
         for i in range(n_layers):
             x = block(x, jax.tree.map(lambda w, i=i: w[i], blocks), i)
-    if llama:
-        return rms_norm(x, params["norm_f"]["scale"], cfg.ln_eps)
-    return layer_norm(x, params["ln_f"]["scale"], params["ln_f"]["bias"], cfg.ln_eps)
+    return final_norm(params, x, cfg)
 
 
 def head_weight(params: Params, cfg: ModelConfig) -> jax.Array:
