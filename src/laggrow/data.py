@@ -227,6 +227,10 @@ class ByteTokenizer:
     def decode(self, ids) -> str:
         return bytes(int(i) for i in ids).decode("utf-8", errors="replace")
 
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of text each token id stands for: (V,), one each."""
+        return np.ones(self.vocab_size, np.int64)
+
 
 class BPETokenizer:
     """Byte-level BPE trained offline with HF `tokenizers` on the training split."""
@@ -249,9 +253,15 @@ class BPETokenizer:
 
     @classmethod
     def load(cls, path: Path) -> BPETokenizer:
+        """The BPE saved in `path`; one line for a file that `tokenizers` cannot read."""
         from tokenizers import Tokenizer
 
-        return cls(Tokenizer.from_file(str(path)))
+        try:
+            return cls(Tokenizer.from_file(str(path)))
+        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise LaggrowError(f"{path}: not a readable tokenizer ({reason}); expected the run's BPE "
+                               "tokenizer (is it damaged?)") from None
 
     def save(self, path: Path) -> None:
         self._tok.save(str(path))
@@ -262,6 +272,13 @@ class BPETokenizer:
     def decode(self, ids) -> str:
         return self._tok.decode([int(i) for i in ids])
 
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of text each token id stands for: (V,). Byte-level BPE spells every byte of the
+        text as one character of its alphabet (GPT-2's bytes_to_unicode), so a token's bytes are
+        the characters of its vocabulary entry, and the UTF-8 bytes of a text are the sum over its
+        tokens (tested). Special tokens (ours has none) would count as their spelling."""
+        return np.asarray([len(self._tok.id_to_token(i) or "") for i in range(self.vocab_size)], np.int64)
+
 
 def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None):
     """Byte tokenizer, or the BPE cached in `run_dir` (trained on the train split if absent)."""
@@ -269,12 +286,7 @@ def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None)
         return ByteTokenizer()
     cached = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cached is not None and cached.is_file():
-        try:
-            return BPETokenizer.load(cached)
-        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-            raise LaggrowError(f"{cached}: not a readable tokenizer ({reason}); expected the run's BPE "
-                               "tokenizer (is it damaged?)") from None
+        return BPETokenizer.load(cached)
     return BPETokenizer.train(train_docs, cfg.bpe_vocab_size)
 
 
@@ -287,6 +299,14 @@ def windows(stream: np.ndarray, n_batches: int, batch_size: int, seq_len: int) -
     count = n_batches * batch_size
     starts = np.linspace(0, len(stream) - seq_len - 1, count).astype(np.int64)
     return stream[starts[:, None] + np.arange(seq_len + 1)[None, :]].reshape(n_batches, batch_size, seq_len + 1)
+
+
+def predicted_bytes(tokenizer, windows: np.ndarray) -> np.ndarray:
+    """The bytes of text each window's loss is taken on: windows (..., T+1) predict their last T
+    tokens, and those tokens' bytes (`tokenizer.token_bytes()`, summed) are the UTF-8 bytes of
+    exactly that text. (...,) int64. Counting token by token, rather than decoding a window's text,
+    keeps a character cut by a window's edge counted once, in the window that predicts its token."""
+    return tokenizer.token_bytes()[np.asarray(windows)[..., 1:]].sum(axis=-1)
 
 
 @dataclass
@@ -345,11 +365,14 @@ class Dataset:
         return float(-logp[self.heldout].mean())
 
 
-def load_dataset(cfg: DataConfig, run_dir: Path | None = None) -> Dataset:
-    """Read, split and tokenize the corpus; errors for anything too short to train on."""
+def load_dataset(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -> Dataset:
+    """Read, split and tokenize the corpus; errors for anything too short to train on. The
+    tokenizer is `tokenizer` when given (a run's, `runs.load_tokenizer`: its model reads no other),
+    else made by `make_tokenizer` (`cfg.tokenizer`, a BPE cached in `run_dir` or trained here)."""
     docs = load_documents(cfg)
     train_docs, heldout_docs = split_documents(docs, cfg.heldout_fraction, cfg.split_seed)
-    tokenizer = make_tokenizer(cfg, train_docs, run_dir)
+    if tokenizer is None:
+        tokenizer = make_tokenizer(cfg, train_docs, run_dir)
     train = tokenizer.encode(DOC_SEPARATOR.join(train_docs))
     heldout = tokenizer.encode(DOC_SEPARATOR.join(heldout_docs))
     need = cfg.seq_len + 1

@@ -6,7 +6,8 @@ Growth, probing and the CLI read runs through `load_run`, which fails with one l
 that is missing, is not a laggrow run, is damaged, or (by default) has not finished training:
 growing from a run paused by `--until` or killed mid-way would silently grow the wrong model.
 The source's dataset is loaded through `load_source_dataset`, which refuses a corpus that has
-changed since the source was trained.
+changed since the source was trained. A run's tokenizer is loaded in one place, `load_tokenizer`,
+without reading any corpus (sampling, evaluating on another corpus, a source's dataset).
 """
 
 from __future__ import annotations
@@ -107,6 +108,29 @@ def load_run(path: Path, what: str = "run", *, require_finished: bool = True) ->
 _require_finished = require_finished  # the parameter of load_run shadows the function's name
 
 
+def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
+    """The tokenizer of the run in `run_dir`, read without its corpus: the byte tokenizer, or the
+    BPE saved beside the run (`store.TOKENIZER_FILE`). The one place a run's tokenizer is loaded;
+    one line for a BPE run without a readable tokenizer, or one with more tokens than the model
+    has embeddings (fewer is allowed: an imported model may pad its vocabulary)."""
+    from laggrow.data import BPETokenizer, ByteTokenizer
+
+    run_dir = Path(run_dir)
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
+    if cfg.data.tokenizer == "byte":
+        tokenizer = ByteTokenizer()
+    else:
+        path = run_dir / store.TOKENIZER_FILE
+        if not path.is_file():
+            raise LaggrowError(f"run {run_dir}: has no {store.TOKENIZER_FILE} (expected the BPE tokenizer it was "
+                               f"trained with, as data.tokenizer is {cfg.data.tokenizer!r})")
+        tokenizer = BPETokenizer.load(path)
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise LaggrowError(f"run {run_dir}: its tokenizer has {tokenizer.vocab_size} tokens, more than its model's "
+                           f"model.vocab_size={cfg.model.vocab_size}; expected at most that many (is the run damaged?)")
+    return tokenizer
+
+
 def check_data(run_dir: Path, cfg: RunConfig, dataset: Dataset) -> None:
     """One line if `dataset` is not the data the run in `run_dir` started with (its data.json).
     A run without data.json (made before laggrow recorded it) is accepted."""
@@ -123,8 +147,9 @@ def check_data(run_dir: Path, cfg: RunConfig, dataset: Dataset) -> None:
 
 
 def load_source_dataset(run: LoadedRun | Path, cfg: RunConfig | None = None) -> Dataset:
-    """The dataset a source run was trained on (its corpus, split and cached tokenizer), checked
-    against the run's data.json. Pass a LoadedRun, or a run directory (and its config, if read)."""
+    """The dataset a source run was trained on (its corpus and split, its tokenizer from
+    `load_tokenizer`), checked against the run's data.json. Pass a LoadedRun, or a run directory
+    (and its config, if read)."""
     from laggrow.data import load_dataset
 
     if isinstance(run, LoadedRun):
@@ -132,6 +157,6 @@ def load_source_dataset(run: LoadedRun | Path, cfg: RunConfig | None = None) -> 
     else:
         path = Path(run)
         cfg = cfg if cfg is not None else read_run_config(path)
-    dataset = load_dataset(cfg.data, path)
+    dataset = load_dataset(cfg.data, tokenizer=load_tokenizer(path, cfg))
     check_data(path, cfg, dataset)
     return dataset
