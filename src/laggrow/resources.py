@@ -131,6 +131,30 @@ def check_training_fits(cfg: RunConfig, where: str = "config", candidates: int =
         f"expected {advice}")
 
 
+def eval_bytes(cfg: RunConfig) -> int:
+    """A lower bound of what evaluating `cfg`'s model on its held-out windows holds (`laggrow
+    eval`): the restored train state (params and AdamW's moments, 12 bytes a parameter), the
+    windows, and one evaluation batch's activations of a layer, attention probabilities and
+    float32 logits."""
+    m, d = cfg.model, cfg.data
+    width = 2 if m.dtype == "bfloat16" else 4
+    eval_windows = d.eval_batches * d.eval_batch_size * (d.seq_len + 1) * (4 + 8)
+    tokens = d.eval_batch_size * d.seq_len
+    step = tokens * (layer_values_per_token(m) * width + m.vocab_size * 4) \
+        + d.eval_batch_size * m.n_heads * d.seq_len**2 * width
+    return 12 * m.n_params() + eval_windows + step
+
+
+def check_eval_fits(cfg: RunConfig, where: str = "--set") -> None:
+    """Refuse, in one line naming the sizes, an evaluation that cannot fit in memory."""
+    need, have = eval_bytes(cfg), available_memory()
+    if need > have:
+        d = cfg.data
+        raise LaggrowError(f"{where}: evaluating needs about {human(need)} of memory with data.eval_batches="
+                           f"{d.eval_batches}, data.eval_batch_size={d.eval_batch_size}, data.seq_len={d.seq_len}; "
+                           f"{_have(have)}; expected fewer or smaller windows")
+
+
 # ---- a pool's chunk -------------------------------------------------------------------------------
 
 # `chunk_size: auto` counts on this fraction of the device's memory: the estimate is a lower bound
