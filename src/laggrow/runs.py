@@ -112,7 +112,10 @@ def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
     """The tokenizer of the run in `run_dir`, read without its corpus: the byte tokenizer, or the
     BPE saved beside the run (`store.TOKENIZER_FILE`). The one place a run's tokenizer is loaded;
     one line for a BPE run without a readable tokenizer, or one with more tokens than the model
-    has embeddings (fewer is allowed: an imported model may pad its vocabulary)."""
+    has embeddings (fewer is allowed: an imported model may pad its vocabulary).
+
+    What callers use of a tokenizer: `vocab_size`, `encode(text)` (an int array), `decode(ids)`
+    (a str) and `token_bytes()` ((V,) bytes of text per token id, for eval's bits per byte)."""
     from laggrow.data import BPETokenizer, ByteTokenizer
 
     run_dir = Path(run_dir)
