@@ -68,19 +68,59 @@ def read_summary(path: Path, what: str = "run") -> dict | None:
 
 def require_finished(path: Path, what: str = "run") -> dict | None:
     """The summary of a finished run; one line for a run that has not finished training. A run
-    freshly made by `laggrow grow` (never trained since) is a whole model too: None."""
+    freshly made by `laggrow grow` or `laggrow import` (never trained since) is a whole model
+    too: None."""
     path = Path(path)
     if (path / store.POOL_FILE).is_file():  # it holds a config.json too: say what it is
         raise LaggrowError(f"{what} {path}: a pool directory (laggrow probe), not a training run; expected a "
                            "finished laggrow train run, such as the pool's source)")
     summary = read_summary(path, what)
-    if summary is None and (path / store.GROWTH_FILE).is_file() and not (path / store.METRICS_FILE).is_file():
+    if summary is None and is_fresh(path):
         return None
     if summary is None or summary["complete"] is not True:
         why = f"no {store.SUMMARY_FILE}" if summary is None else f"{store.SUMMARY_FILE} says step {summary['steps']}"
         raise LaggrowError(f"{what} {path}: is unfinished ({why}; expected a finished laggrow train run; "
                            f"continue it with {resume_command(path)})")
     return summary
+
+
+def is_fresh(path: Path) -> bool:
+    """Whether `path` is a model made by `laggrow grow` or `laggrow import` and not trained since
+    (no training records yet): whole as it is, and `laggrow train --resume` trains it further."""
+    path = Path(path)
+    made = (path / store.GROWTH_FILE).is_file() or (path / store.IMPORT_FILE).is_file()
+    return made and not (path / store.METRICS_FILE).is_file()
+
+
+def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
+    """The tokenizer of a run (or of a pool: its source's), without reading its corpus: bytes, the
+    run's BPE (tokenizer.json), or an imported model's own (tokenizer.json and tokenizer_config.json,
+    `data.tokenizer: hf`). Every tokenizer has `encode(text)` (int32 ids, no special tokens added),
+    `decode(ids)` and `vocab_size`; an `hf` one also `eos_id` and `bos_id`. One line when the run
+    is not a laggrow run or its tokenizer file is missing or unreadable."""
+    from laggrow.data import BPETokenizer, ByteTokenizer, HFTokenizer
+
+    run_dir = Path(run_dir)
+    if (run_dir / store.POOL_FILE).is_file():  # a pool trains on its source's data: its tokenizer
+        meta = store.read_json(run_dir / store.POOL_FILE, "pool record")
+        if not isinstance(meta.get("source"), str):
+            raise LaggrowError(f"{run_dir / store.POOL_FILE}: no source (expected the pool record written by "
+                               "laggrow probe; is it damaged?)")
+        run_dir = Path(meta["source"])
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
+    if cfg.data.tokenizer == "byte":
+        return ByteTokenizer()
+    if cfg.data.tokenizer == "hf":
+        return HFTokenizer.load(run_dir)
+    file = run_dir / store.TOKENIZER_FILE
+    if not file.is_file():
+        raise LaggrowError(f"{file}: not found (expected the run's BPE tokenizer, data.tokenizer 'bpe')")
+    try:
+        return BPETokenizer.load(file)
+    except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise LaggrowError(f"{file}: not a readable tokenizer ({reason}); expected the run's BPE tokenizer "
+                           "(is it damaged?)") from None
 
 
 def load_run(path: Path, what: str = "run", *, require_finished: bool = True) -> LoadedRun:
@@ -101,6 +141,7 @@ def load_run(path: Path, what: str = "run", *, require_finished: bool = True) ->
     final_step = int(summary["steps"]) if summary is not None and summary.get("complete") is True else None
     with checkpoint.Checkpointer(path, fingerprint=cfg.to_dict(), read_only=True) as ckpt:
         state, position = ckpt.restore(target, step=final_step)
+    state = checkpoint.complete_state(state, optimizer)  # an imported model has no optimizer state
     return LoadedRun(path=path, config=cfg, state=state, data_position=position)
 
 
