@@ -340,6 +340,7 @@ def load_in_transformers(directory: Path):
     """AutoModelForCausalLM.from_pretrained(directory) in float32, checked to load every weight:
     no missing, unexpected or mismatched ones, no warning logged while loading."""
     import logging
+    import warnings
 
     import torch
     import transformers
@@ -354,12 +355,15 @@ def load_in_transformers(directory: Path):
     logger = transformers.utils.logging.get_logger("transformers")
     logger.addHandler(handler)
     try:
-        hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
-            directory, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            hf_model, info = transformers.AutoModelForCausalLM.from_pretrained(
+                directory, dtype=torch.float32, attn_implementation="eager", output_loading_info=True)
     finally:
         logger.removeHandler(handler)
     assert all(not v for v in info.values()), info
     assert [r.getMessage() for r in records if r.levelno >= logging.WARNING] == []
+    assert [str(w.message) for w in caught] == []
     return hf_model.eval()
 
 
