@@ -27,6 +27,7 @@ optimizer state a model trained from there starts with.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -121,7 +122,8 @@ class Checkpointer:
         """Save parameters alone (no optimizer state), as they are (numpy arrays of any float
         dtype); a restore casts them to its target's dtype and leaves `opt_state` out."""
         state = {"params": params, "step": np.asarray(step, np.int32)}
-        self.save(state, data_position=data_position, step=step, meta={**(meta or {}), PARAMS_ONLY: True})
+        with _numpy_saved_in_place():
+            self.save(state, data_position=data_position, step=step, meta={**(meta or {}), PARAMS_ONLY: True})
 
     # ---- reading -------------------------------------------------------------------------------
 
@@ -256,6 +258,26 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _numpy_saved_in_place():
+    """Orbax deep-copies every numpy array it saves (so that the caller may change it while the
+    save runs in the background); `save` waits for the save before it returns, so the copy of a
+    model's weights (`laggrow import`: about as large as the model) is spared while this is open."""
+    from orbax.checkpoint import type_handlers
+
+    previous = type_handlers.get_type_handler(np.ndarray)
+    try:
+        in_place = type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+    except TypeError:  # an Orbax without the option: its copy it is
+        yield
+        return
+    type_handlers.register_type_handler(np.ndarray, in_place, override=True)
+    try:
+        yield
+    finally:
+        type_handlers.register_type_handler(np.ndarray, previous, override=True)
 
 
 # A manifest's `meta` key marking a checkpoint of parameters alone (Checkpointer.save_params).

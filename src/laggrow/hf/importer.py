@@ -182,6 +182,7 @@ def import_model(hf_dir: Path, out: Path, dtype: str = "keep", overrides: list[s
         store.write_json(tmp / store.DATA_FILE, data_fingerprint(dataset, cfg.data))
         say("weights: reading and converting")
         params, dtypes = read_params(weights, model, dtype)
+        weights.close()
         record["dtype"]["stored"] = dict(sorted(dtypes.items()))
         with Checkpointer(tmp, fingerprint=cfg.to_dict()) as ckpt:
             ckpt.save_params(params, data_position=0, step=0, meta={"seconds": 0.0})

@@ -101,6 +101,10 @@ class WeightFiles:
         except Exception as err:
             raise LaggrowError(f"{path}: {name} cannot be read ({_one_line(err)}); is the file damaged?") from None
 
+    def close(self) -> None:
+        """Drop the files' memory maps (their pages count as this process's memory while mapped)."""
+        self._handles.clear()
+
     def check(self, cfg, config_file: Path) -> None:
         """Every tensor `cfg` needs is here with its shape and a dtype laggrow reads, and nothing
         else is (a buffer of RoPE's frequencies aside); a tied model's lm_head, if saved, must be
