@@ -191,6 +191,28 @@ def test_a_function_preserving_depth_growth_of_an_import_keeps_transformers_logi
     assert len(zero) == 4  # two copied layers, two projections each
 
 
+def test_an_imported_run_trains_further_with_train_resume(corpus, tmp_path):
+    """Continued pretraining: `laggrow train RUN/config.json --out RUN --resume` trains an imported
+    model from its own weights (the first step's loss is theirs on batch 0 of the stream) and a
+    fresh optimizer state, for the train.steps set at import; it is then a finished run."""
+    from laggrow import train
+
+    run = tmp_path / "run"
+    invoke_ok("import", FIXTURES / "llama" / "model", "--out", run,
+              *sets([f"data.corpus={corpus}", *DATA, "train.log_every=1"]))
+    imported = runs.load_run(run)
+    cfg = imported.config
+    batch = runs.load_source_dataset(run).train_batch(0, cfg.train.batch_size, cfg.train.seed)
+    before = train.evaluate(imported.params, cfg.model, batch[None])
+    invoke_ok("train", run / store.CONFIG_FILE, "--out", run, "--resume")
+    records = store.read_jsonl(run / store.METRICS_FILE, "records")
+    assert [r["step"] for r in records if "train_loss" in r][:2] == [1, 2]
+    assert records[0]["train_loss"] == pytest.approx(before, abs=1e-5)
+    summary = json.loads((run / store.SUMMARY_FILE).read_text())
+    assert summary["complete"] is True and summary["steps"] == cfg.train.steps == 4
+    assert not runs.is_fresh(run) and int(runs.load_run(run).state["step"]) == 4
+
+
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------------
 
 
