@@ -75,7 +75,9 @@ def test_no_import_cycles():
 
 
 FILE_NAMES = ("config.json", "metrics.jsonl", "summary.json", "tokenizer.json", "curves.jsonl", "probe.json",
-              "final.json", "pool.json", "experiment.json", "timings.json", "correlation.json", "growth.json")
+              "final.json", "pool.json", "experiment.json", "timings.json", "correlation.json", "growth.json",
+              "import.json", "tokenizer_config.json", "model.safetensors", "model.safetensors.index.json",
+              "generation_config.json", "laggrow-export.json")
 
 
 @pytest.mark.parametrize("file", sorted(p for p in SRC.rglob("*.py") if p.name != "store.py"),
@@ -97,6 +99,19 @@ def test_only_the_store_names_files_and_writes_them(file: Path):
             mode = node.args[0] if isinstance(node.func, ast.Attribute) else (node.args[1:2] or [None])[0]
             if isinstance(mode, ast.Constant) and isinstance(mode.value, str) and re.search("[wax+]", mode.value):
                 raise AssertionError(f"{file.name}:{node.lineno} opens a file for writing; use laggrow.store")
+
+
+def test_laggrow_never_imports_torch_or_transformers():
+    """They are the `hf` extra's, for tests and fixtures: laggrow import and export read and write
+    Hugging Face's files with safetensors and tokenizers alone."""
+    offenders = []
+    for file in SRC.rglob("*.py"):
+        for node in ast.walk(ast.parse(file.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            offenders += [f"{file.relative_to(SRC)}: {n}" for n in names
+                          if n.split(".")[0] in ("torch", "transformers")]
+    assert offenders == []
 
 
 @pytest.mark.parametrize("script", sorted((SRC.parent.parent / "benchmarks").glob("*.py")), ids=lambda p: p.name)

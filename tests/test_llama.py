@@ -306,6 +306,33 @@ def test_a_pool_probes_and_trains_a_llama_to_the_end(llama_run, tmp_path):
     assert all(np.isfinite(r["loss"]) for r in final["candidates"])
 
 
+def test_a_byte_trained_llama_exports_for_transformers_with_a_tokenizer_of_its_bytes(llama_run, tmp_path):
+    """laggrow export of a run trained on bytes: a `tokenizers` tokenizer.json whose ids are the
+    bytes (ByteTokenizer's, on text with multi-byte characters) and a llama config.json; with the hf
+    extra, transformers loads every weight and computes laggrow's logits, and its tokenizer the ids."""
+    from tokenizers import Tokenizer
+
+    from laggrow.data import ByteTokenizer
+    from test_hf import HAVE_TORCH, load_in_transformers, transformers_logits
+
+    out = tmp_path / "hf"
+    invoke_ok("export", llama_run, "--out", out)
+    tok = Tokenizer.from_file(str(out / store.TOKENIZER_FILE))
+    text = "In the beginning – «God» créa 日本\n\nverse 2"
+    assert tok.encode(text).ids == ByteTokenizer().encode(text).tolist() and tok.decode(tok.encode(text).ids) == text
+    config = json.loads((out / store.CONFIG_FILE).read_text())
+    assert (config["model_type"], config["num_key_value_heads"], config["vocab_size"]) == ("llama", 2, 256)
+    if HAVE_TORCH:
+        import transformers
+
+        run = runs.load_run(llama_run)
+        ids = np.random.default_rng(0).integers(0, 256, (2, 16))
+        want = np.asarray(jax.jit(model.apply, static_argnums=2)(run.params, jnp.asarray(ids, jnp.int32),
+                                                                 run.config.model))
+        np.testing.assert_allclose(transformers_logits(load_in_transformers(out), ids), want, rtol=0, atol=1e-4)
+        assert transformers.AutoTokenizer.from_pretrained(out).encode(text) == ByteTokenizer().encode(text).tolist()
+
+
 def test_stacking_candidates_grow_a_llama_train_state(llama_run):
     """`laggrow stack`'s growth of a whole train state (params by plan, AdamW's moments along), on
     the trained run's state: a copied block takes its source layer's weights and moments, the zero

@@ -18,10 +18,16 @@ Only a failed verification makes a checkpoint damaged. One whose manifest verifi
 cannot restore failed for a reason outside it (memory, a read error, devices unlike the ones it
 was saved from): the restore stops with one line, marks nothing and removes nothing, since the
 same checkpoint restores once the machine allows it.
+
+A checkpoint may hold the parameters alone (`save_params`: `laggrow import`, whose model has no
+optimizer state, in the dtype the weights came in). Restoring one returns a state without
+`opt_state`, its parameters cast to the target's dtype; `complete_state` gives it the fresh
+optimizer state a model trained from there starts with.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -111,6 +117,14 @@ class Checkpointer:
             })
         faults.point("saved", step)
 
+    def save_params(self, params: dict[str, Any], data_position: int = 0, step: int = 0, *,
+                    meta: dict[str, Any] | None = None) -> None:
+        """Save parameters alone (no optimizer state), as they are (numpy arrays of any float
+        dtype); a restore casts them to its target's dtype and leaves `opt_state` out."""
+        state = {"params": params, "step": np.asarray(step, np.int32)}
+        with _numpy_saved_in_place():
+            self.save(state, data_position=data_position, step=step, meta={**(meta or {}), PARAMS_ONLY: True})
+
     # ---- reading -------------------------------------------------------------------------------
 
     def step_dir(self, step: int) -> Path:
@@ -170,8 +184,13 @@ class Checkpointer:
         for i, candidate in enumerate(steps):
             reason = self.verify(candidate)
             if reason is None:
+                meta = store.read_json(self.step_dir(candidate) / store.CHECKPOINT_MANIFEST, "checkpoint manifest")
+                restored_meta = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
+                part = target
+                if restored_meta.get(PARAMS_ONLY) is True:  # laggrow import: no optimizer state saved
+                    part = {"params": target["params"], "step": target["step"]}
                 try:
-                    item = self._restore_step(candidate, target)
+                    item = self._restore_step(candidate, part)
                 except Exception as err:  # verified, so not the file's fault: nothing is marked or removed
                     raise CheckpointUnreadable(
                         f"checkpoint {candidate} in {self.directory}: verified intact, but cannot be restored on this "
@@ -181,8 +200,7 @@ class Checkpointer:
                 if remove_damaged and self.damaged:
                     self._remove(sorted(self.damaged))
                 self.restored_step = candidate
-                meta = store.read_json(self.step_dir(candidate) / store.CHECKPOINT_MANIFEST, "checkpoint manifest")
-                self.restored_meta = meta.get("meta") if isinstance(meta.get("meta"), dict) else {}
+                self.restored_meta = restored_meta
                 position = int(item.pop("data_position"))
                 return item, position
             self.damaged[candidate] = reason
@@ -240,6 +258,38 @@ class Checkpointer:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+@contextlib.contextmanager
+def _numpy_saved_in_place():
+    """Orbax deep-copies every numpy array it saves (so that the caller may change it while the
+    save runs in the background); `save` waits for the save before it returns, so the copy of a
+    model's weights (`laggrow import`: about as large as the model) is spared while this is open."""
+    from orbax.checkpoint import type_handlers
+
+    previous = type_handlers.get_type_handler(np.ndarray)
+    try:
+        in_place = type_handlers.NumpyHandler(deepcopy_host_arrays=False)
+    except TypeError:  # an Orbax without the option: its copy it is
+        yield
+        return
+    type_handlers.register_type_handler(np.ndarray, in_place, override=True)
+    try:
+        yield
+    finally:
+        type_handlers.register_type_handler(np.ndarray, previous, override=True)
+
+
+# A manifest's `meta` key marking a checkpoint of parameters alone (Checkpointer.save_params).
+PARAMS_ONLY = "params_only"
+
+
+def complete_state(state: dict[str, Any], optimizer) -> dict[str, Any]:
+    """A restored state with an optimizer state: its own, or (a checkpoint of parameters alone)
+    the optimizer's fresh one, as a model trained from there starts with."""
+    if "opt_state" in state:
+        return state
+    return {**state, "opt_state": optimizer.init(state["params"])}
 
 
 # tensorstore reports an OS error as a payload of its status, rendered `[os_error_code='28']`

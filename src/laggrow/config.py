@@ -205,7 +205,7 @@ class DataConfig:
 
     corpus: str = "kjv"  # kjv | shakespeare | path to a .txt file, a folder of .txt files, or a .jsonl file
     text_field: str = "text"  # the field read from a .jsonl corpus
-    tokenizer: str = "byte"  # byte | bpe
+    tokenizer: str = "byte"  # byte | bpe | hf (an imported model's own, kept in its run: laggrow import)
     bpe_vocab_size: int = 1024
     seq_len: int = 128
     heldout_fraction: float = 0.02
@@ -216,7 +216,7 @@ class DataConfig:
     def validate(self) -> None:
         _require_finite(self, "data")
         require(bool(self.corpus), "data.corpus", "'kjv', 'shakespeare' or a path", self.corpus)
-        require(self.tokenizer in ("byte", "bpe"), "data.tokenizer", "'byte' or 'bpe'", self.tokenizer)
+        require(self.tokenizer in ("byte", "bpe", "hf"), "data.tokenizer", "'byte', 'bpe' or 'hf'", self.tokenizer)
         _require_int(self, "data", "bpe_vocab_size", 260, MAX_VOCAB)
         _require_int(self, "data", "seq_len", 2)
         require(0.01 <= self.heldout_fraction < 0.5, "data.heldout_fraction",

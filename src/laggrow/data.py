@@ -26,9 +26,10 @@ from pathlib import Path
 
 import numpy as np
 
+from laggrow import store
 from laggrow.config import DataConfig
 from laggrow.errors import LaggrowError
-from laggrow.store import TOKENIZER_FILE
+from laggrow.store import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
 # A corpus with fewer documents than this is cut into this many equal pieces, so that a small
 # held-out fraction still has whole "documents" to take.
@@ -231,6 +232,10 @@ class ByteTokenizer:
         """Bytes of text each token id stands for: (V,), one each."""
         return np.ones(self.vocab_size, np.int64)
 
+    def encode_documents(self, docs: list[str]) -> np.ndarray:
+        """One token stream of `docs`, a blank line (DOC_SEPARATOR) between documents."""
+        return self.encode(DOC_SEPARATOR.join(docs))
+
 
 class BPETokenizer:
     """Byte-level BPE trained offline with HF `tokenizers` on the training split."""
@@ -279,11 +284,130 @@ class BPETokenizer:
         tokens (tested). Special tokens (ours has none) would count as their spelling."""
         return np.asarray([len(self._tok.id_to_token(i) or "") for i in range(self.vocab_size)], np.int64)
 
+    def encode_documents(self, docs: list[str]) -> np.ndarray:
+        """One token stream of `docs`, a blank line (DOC_SEPARATOR) between documents."""
+        return self.encode(DOC_SEPARATOR.join(docs))
+
+
+def read_hf_tokenizer(path: Path, what: str):
+    """A `tokenizers.Tokenizer` from a tokenizer.json, or one line naming the file."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise LaggrowError(f"{path}: not found (expected the {what}, a Hugging Face tokenizer.json)")
+    try:
+        return Tokenizer.from_file(str(path))
+    except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+        reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+        raise LaggrowError(f"{path}: not a readable tokenizer ({reason}); expected the {what} "
+                           "(is it damaged?)") from None
+
+
+def special_token(config: dict, key: str) -> str | None:
+    """The text of a special token in a tokenizer_config.json (`eos_token`: a string, or an
+    AddedToken's mapping with its `content`), or None."""
+    value = config.get(key)
+    if isinstance(value, dict):
+        value = value.get("content")
+    return value if isinstance(value, str) and value else None
+
+
+class HFTokenizer:
+    """A pretrained model's own tokenizer (`data.tokenizer: hf`): its Hugging Face tokenizer.json
+    and tokenizer_config.json, kept in the run by `laggrow import` and copied along by `laggrow
+    grow`. Nothing is trained. Text is encoded without added special tokens. In a corpus every
+    document is followed by the model's end-of-sequence token (EOS), as GPT-2 and SmolLM2 pack their
+    pretraining documents; a tokenizer without EOS puts its BOS before every document; one with
+    neither (a model laggrow trained and exported) separates them by a blank line of text, as laggrow
+    trained it (`separator`).
+
+    `vocab_size` is one more than the largest id the tokenizer produces; a model's embedding may
+    have more rows (padding), which is why an imported model keeps its own `model.vocab_size`."""
+
+    def __init__(self, tokenizer, eos_id: int | None, bos_id: int | None):
+        self._tok = tokenizer
+        self.eos_id = eos_id
+        self.bos_id = bos_id
+        ids = tokenizer.get_vocab(with_added_tokens=True).values()
+        self.vocab_size = max(ids) + 1 if ids else 0
+
+    @property
+    def separator(self) -> tuple[str, int | None]:
+        """How documents are told apart: ("eos", id) after every document, else ("bos", id) before
+        every document, else ("text", None): DOC_SEPARATOR between them."""
+        if self.eos_id is not None:
+            return "eos", self.eos_id
+        return ("bos", self.bos_id) if self.bos_id is not None else ("text", None)
+
+    @classmethod
+    def from_files(cls, tokenizer_file: Path, config: dict, source: Path | None = None) -> HFTokenizer:
+        tok = read_hf_tokenizer(tokenizer_file, "model's tokenizer")
+        ids = {}
+        for key in ("eos_token", "bos_token"):
+            text = special_token(config, key)
+            ids[key] = None if text is None else tok.token_to_id(text)
+            if text is not None and ids[key] is None:
+                raise LaggrowError(f"{source or tokenizer_file}: {key} {text!r} is not a token of "
+                                   f"{Path(tokenizer_file).name} (expected one of its tokens)")
+        return cls(tok, ids["eos_token"], ids["bos_token"])
+
+    @classmethod
+    def load(cls, run_dir: Path) -> HFTokenizer:
+        """The tokenizer kept in a run directory (tokenizer.json and tokenizer_config.json)."""
+        run_dir = Path(run_dir)
+        config = store.read_json(run_dir / TOKENIZER_CONFIG_FILE, "tokenizer's special tokens")
+        return cls.from_files(run_dir / TOKENIZER_FILE, config, source=run_dir / TOKENIZER_CONFIG_FILE)
+
+    def encode(self, text: str) -> np.ndarray:
+        return np.asarray(self._tok.encode(text, add_special_tokens=False).ids, dtype=np.int32)
+
+    def decode(self, ids) -> str:
+        return self._tok.decode([int(i) for i in ids], skip_special_tokens=False)
+
+    def token_bytes(self) -> np.ndarray:
+        """Bytes of text each token id stands for: (V,). A byte-level tokenizer (GPT-2's alphabet:
+        SmolLM2, Qwen2) spells every byte as one character of its vocabulary entry, so the count is
+        exact. Another (SentencePiece with byte fallback: Llama 2, Mistral) is counted by decoding
+        the token after a fixed first token, so a word-initial space counts; a token holding part
+        of a character counts its replacement character. Special tokens (EOS, BOS) count 0."""
+        from tokenizers import decoders
+
+        special = {i for i in (self.eos_id, self.bos_id) if i is not None}
+        special |= {i for i, t in self._tok.get_added_tokens_decoder().items() if t.special}
+        if isinstance(self._tok.decoder, decoders.ByteLevel):
+            counts = [len(self._tok.id_to_token(i) or "") for i in range(self.vocab_size)]
+        else:
+            lead = self._tok.encode("a", add_special_tokens=False).ids[:1]
+            base = len(self._tok.decode(lead, skip_special_tokens=False).encode("utf-8"))
+            counts = [len(self._tok.decode(lead + [i], skip_special_tokens=False).encode("utf-8")) - base
+                      for i in range(self.vocab_size)]
+        return np.asarray([0 if i in special else max(c, 0) for i, c in enumerate(counts)], np.int64)
+
+    def encode_documents(self, docs: list[str]) -> np.ndarray:
+        """One token stream of `docs`, each followed by EOS (or preceded by BOS, or a blank line
+        between them: see `separator`)."""
+        kind, sep = self.separator
+        if kind == "text":
+            return self.encode(DOC_SEPARATOR.join(docs))
+        parts = []
+        for enc in self._tok.encode_batch(docs, add_special_tokens=False):
+            ids = np.asarray(enc.ids, dtype=np.int32)
+            parts += [ids, np.array([sep], np.int32)] if kind == "eos" else [np.array([sep], np.int32), ids]
+        return np.concatenate(parts) if parts else np.zeros((0,), np.int32)
+
 
 def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None):
-    """Byte tokenizer, or the BPE cached in `run_dir` (trained on the train split if absent)."""
+    """Byte tokenizer, the BPE cached in `run_dir` (trained on the train split if absent), or the
+    pretrained model's tokenizer kept in `run_dir` (`hf`: never trained, so it must be there)."""
     if cfg.tokenizer == "byte":
         return ByteTokenizer()
+    if cfg.tokenizer == "hf":
+        if run_dir is None or not (Path(run_dir) / TOKENIZER_FILE).is_file():
+            where = f" ({Path(run_dir) / TOKENIZER_FILE} is missing)" if run_dir is not None else ""
+            raise LaggrowError(f"data.tokenizer: 'hf' is the tokenizer of a model imported with laggrow import, "
+                               f"kept in its run{where}; expected 'byte' or 'bpe' for a model trained from scratch")
+        return HFTokenizer.load(run_dir)
     cached = run_dir / TOKENIZER_FILE if run_dir is not None else None
     if cached is not None and cached.is_file():
         return BPETokenizer.load(cached)
@@ -367,22 +491,23 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -> Dataset:
     """Read, split and tokenize the corpus; errors for anything too short to train on. The
-    tokenizer is `tokenizer` when given (a run's, `runs.load_tokenizer`: its model reads no other),
-    else made by `make_tokenizer` (`cfg.tokenizer`, a BPE cached in `run_dir` or trained here)."""
+    tokenizer is `tokenizer` when given (a run's, `runs.load_tokenizer`: its model reads no other;
+    or `laggrow import`'s, before its run exists), else made by `make_tokenizer` (`cfg.tokenizer`,
+    a BPE cached in `run_dir` or trained here). Documents are joined as the tokenizer separates
+    them (`encode_documents`)."""
     docs = load_documents(cfg)
     train_docs, heldout_docs = split_documents(docs, cfg.heldout_fraction, cfg.split_seed)
-    if tokenizer is None:
-        tokenizer = make_tokenizer(cfg, train_docs, run_dir)
-    train = tokenizer.encode(DOC_SEPARATOR.join(train_docs))
-    heldout = tokenizer.encode(DOC_SEPARATOR.join(heldout_docs))
+    tokenizer = tokenizer if tokenizer is not None else make_tokenizer(cfg, train_docs, run_dir)
+    train = tokenizer.encode_documents(train_docs)
+    heldout = tokenizer.encode_documents(heldout_docs)
     need = cfg.seq_len + 1
     for name, stream in (("train", train), ("held-out", heldout)):
         if len(stream) < need:
             raise LaggrowError(f"corpus {cfg.corpus}: its {name} split has {len(stream)} tokens, shorter than "
                                f"one sequence (expected at least data.seq_len + 1 = {need})")
     selection_docs, test_docs = split_heldout(heldout_docs, cfg.split_seed)
-    selection = tokenizer.encode(DOC_SEPARATOR.join(selection_docs))
-    test = tokenizer.encode(DOC_SEPARATOR.join(test_docs))
+    selection = tokenizer.encode_documents(selection_docs)
+    test = tokenizer.encode_documents(test_docs)
     split = {"rule": "held-out documents in a seeded order, each to the smaller set by characters",
              "selection_documents": len(selection_docs), "test_documents": len(test_docs),
              "selection_tokens": int(len(selection)), "test_tokens": int(len(test))}

@@ -91,7 +91,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     with store.staged_dir(out) as tmp:
         store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
         # the grown run trains on the source's data: its tokenizer and its data fingerprint go along
-        for name in (store.TOKENIZER_FILE, store.DATA_FILE):
+        for name in (store.TOKENIZER_FILE, store.TOKENIZER_CONFIG_FILE, store.DATA_FILE):
             if (source.path / name).is_file():
                 shutil.copyfile(source.path / name, tmp / name)
         state = {"params": params, "opt_state": opt_state, "step": jax.numpy.zeros((), jax.numpy.int32)}

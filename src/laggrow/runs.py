@@ -69,19 +69,72 @@ def read_summary(path: Path, what: str = "run") -> dict | None:
 
 def require_finished(path: Path, what: str = "run") -> dict | None:
     """The summary of a finished run; one line for a run that has not finished training. A run
-    freshly made by `laggrow grow` (never trained since) is a whole model too: None."""
+    freshly made by `laggrow grow` or `laggrow import` (never trained since) is a whole model
+    too: None."""
     path = Path(path)
     if (path / store.POOL_FILE).is_file():  # it holds a config.json too: say what it is
         raise LaggrowError(f"{what} {path}: a pool directory (laggrow probe), not a training run; expected a "
                            "finished laggrow train run, such as the pool's source)")
     summary = read_summary(path, what)
-    if summary is None and (path / store.GROWTH_FILE).is_file() and not (path / store.METRICS_FILE).is_file():
+    if summary is None and is_fresh(path):
         return None
     if summary is None or summary["complete"] is not True:
         why = f"no {store.SUMMARY_FILE}" if summary is None else f"{store.SUMMARY_FILE} says step {summary['steps']}"
         raise LaggrowError(f"{what} {path}: is unfinished ({why}; expected a finished laggrow train run; "
                            f"continue it with {resume_command(path)})")
     return summary
+
+
+def is_fresh(path: Path) -> bool:
+    """Whether `path` is a model made by `laggrow grow` or `laggrow import` and not trained since
+    (no training records yet): whole as it is, and `laggrow train --resume` trains it further."""
+    path = Path(path)
+    made = (path / store.GROWTH_FILE).is_file() or (path / store.IMPORT_FILE).is_file()
+    return made and not (path / store.METRICS_FILE).is_file()
+
+
+def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
+    """The tokenizer of a run (or of a pool: its source's), without reading its corpus: bytes, the
+    run's BPE (tokenizer.json), or an imported model's own (tokenizer.json and tokenizer_config.json,
+    `data.tokenizer: hf`). The one place a run's tokenizer is loaded. One line when the run is not
+    a laggrow run, its tokenizer file is missing or unreadable, or the tokenizer has more tokens
+    than the model has embeddings (fewer is allowed: an imported model may pad its vocabulary).
+
+    What callers use of a tokenizer: `vocab_size`, `encode(text)` (int32 ids, no special tokens
+    added), `decode(ids)`, `encode_documents(docs)` (a corpus's stream) and `token_bytes()` ((V,)
+    bytes of text per token id, for eval's bits per byte); an `hf` one also `eos_id` and `bos_id`."""
+    from laggrow.data import BPETokenizer, ByteTokenizer, HFTokenizer
+
+    run_dir = Path(run_dir)
+    if (run_dir / store.POOL_FILE).is_file():  # a pool trains on its source's data: its tokenizer
+        meta = store.read_json(run_dir / store.POOL_FILE, "pool record")
+        if not isinstance(meta.get("source"), str):
+            raise LaggrowError(f"{run_dir / store.POOL_FILE}: no source (expected the pool record written by "
+                               "laggrow probe; is it damaged?)")
+        run_dir = Path(meta["source"])
+        cfg = None
+    cfg = cfg if cfg is not None else read_run_config(run_dir)
+    if cfg.data.tokenizer == "byte":
+        tokenizer = ByteTokenizer()
+    elif cfg.data.tokenizer == "hf":
+        tokenizer = HFTokenizer.load(run_dir)
+    else:
+        file = run_dir / store.TOKENIZER_FILE
+        if not file.is_file():
+            raise LaggrowError(f"{file}: not found (expected the run's BPE tokenizer, data.tokenizer "
+                               f"{cfg.data.tokenizer!r})")
+        try:
+            tokenizer = BPETokenizer.load(file)
+        except LaggrowError:
+            raise
+        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
+            raise LaggrowError(f"{file}: not a readable tokenizer ({reason}); expected the run's BPE tokenizer "
+                               "(is it damaged?)") from None
+    if tokenizer.vocab_size > cfg.model.vocab_size:
+        raise LaggrowError(f"run {run_dir}: its tokenizer has {tokenizer.vocab_size} tokens, more than its model's "
+                           f"model.vocab_size={cfg.model.vocab_size}; expected at most that many (is the run damaged?)")
+    return tokenizer
 
 
 def load_run(path: Path, what: str = "run", *, require_finished: bool = True) -> LoadedRun:
@@ -102,36 +155,11 @@ def load_run(path: Path, what: str = "run", *, require_finished: bool = True) ->
     final_step = int(summary["steps"]) if summary is not None and summary.get("complete") is True else None
     with checkpoint.Checkpointer(path, fingerprint=cfg.to_dict(), read_only=True) as ckpt:
         state, position = ckpt.restore(target, step=final_step)
+    state = checkpoint.complete_state(state, optimizer)  # an imported model has no optimizer state
     return LoadedRun(path=path, config=cfg, state=state, data_position=position)
 
 
 _require_finished = require_finished  # the parameter of load_run shadows the function's name
-
-
-def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
-    """The tokenizer of the run in `run_dir`, read without its corpus: the byte tokenizer, or the
-    BPE saved beside the run (`store.TOKENIZER_FILE`). The one place a run's tokenizer is loaded;
-    one line for a BPE run without a readable tokenizer, or one with more tokens than the model
-    has embeddings (fewer is allowed: an imported model may pad its vocabulary).
-
-    What callers use of a tokenizer: `vocab_size`, `encode(text)` (an int array), `decode(ids)`
-    (a str) and `token_bytes()` ((V,) bytes of text per token id, for eval's bits per byte)."""
-    from laggrow.data import BPETokenizer, ByteTokenizer
-
-    run_dir = Path(run_dir)
-    cfg = cfg if cfg is not None else read_run_config(run_dir)
-    if cfg.data.tokenizer == "byte":
-        tokenizer = ByteTokenizer()
-    else:
-        path = run_dir / store.TOKENIZER_FILE
-        if not path.is_file():
-            raise LaggrowError(f"run {run_dir}: has no {store.TOKENIZER_FILE} (expected the BPE tokenizer it was "
-                               f"trained with, as data.tokenizer is {cfg.data.tokenizer!r})")
-        tokenizer = BPETokenizer.load(path)
-    if tokenizer.vocab_size > cfg.model.vocab_size:
-        raise LaggrowError(f"run {run_dir}: its tokenizer has {tokenizer.vocab_size} tokens, more than its model's "
-                           f"model.vocab_size={cfg.model.vocab_size}; expected at most that many (is the run damaged?)")
-    return tokenizer
 
 
 def check_data(run_dir: Path, cfg: RunConfig, dataset: Dataset) -> None:

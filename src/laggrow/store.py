@@ -5,8 +5,14 @@ written, so that no other module spells a file name or opens a file for writing:
 
     RUN/config.json      the full RunConfig              RUN/metrics.jsonl  one record per logged step
     RUN/data.json        the fingerprint of the data     RUN/summary.json   written last: the run finished
-    RUN/tokenizer.json   the BPE tokenizer (bpe only)    RUN/checkpoints/   Orbax checkpoints
+    RUN/tokenizer.json   the BPE tokenizer (bpe), or an imported model's (hf)   RUN/checkpoints/  Orbax checkpoints
+    RUN/tokenizer_config.json   an imported model's special tokens (hf only)
     RUN/growth.json      how a grown run was made (laggrow grow)
+    RUN/import.json      where an imported model came from (laggrow import)
+
+    HF/config.json  HF/model.safetensors (or model-0000k-of-0000n.safetensors and their index)
+    HF/tokenizer.json  HF/tokenizer_config.json  HF/generation_config.json   a Hugging Face model
+    HF/laggrow-export.json   what laggrow export wrote it from (marks the directory as laggrow's)
 
     POOL/pool.json       the resolved pool               POOL/config.json   the grown model's run config
     POOL/curves.jsonl    one record per candidate per evaluated step
@@ -60,6 +66,21 @@ DATA_FILE = "data.json"
 TOKENIZER_FILE = "tokenizer.json"
 CHECKPOINT_DIR = "checkpoints"
 GROWTH_FILE = "growth.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"  # an imported model's special tokens, as Hugging Face names them
+IMPORT_FILE = "import.json"  # laggrow import: the origin of the weights; no training happened
+
+# a Hugging Face model directory (laggrow import reads one, laggrow export writes one); its
+# config.json is CONFIG_FILE by name, Hugging Face's by meaning, and its tokenizer files are the names above
+HF_WEIGHTS_FILE = "model.safetensors"
+HF_WEIGHTS_INDEX = "model.safetensors.index.json"
+HF_GENERATION_FILE = "generation_config.json"
+EXPORT_FILE = "laggrow-export.json"  # laggrow export: the run it came from; a directory laggrow may replace
+
+
+def hf_shard_name(index: int, count: int) -> str:
+    """The name of weight shard `index` (from 1) of `count`, as Hugging Face numbers them."""
+    return f"model-{index:05d}-of-{count:05d}.safetensors"
+
 
 # a pool directory (laggrow probe, train-final, correlate); it also holds a CONFIG_FILE
 POOL_FILE = "pool.json"
@@ -172,6 +193,18 @@ def write_text(path: Path, text: str, *, if_changed: bool = False) -> bool:
 
 def write_json(path: Path, obj: Any, *, if_changed: bool = False) -> bool:
     return write_text(path, dumps(obj) + "\n", if_changed=if_changed)
+
+
+def copy_file(source: Path, target: Path) -> None:
+    """Copy `source` onto `target` atomically (a tokenizer kept beside a model)."""
+    write_file(Path(target), lambda tmp: shutil.copyfile(source, tmp))
+
+
+def write_safetensors(path: Path, tensors: dict[str, Any], metadata: dict[str, str] | None = None) -> None:
+    """Write numpy arrays as one safetensors file, atomically (safetensors.numpy.save_file)."""
+    from safetensors.numpy import save_file
+
+    write_file(Path(path), lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def append_jsonl(path: Path, records: list[dict]) -> None:
@@ -467,12 +500,20 @@ def _read_pid(path: Path) -> int | None:
 
 
 @contextlib.contextmanager
-def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
+def staged_dir(out: Path, what: str = "--out", replace: bool = False) -> Iterator[Path]:
     """A temporary directory beside `out`, renamed to `out` only if the block succeeds, so a
     failure (bad input found late, a crash, Ctrl-C) leaves nothing at `out`. The staging
-    directory is flocked while in use: one left by a killed process is removed on the next try."""
+    directory is flocked while in use: one left by a killed process is removed on the next try.
+
+    With `replace`, an existing `out` (one the caller has checked is its own to replace: a
+    previous `laggrow export`) is swapped for the new directory at the end: renamed aside as a
+    staging directory of its own, so that if the process dies between the two renames the next
+    attempt removes it and finds no `out` to trip over."""
     out = Path(out).absolute()
-    check_new_dir(out, what)
+    if replace and (out.exists() or out.is_symlink()):
+        check_writable_target(out, what)
+    else:
+        check_new_dir(out, what)
     # one name on every process (process 0's pid): they all write their checkpoint shards into it
     tmp = out.with_name(f".{out.name}.{hosts.agree(os.getpid())}{_PARTIAL_SUFFIX}")
     if not hosts.is_primary():
@@ -495,7 +536,11 @@ def staged_dir(out: Path, what: str = "--out") -> Iterator[Path]:
         yield tmp
         hosts.barrier(f"staged {out} written")
         (tmp / LOCK_FILE).unlink()
+        old = out.with_name(f".{out.name}.{os.getpid()}-replaced{_PARTIAL_SUFFIX}")
+        if replace and out.is_dir():
+            out.rename(old)
         tmp.rename(out)
+        shutil.rmtree(old, ignore_errors=True)
         hosts.barrier(f"staged {out} renamed")
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -63,7 +63,10 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
     # an impossible layout is one line before the corpus is even read
     layout = mesh.resolve(cfg.mesh, jax.device_count(), cfg.train.batch_size)
     dataset = load_dataset(cfg.data, out if existing.is_file() else None)
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab_size))
+    if cfg.data.tokenizer == "hf":  # an imported model keeps its embedding's rows, padding included
+        check_vocab_fits(cfg, dataset)
+    else:
+        cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, vocab_size=dataset.vocab_size))
     cfg.validate()
 
     finished = False
@@ -80,6 +83,13 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
             raise LaggrowError(f"--out {out}: already holds {state} run of this config ({hint})")
         runs.check_data(out, cfg, dataset)
     return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume, finished=finished, layout=layout)
+
+
+def check_vocab_fits(cfg: RunConfig, dataset: Dataset) -> None:
+    """One line when a tokenizer makes ids beyond the model's embedding (model.vocab_size)."""
+    if dataset.vocab_size > cfg.model.vocab_size:
+        raise LaggrowError(f"model.vocab_size: expected at least the tokenizer's {dataset.vocab_size} ids, "
+                           f"got {cfg.model.vocab_size}")
 
 
 def _fresh_state(cfg: RunConfig) -> dict[str, Any]:
@@ -195,6 +205,8 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
             # restored straight onto this run's layout, whichever layout saved it.
             target = mesh.abstract_state(jax.eval_shape(lambda: _fresh_state(cfg)), layout, stacked=False)
             state, position = ckpt.restore(target, remove_damaged=True)
+            # an imported model (parameters alone) starts with a fresh optimizer state
+            state = checkpoint.complete_state(state, train.make_optimizer(cfg.train))
             offset = position - int(state["step"])
             seconds_before = float(ckpt.restored_meta.get("seconds") or 0.0)
         else:
