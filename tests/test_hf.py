@@ -106,6 +106,18 @@ def test_imported_logits_equal_what_transformers_computed(imported, name):
 
 
 @pytest.mark.parametrize("name", NAMES)
+def test_laggrow_sample_greedy_is_transformers_greedy_generate(imported, name):
+    """`laggrow sample --temperature 0`'s loop (the key/value cache, one compiled loop) continues
+    the prompt with exactly the tokens transformers' `generate(do_sample=False)` gave."""
+    from laggrow import decode
+
+    ref = reference(name)["generate"]
+    run = runs.load_run(imported[name])
+    new = decode.greedy(run.params, run.config.model, ref["prompt"][0], ref["max_new_tokens"])
+    assert [int(t) for t in new] == ref["new_tokens"][0]
+
+
+@pytest.mark.parametrize("name", NAMES)
 def test_import_then_export_gives_back_every_tensor_bit_for_bit(imported, tmp_path, name):
     source = FIXTURES / name / "model"
     hf = json.loads((source / store.CONFIG_FILE).read_text())

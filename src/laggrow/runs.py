@@ -123,14 +123,7 @@ def load_tokenizer(run_dir: Path, cfg: RunConfig | None = None):
         if not file.is_file():
             raise LaggrowError(f"{file}: not found (expected the run's BPE tokenizer, data.tokenizer "
                                f"{cfg.data.tokenizer!r})")
-        try:
-            tokenizer = BPETokenizer.load(file)
-        except LaggrowError:
-            raise
-        except Exception as err:  # `tokenizers` raises a bare Exception for a file it cannot parse
-            reason = (str(err).strip().splitlines() or [type(err).__name__])[0][:120]
-            raise LaggrowError(f"{file}: not a readable tokenizer ({reason}); expected the run's BPE tokenizer "
-                               "(is it damaged?)") from None
+        tokenizer = BPETokenizer.load(file)  # one line for a file `tokenizers` cannot read
     if tokenizer.vocab_size > cfg.model.vocab_size:
         raise LaggrowError(f"run {run_dir}: its tokenizer has {tokenizer.vocab_size} tokens, more than its model's "
                            f"model.vocab_size={cfg.model.vocab_size}; expected at most that many (is the run damaged?)")
