@@ -188,4 +188,4 @@ def test_sample_refuses_unfinished_runs_and_other_directories(tiny_base_run, tmp
     raw = json.loads((bpe / store.CONFIG_FILE).read_text())
     raw["data"]["tokenizer"] = "bpe"
     (bpe / store.CONFIG_FILE).write_text(json.dumps(raw))
-    one_line_failure(sample(bpe), f"has no {store.TOKENIZER_FILE}")
+    one_line_failure(sample(bpe), f"{store.TOKENIZER_FILE}: not found (expected the run's BPE tokenizer")
