@@ -1,14 +1,22 @@
-"""laggrow's train step against a nanoGPT-style PyTorch trainer of the same model, in one process.
+"""laggrow's train step against a PyTorch trainer of the same model, in one process.
 
     .venv/bin/python benchmarks/peer_torch.py [CONFIG] [--rounds 6] [--steps 5] [--set section.key=value ...]
 
-The peer is built from the laggrow run config (`laggrow.config.load_run_config`): the same
+The peer is built from the laggrow run config (`laggrow.config.load_run_config`) and its
+`model.arch`. For `gpt`, a nanoGPT-style model: the same
 pre-LayerNorm decoder (learned positions or RoPE rotating the two halves of each head, as
 `laggrow.model.rope`; GELU's tanh approximation, `jax.nn.gelu`'s default; no biases in the dense
 layers; tied or untied embeddings), the same initialisation scales, the same parameter count
 (checked), `scaled_dot_product_attention(is_causal=True)`, bfloat16 autocast when model.dtype is
 bfloat16, and AdamW with the config's learning-rate schedule, betas, weight decay (on weights,
-not LayerNorms) and gradient clipping. On CUDA the peer is `torch.compile`d and uses fused AdamW;
+not LayerNorms) and gradient clipping. For `llama`, Hugging Face's `LlamaForCausalLM` written out
+(its module and parameter names): RMSNorm in float32 cast back before the scale, SwiGLU
+(down(silu(gate(x)) * up(x))), grouped-query attention with `n_kv_heads` key/value heads (SDPA's
+`enable_gqa`, what transformers' sdpa attention does on torch >= 2.5, or `--gqa repeat` for
+`repeat_kv`'s copy), rotate-half RoPE of base `rope_theta`, q/k/v biases when `qkv_bias`, tied or
+untied embeddings, laggrow's initialisation (o_proj and down_proj at 0.02 / sqrt(2 L)) and decay
+mask (norm scales and biases spared). Both peers train to laggrow's losses step for step from
+laggrow's initial parameters (`load_laggrow_params`, tests/test_benchmarks.py). On CUDA the peer is `torch.compile`d and uses fused AdamW;
 on CPU it runs eager (what a researcher's nanoGPT does there), with torch.set_num_threads(cpu_count).
 
 laggrow's jitted step (`laggrow.train.jit_train_step`) and the peer's step train batches of the
@@ -49,10 +57,18 @@ def rope(x):
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1)
 
 
-def build_peer(m, device: str = "cpu"):
-    """The peer model of laggrow ModelConfig `m`: a torch.nn.Module mapping tokens (B, T) to float32
-    logits (B, T, V). Initialised as laggrow initialises: N(0, 0.02), output projections
-    N(0, 0.02 / sqrt(2 L)), LayerNorms ones and zeros."""
+def build_peer(m, device: str = "cpu", gqa: str = "sdpa"):
+    """The peer model of laggrow ModelConfig `m` (its `arch`): a torch.nn.Module mapping tokens
+    (B, T) to float32 logits (B, T, V). `gqa` (llama): how grouped-query attention reads its
+    key/value heads, `sdpa` (`enable_gqa=True`) or `repeat` (`repeat_kv`)."""
+    if m.arch == "llama":
+        return build_llama_peer(m, device, gqa)
+    return build_gpt_peer(m, device)
+
+
+def build_gpt_peer(m, device: str = "cpu"):
+    """The nanoGPT-style peer of a gpt ModelConfig `m`. Initialised as laggrow initialises:
+    N(0, 0.02), output projections N(0, 0.02 / sqrt(2 L)), LayerNorms ones and zeros."""
     nn = torch.nn
     std, out_std = 0.02, 0.02 / math.sqrt(2 * m.n_layers)
 
@@ -109,16 +125,154 @@ def build_peer(m, device: str = "cpu"):
     return PeerLM().to(device)
 
 
+def rotate_half(x):
+    """Hugging Face's rotate_half: (x1, x2) -> (-x2, x1) on the two halves of the last axis."""
+    half = x.shape[-1] // 2
+    return torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+
+
+def rope_cos_sin(t: int, dh: int, theta: float, device, dtype):
+    """cos and sin (T, Dh) of rotate-half RoPE: inv_freq = theta^(-2e/Dh), each frequency twice
+    (dims e and e + Dh/2 pair up), computed in float32 and cast to the compute dtype."""
+    inv_freq = 1.0 / (theta ** (torch.arange(0, dh, 2, dtype=torch.float32, device=device) / dh))
+    angles = torch.arange(t, dtype=torch.float32, device=device)[:, None] * inv_freq[None, :]  # (T, Dh/2)
+    emb = torch.cat([angles, angles], dim=-1)
+    return emb.cos().to(dtype), emb.sin().to(dtype)
+
+
+def repeat_kv(x, n_rep: int):
+    """(B, K, T, Dh) -> (B, K * n_rep, T, Dh), key/value head j // n_rep serving query head j."""
+    b, k, t, dh = x.shape
+    if n_rep == 1:
+        return x
+    return x[:, :, None].expand(b, k, n_rep, t, dh).reshape(b, k * n_rep, t, dh)
+
+
+def build_llama_peer(m, device: str = "cpu", gqa: str = "sdpa"):
+    """Hugging Face's LlamaForCausalLM written out for a llama ModelConfig `m`, with its module and
+    parameter names (`model.layers.{i}.self_attn.q_proj.weight`, ...). Initialised as laggrow
+    initialises: N(0, 0.02), o_proj and down_proj N(0, 0.02 / sqrt(2 L)), norm scales ones, q/k/v
+    biases zeros."""
+    if gqa not in ("sdpa", "repeat"):
+        raise ValueError(f"gqa: expected 'sdpa' or 'repeat', got {gqa!r}")
+    nn = torch.nn
+    std, out_std = 0.02, 0.02 / math.sqrt(2 * m.n_layers)
+    h, kv, dh, d = m.n_heads, m.kv_heads, m.head_dim, m.d_model
+
+    class RMSNorm(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = nn.Parameter(torch.ones(d))
+
+        def forward(self, x):
+            x32 = x.float()
+            y = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + m.ln_eps)
+            return self.weight * y.to(x.dtype)
+
+    class Attention(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.q_proj = nn.Linear(d, h * dh, bias=m.qkv_bias)
+            self.k_proj = nn.Linear(d, kv * dh, bias=m.qkv_bias)
+            self.v_proj = nn.Linear(d, kv * dh, bias=m.qkv_bias)
+            self.o_proj = nn.Linear(h * dh, d, bias=False)
+            for proj in (self.q_proj, self.k_proj, self.v_proj):
+                nn.init.normal_(proj.weight, std=std)
+                if proj.bias is not None:
+                    nn.init.zeros_(proj.bias)
+            nn.init.normal_(self.o_proj.weight, std=out_std)
+
+        def forward(self, x, cos, sin):
+            b, t, _ = x.shape
+            q = self.q_proj(x).view(b, t, h, dh).transpose(1, 2)  # (B, H, T, Dh)
+            k = self.k_proj(x).view(b, t, kv, dh).transpose(1, 2)  # (B, K, T, Dh)
+            v = self.v_proj(x).view(b, t, kv, dh).transpose(1, 2)
+            cos, sin = cos.to(q.dtype), sin.to(q.dtype)  # autocast: the projections' dtype
+            q, k = q * cos + rotate_half(q) * sin, k * cos + rotate_half(k) * sin
+            if kv == h:
+                att = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            elif gqa == "sdpa":
+                att = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+            else:
+                att = F.scaled_dot_product_attention(q, repeat_kv(k, h // kv), repeat_kv(v, h // kv), is_causal=True)
+            return self.o_proj(att.transpose(1, 2).reshape(b, t, h * dh))
+
+    class MLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.gate_proj = nn.Linear(d, m.d_ff, bias=False)
+            self.up_proj = nn.Linear(d, m.d_ff, bias=False)
+            self.down_proj = nn.Linear(m.d_ff, d, bias=False)
+            nn.init.normal_(self.gate_proj.weight, std=std)
+            nn.init.normal_(self.up_proj.weight, std=std)
+            nn.init.normal_(self.down_proj.weight, std=out_std)
+
+        def forward(self, x):
+            return self.down_proj(F.silu(self.gate_proj(x)) * self.up_proj(x))
+
+    class DecoderLayer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.input_layernorm = RMSNorm()
+            self.self_attn = Attention()
+            self.post_attention_layernorm = RMSNorm()
+            self.mlp = MLP()
+
+        def forward(self, x, cos, sin, dropout: float):
+            x = x + F.dropout(self.self_attn(self.input_layernorm(x), cos, sin), dropout, self.training)
+            return x + F.dropout(self.mlp(self.post_attention_layernorm(x)), dropout, self.training)
+
+    class Model(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed_tokens = nn.Embedding(m.vocab_size, d)
+            nn.init.normal_(self.embed_tokens.weight, std=std)
+            self.layers = nn.ModuleList(DecoderLayer() for _ in range(m.n_layers))
+            self.norm = RMSNorm()
+
+    class PeerLlama(nn.Module):
+        def __init__(self, dropout: float = 0.0):
+            super().__init__()
+            self.dropout = dropout
+            self.model = Model()
+            if not m.tie_embeddings:
+                self.lm_head = nn.Linear(d, m.vocab_size, bias=False)
+                nn.init.normal_(self.lm_head.weight, std=std)
+
+        def forward(self, tokens):
+            x = self.model.embed_tokens(tokens)
+            cos, sin = rope_cos_sin(tokens.shape[1], dh, m.rope_theta, tokens.device, x.dtype)
+            for layer in self.model.layers:
+                x = layer(x, cos, sin, self.dropout)
+            x = self.model.norm(x)
+            head = self.model.embed_tokens.weight if m.tie_embeddings else self.lm_head.weight
+            return F.linear(x, head).float()
+
+    return PeerLlama().to(device)
+
+
+def decays(name: str, arch: str) -> bool:
+    """laggrow's decay mask (`train.decay_mask`) by a peer parameter's name: every parameter decays
+    but gpt's LayerNorms (ln1, ln2, ln_f) and llama's RMSNorm scales and q/k/v biases."""
+    if arch == "llama":
+        return "norm" not in name and not name.endswith(".bias")
+    return ".ln" not in f".{name}"
+
+
 def n_params(peer) -> int:
     """Distinct parameters (a tied embedding counted once, as `parameters()` yields it once)."""
     return sum(p.numel() for p in peer.parameters())
 
 
+def _tensor(x):
+    return torch.from_numpy(np.array(x, dtype=np.float32))
+
+
 def load_laggrow_params(peer, params: dict, m) -> None:
     """Copy a laggrow params tree (model.py's layout) into the peer, so both compute one function."""
-    def t(x):
-        return torch.from_numpy(np.array(x, dtype=np.float32))
-
+    if m.arch == "llama":
+        return load_llama_params(peer, params, m)
+    t = _tensor
     d = m.d_model
     blocks = params["blocks"]
     with torch.no_grad():
@@ -140,20 +294,50 @@ def load_laggrow_params(peer, params: dict, m) -> None:
             peer.head.weight.copy_(t(params["head"]["w"]).T)
 
 
-def make_peer_step(cfg, device: str = "cpu", compile: bool | None = None):
+def load_llama_params(peer, params: dict, m) -> None:
+    """laggrow's llama leaves into the Llama peer, by docs/design.md's table ("Two architectures,
+    one layout"): each HF `[out, in]` matrix is laggrow's `[in, out]` one with its head axis merged,
+    transposed; per-layer leaves are layer i of the stacked arrays."""
+    t = _tensor
+    d, h, kv, dh = m.d_model, m.n_heads, m.kv_heads, m.head_dim
+    blocks, attn, mlp = params["blocks"], params["blocks"]["attn"], params["blocks"]["mlp"]
+    with torch.no_grad():
+        peer.model.embed_tokens.weight.copy_(t(params["embed"]["tokens"]))
+        for i, layer in enumerate(peer.model.layers):
+            sa = layer.self_attn
+            layer.input_layernorm.weight.copy_(t(blocks["norm1"]["scale"][i]))
+            sa.q_proj.weight.copy_(t(attn["w_q"][i]).reshape(d, h * dh).T)
+            sa.k_proj.weight.copy_(t(attn["w_k"][i]).reshape(d, kv * dh).T)
+            sa.v_proj.weight.copy_(t(attn["w_v"][i]).reshape(d, kv * dh).T)
+            if m.qkv_bias:
+                sa.q_proj.bias.copy_(t(attn["b_q"][i]).reshape(h * dh))
+                sa.k_proj.bias.copy_(t(attn["b_k"][i]).reshape(kv * dh))
+                sa.v_proj.bias.copy_(t(attn["b_v"][i]).reshape(kv * dh))
+            sa.o_proj.weight.copy_(t(attn["w_o"][i]).reshape(h * dh, d).T)
+            layer.post_attention_layernorm.weight.copy_(t(blocks["norm2"]["scale"][i]))
+            layer.mlp.gate_proj.weight.copy_(t(mlp["w_gate"][i]).T)
+            layer.mlp.up_proj.weight.copy_(t(mlp["w_up"][i]).T)
+            layer.mlp.down_proj.weight.copy_(t(mlp["w_down"][i]).T)
+        peer.model.norm.weight.copy_(t(params["norm_f"]["scale"]))
+        if not m.tie_embeddings:
+            peer.lm_head.weight.copy_(t(params["head"]["w"]).T)
+
+
+def make_peer_step(cfg, device: str = "cpu", compile: bool | None = None, gqa: str = "sdpa"):
     """(peer, step): `step(tokens (B, T+1) int64 tensor) -> loss tensor` is one AdamW step of the
-    peer with laggrow's schedule, betas, weight decay (weights only) and clipping."""
+    peer of `cfg.model.arch` with laggrow's schedule, betas, weight decay (weights only) and
+    clipping. `gqa`: see `build_peer`."""
     import jax.numpy as jnp
 
     from laggrow import train
 
     m, tc = cfg.model, cfg.train
-    peer = build_peer(m, device)
+    peer = build_peer(m, device, gqa)
     peer.dropout = tc.dropout
     cuda = device.startswith("cuda")
-    # laggrow's decay mask: every parameter but the LayerNorms' (ln1, ln2, ln_f) decays
-    decay = [p for name, p in peer.named_parameters() if ".ln" not in f".{name}"]
-    keep = [p for name, p in peer.named_parameters() if ".ln" in f".{name}"]
+    # laggrow's decay mask: weights decay; LayerNorms (gpt), RMSNorm scales and biases (llama) do not
+    decay = [p for name, p in peer.named_parameters() if decays(name, m.arch)]
+    keep = [p for name, p in peer.named_parameters() if not decays(name, m.arch)]
     groups = [{"params": decay, "weight_decay": tc.weight_decay}, {"params": keep, "weight_decay": 0.0}]
     opt = torch.optim.AdamW(groups, lr=tc.lr, betas=(tc.beta1, tc.beta2), eps=1e-8,
                             **({"fused": True} if cuda else {}))
@@ -188,6 +372,9 @@ def main() -> None:
     parser.add_argument("--set", dest="overrides", action="append", default=[])
     parser.add_argument("--torch-threads", type=int, default=os.cpu_count(),
                         help="the peer's intra-op threads (default: the CPU count, what torch would pick)")
+    parser.add_argument("--gqa", choices=("sdpa", "repeat"), default="sdpa",
+                        help="llama with n_kv_heads < n_heads: SDPA's enable_gqa (default, transformers' choice on "
+                             "torch >= 2.5) or repeat_kv's copy of the key/value heads")
     args = parser.parse_args()
     if torch is None:
         print(INSTALL, file=sys.stderr)
@@ -207,7 +394,7 @@ def main() -> None:
     torch_batch = torch.from_numpy(batch.astype(np.int64)).to(device)
 
     torch.manual_seed(0)
-    peer, peer_step = make_peer_step(cfg, device)
+    peer, peer_step = make_peer_step(cfg, device, gqa=args.gqa)
     if n_params(peer) != m.n_params():
         print(f"peer has {n_params(peer):,} parameters, laggrow's model {m.n_params():,}: not the same model",
               file=sys.stderr)
@@ -250,7 +437,13 @@ def main() -> None:
 
     mode = "torch.compile, fused AdamW" if device == "cuda" else "eager"
     print(f"config            {args.config} {' '.join(args.overrides)}")
-    print(f"model             {m.n_layers} layers, d_model {m.d_model}, d_ff {m.d_ff}, heads {m.n_heads}, "
+    if m.arch == "llama":
+        gqa = "" if m.kv_heads == m.n_heads else f", {args.gqa} GQA"
+        arch = (f"llama ({m.kv_heads} kv heads{gqa}, rope theta {m.rope_theta:g}"
+                f"{', q/k/v biases' if m.qkv_bias else ''}), ")
+    else:
+        arch = ""
+    print(f"model             {arch}{m.n_layers} layers, d_model {m.d_model}, d_ff {m.d_ff}, heads {m.n_heads}, "
           f"vocab {m.vocab_size}, {m.pos_emb} positions, {'tied' if m.tie_embeddings else 'untied'}, {m.dtype}; "
           f"batch {t.batch_size} x seq {cfg.data.seq_len}")
     print(f"parameters        laggrow {m.n_params():,}  peer {n_params(peer):,}")

@@ -61,9 +61,21 @@ def test_anything_else_is_unknown(kind, dtype):
 # ---- the PyTorch peer (benchmarks/peer_torch.py); CI installs no torch ------------------------------
 
 
-@pytest.mark.parametrize("overrides", [[], ["model.pos_emb=rope", "model.tie_embeddings=true"]],
-                         ids=["learned-untied", "rope-tied"])
-def test_the_peer_is_laggrow_s_model_and_optimizer_step_for_step(overrides):
+PEER_CASES = pytest.mark.parametrize("config, overrides, gqa", [
+    ("tiny.yaml", [], "sdpa"),
+    ("tiny.yaml", ["model.pos_emb=rope", "model.tie_embeddings=true"], "sdpa"),
+    # llama: grouped-query attention (2 KV heads for 4 query heads) read by SDPA's enable_gqa and by
+    # repeat_kv's copy; tied, with q/k/v biases (they train: zero at init, decay-free); multi-head
+    ("tiny-llama.yaml", [], "sdpa"),
+    ("tiny-llama.yaml", [], "repeat"),
+    ("tiny-llama.yaml", ["model.tie_embeddings=true", "model.qkv_bias=true", "model.rope_theta=500"], "sdpa"),
+    ("tiny-llama.yaml", ["model.n_kv_heads=4"], "sdpa"),
+], ids=["learned-untied", "rope-tied", "llama-grouped", "llama-grouped-repeat-kv", "llama-tied-bias-theta",
+        "llama-multi-head"])
+
+
+@PEER_CASES
+def test_the_peer_is_laggrow_s_model_and_optimizer_step_for_step(config, overrides, gqa):
     """Same parameter count, and from laggrow's initial params the same train losses step for step:
     the same architecture, schedule, AdamW, decay mask and clipping, not just the same shapes."""
     pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[bench]')")
@@ -75,12 +87,15 @@ def test_the_peer_is_laggrow_s_model_and_optimizer_step_for_step(overrides):
     from laggrow.config import load_run_config
 
     peer_torch = _load("peer_torch")
-    cfg = load_run_config(Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml", overrides)
+    cfg = load_run_config(Path(__file__).resolve().parent.parent / "configs" / config, overrides)
     m, t = cfg.model, cfg.train
     batch = np.random.default_rng(0).integers(0, m.vocab_size, (t.batch_size, cfg.data.seq_len + 1), dtype=np.int32)
     params = model.init_params(m, jax.random.key(0))
-    peer, peer_step = peer_torch.make_peer_step(cfg)
+    peer, peer_step = peer_torch.make_peer_step(cfg, gqa=gqa)
     assert peer_torch.n_params(peer) == m.n_params()
+    decayed = sum(w.size for w, decays in zip(jax.tree.leaves(params), jax.tree.leaves(train.decay_mask(params)),
+                                              strict=True) if decays)
+    assert sum(p.numel() for name, p in peer.named_parameters() if peer_torch.decays(name, m.arch)) == decayed
     peer_torch.load_laggrow_params(peer, params, m)
     state = train.init_state(params, train.make_optimizer(t))
     step = train.jit_train_step(m, t)
@@ -91,6 +106,34 @@ def test_the_peer_is_laggrow_s_model_and_optimizer_step_for_step(overrides):
         theirs.append(peer_step(torch.from_numpy(batch.astype(np.int64))).item())
     np.testing.assert_allclose(theirs, ours, rtol=0, atol=1e-4)
     assert ours[-1] < ours[0]  # it trains
+
+
+@PEER_CASES
+def test_the_peer_computes_laggrow_s_logits_from_sharp_weights(config, overrides, gqa):
+    """The forward pass alone, from laggrow's initial params scaled up 12x (biases set): at the
+    init's 0.02 the attention is nearly uniform, so the losses above barely see RoPE's base or which
+    key/value head a query head reads; here they move the logits far beyond the tolerance."""
+    pytest.importorskip("torch", reason="PyTorch is not installed (pip install -e '.[bench]')")
+    import jax
+    import numpy as np
+    import torch
+
+    from laggrow import model
+    from laggrow.config import load_run_config
+
+    peer_torch = _load("peer_torch")
+    m = load_run_config(Path(__file__).resolve().parent.parent / "configs" / config, overrides).model
+    params = jax.tree.map(lambda w: 12 * w, model.init_params(m, jax.random.key(1)))
+    attn = params["blocks"]["attn"]
+    for i, name in enumerate(n for n in ("b_q", "b_k", "b_v") if n in attn):
+        attn[name] = jax.random.normal(jax.random.key(2 + i), attn[name].shape)
+    tokens = np.random.default_rng(1).integers(0, m.vocab_size, (2, m.max_seq_len), dtype=np.int32)
+    ours = np.asarray(model.apply(params, tokens, m))
+    peer = peer_torch.build_peer(m, gqa=gqa)
+    peer_torch.load_laggrow_params(peer, params, m)
+    with torch.no_grad():
+        theirs = peer(torch.from_numpy(tokens.astype(np.int64))).numpy()
+    np.testing.assert_allclose(theirs, ours, rtol=0, atol=2e-4 * np.abs(ours).max())
 
 
 def test_the_peer_says_in_one_line_how_to_install_torch_when_it_is_missing():
@@ -133,3 +176,23 @@ def test_bench_scale_reports_a_run_and_a_pool_on_each_device_count():
     for _layout, step_ms, speedup, loss_diff in rows.values():
         assert step_ms > 0 and speedup > 0
         assert loss_diff < 1e-4, out.stdout  # the same first step on either layout, up to rounding
+
+
+# ---- the two architectures' steps (benchmarks/bench_arch.py) ----------------------------------------
+
+
+@pytest.mark.parametrize("config", ["small.yaml", "tiny.yaml"])
+def test_bench_arch_compares_gpt_with_a_llama_of_the_same_size(config):
+    """The llama twin keeps depth, width, heads and vocabulary, swaps learned positions for RoPE,
+    and holds within one SwiGLU column of gpt's MLP weights (3 matrices of round(2/3 d_ff))."""
+    from laggrow.config import load_run_config
+
+    bench_arch = _load("bench_arch")
+    gpt = load_run_config(BENCHMARKS.parent / "configs" / config, []).model
+    llama = bench_arch.llama_twin(gpt, n_kv_heads=0)
+    assert (llama.arch, llama.pos_emb, llama.kv_heads) == ("llama", "rope", gpt.n_heads)
+    assert (llama.n_layers, llama.d_model, llama.n_heads, llama.vocab_size) == (
+        gpt.n_layers, gpt.d_model, gpt.n_heads, gpt.vocab_size)
+    assert abs(3 * llama.d_ff - 2 * gpt.d_ff) <= 1
+    grouped = bench_arch.llama_twin(gpt, n_kv_heads=1)
+    assert grouped.kv_heads == 1 and grouped.n_params() < llama.n_params()
