@@ -145,10 +145,10 @@ def _qkv(dtype, b=2, t=16, h=4, dh=8):
 def test_the_einsum_attention_is_jax_dot_product_attention():
     q, k, v, g = _qkv(jnp.float32)
 
-    def grads(fn):
-        return jax.grad(lambda q, k, v: (fn(q, k, v) * g).sum(), argnums=(0, 1, 2))(q, k, v)
+    def grads(fn):  # compiled: op by op, each primitive was compiled alone
+        return jax.jit(jax.grad(lambda q, k, v: (fn(q, k, v) * g).sum(), argnums=(0, 1, 2)))(q, k, v)
 
-    ours, ref = attention.causal_attention_einsum(q, k, v), attention.causal_attention_xla(q, k, v)
+    ours, ref = jax.jit(attention.causal_attention_einsum)(q, k, v), jax.jit(attention.causal_attention_xla)(q, k, v)
     np.testing.assert_allclose(np.asarray(ours), np.asarray(ref), rtol=1e-5, atol=1e-6)
     for a, b in zip(grads(attention.causal_attention_einsum), grads(attention.causal_attention_xla), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
