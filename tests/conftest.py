@@ -165,9 +165,9 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 # `make test` runs two workers that take files in collection order (`--dist loadfile`). A long file
 # taken last leaves one worker busy while the other idles, so the files that take a minute or more
 # (measured with --durations, cold cache) are collected first. Order within a file is kept.
-LONGEST_FIRST = ("test_mesh_layouts.py", "test_multihost.py", "test_stack_run.py", "test_model_compute.py",
-                 "test_pool_resilience.py", "test_experiment_resilience.py", "test_compile_cache.py",
-                 "test_probe.py", "test_stack.py", "test_benchmarks.py", "test_train_resilience.py")
+LONGEST_FIRST = ("test_mesh_layouts.py", "test_multihost.py", "test_stack_run.py", "test_train_resilience.py",
+                 "test_pool_resilience.py", "test_probe.py", "test_model_compute.py", "test_experiment_resilience.py",
+                 "test_compile_cache.py", "test_benchmarks.py", "test_hf.py", "test_stack.py")
 
 
 def pytest_collection_modifyitems(config, items):

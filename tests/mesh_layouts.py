@@ -6,7 +6,7 @@ not in the test process). Every command goes through laggrow's own command line,
 the test compares what they wrote. What runs, into OUT/<name>:
 
     train/<layout>       configs/tiny.yaml, 12 steps, on data = 1, 2 and 8 with FSDP
-    train/d4-then-1      paused at step 6 on 4 devices, resumed on 1
+    train/d8-fsdp-then-1 paused at step 6 on 8 devices with FSDP (its parameters sharded), resumed on 1
     llama/<layout>       configs/tiny-llama.yaml, the same 12 steps, on data = 1 and 8 with FSDP
     probe/<layout>       a 3-candidate pool from train/d1, k = 4, on candidates x data = 1x1,
                          2x2, 4x2 with FSDP (padded to 4): 1, 4, 8 devices
@@ -16,7 +16,8 @@ the test compares what they wrote. What runs, into OUT/<name>:
     final/c1             probe/c1d1's, train-final to T on 1 device (the reference)
 
 Each command compiles its layout's programs, the suite's costliest part: so the layouts are few,
-and each covers several things (8 devices and FSDP at once; 4 devices, then a resume on 1).
+and each covers several things (8 devices and FSDP at once, then a resume on 1); the paused run
+reuses the programs of train/d8-fsdp and train/d1, compiled in this process.
 """
 
 from __future__ import annotations
@@ -58,8 +59,8 @@ def main(out: Path) -> None:
     assert jax.device_count() == 8, f"expected 8 forced CPU devices, got {jax.devices()}"
     for name, layout in TRAIN_LAYOUTS.items():
         laggrow("train", TINY, "--out", out / "train" / name, *sets(TRAIN_SETS + layout))
-    resumed = out / "train" / "d4-then-1"
-    laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=4"]), "--until", "6")
+    resumed = out / "train" / "d8-fsdp-then-1"
+    laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + TRAIN_LAYOUTS["d8-fsdp"]), "--until", "6")
     laggrow("train", TINY, "--out", resumed, *sets(TRAIN_SETS + ["mesh.data=1"]), "--resume")
     for name, layout in LLAMA_LAYOUTS.items():
         laggrow("train", TINY_LLAMA, "--out", out / "llama" / name, *sets(TRAIN_SETS + layout))

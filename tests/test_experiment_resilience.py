@@ -18,8 +18,8 @@ from laggrow import interrupt, store
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny_experiment.yaml"
-# finals long enough to be killed in: evaluated at 0 1 3 4 8 24 69 200, checkpoints every 40
-LONG = ["pool.final_steps=200", "pool.checkpoint_every=40", "pool.eval_points=6"]
+# finals long enough to be stopped twice in: evaluated at 0 1 2 4 5 12 26 60, checkpoints every 10
+LONG = ["pool.final_steps=60", "pool.checkpoint_every=10", "pool.eval_points=6"]
 
 
 invoke, ok = invoke_in_repo, invoke_in_repo_ok

@@ -325,7 +325,7 @@ def test_export_refuses_what_it_cannot_write(imported, tiny_base_run, tmp_path):
     refused(tmp_path, ["export", run, "--out", run / "inside"], "inside the laggrow run")
 
 
-def test_an_earlier_export_is_replaced_and_a_killed_one_leaves_nothing_in_the_way(imported, tmp_path):
+def test_an_earlier_export_is_replaced_and_a_killed_one_leaves_nothing_in_the_way(imported, corpus, tmp_path):
     run, out = imported["llama"], tmp_path / "hf"
     invoke_ok("export", run, "--out", out, "--shard-size", "50KB")
     assert (out / store.HF_WEIGHTS_INDEX).is_file()
@@ -341,11 +341,12 @@ def test_an_earlier_export_is_replaced_and_a_killed_one_leaves_nothing_in_the_wa
     assert sorted(p.name for p in tmp_path.iterdir()) == ["hf"]
     # and an import killed the same way leaves nothing a rerun trips over
     again = tmp_path / "again"
-    proc = start_laggrow("import", FIXTURES / "llama" / "model", "--out", again, *sets(["data.seq_len=32"]),
+    small = sets([f"data.corpus={corpus}", "data.seq_len=32"])  # the Bible whole took most of the test's time
+    proc = start_laggrow("import", FIXTURES / "llama" / "model", "--out", again, *small,
                          fault=f"staged:{again.name}=SIGKILL")
     finish(proc)
     assert proc.returncode == -9 and not again.exists()
-    invoke_ok("import", FIXTURES / "llama" / "model", "--out", again, *sets(["data.seq_len=32"]))
+    invoke_ok("import", FIXTURES / "llama" / "model", "--out", again, *small)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["again", "hf"]
 
 

@@ -1,5 +1,5 @@
-"""Records do not depend on the device layout: a tiny run on 1, 2, 4, 8 devices (and FSDP), a
-checkpoint written on 4 devices resumed on 1, a tiny pool over candidate and data axes, and
+"""Records do not depend on the device layout: a tiny run on 1, 2, 8 devices (and FSDP), a
+checkpoint written on 8 devices with FSDP resumed on 1, a tiny pool over candidate and data axes, and
 train-final on another layout than its probe's. The commands run in one subprocess with 8 forced
 CPU devices (tests/mesh_layouts.py); the test process itself keeps its one device."""
 
@@ -79,9 +79,9 @@ def test_each_run_says_the_layout_it_trained_on(layouts):
     assert "mesh" not in json.loads((layouts / "train" / "d8-fsdp" / "config.json").read_text())
 
 
-def test_a_checkpoint_written_on_4_devices_resumes_on_1(layouts):
-    run = layouts / "train" / "d4-then-1"
-    assert_same_records(metrics(run), metrics(layouts / "train" / "d1"), RUN_KEYS, "d4-then-1")
+def test_a_checkpoint_written_on_8_devices_with_fsdp_resumes_on_1(layouts):
+    run = layouts / "train" / "d8-fsdp-then-1"
+    assert_same_records(metrics(run), metrics(layouts / "train" / "d1"), RUN_KEYS, "d8-fsdp-then-1")
     assert json.loads((run / "summary.json").read_text())["layout"]["data"] == 1
     assert sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.isdigit()) == ["12", "6"]
 

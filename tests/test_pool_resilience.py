@@ -349,13 +349,13 @@ def test_a_diverging_candidate_of_a_real_pool_is_left_out_by_correlate(tmp_path,
 
 # ---- Ctrl-C and SIGKILL of a real train-final ------------------------------------------------------
 
-LONG = {"final_steps": 400, "eval_points": 6, "checkpoint_every": 50}  # evaluated at 0 1 3 4 11 36 121 400
+LONG = {"final_steps": 60, "eval_points": 6, "checkpoint_every": 10}  # evaluated at 0 1 2 4 5 12 26 60
 
 
 @pytest.fixture(scope="module")
 def long_probe(tmp_path_factory, tiny_base_run):
-    """A probe whose train-final runs long enough (T=400) to be interrupted, and the curves of
-    its uninterrupted train-final."""
+    """A probe whose train-final runs long enough (T=60, checkpoints every 10) to be interrupted
+    twice at its fault points, and the curves of its uninterrupted train-final."""
     directory = tmp_path_factory.mktemp("long")
     path = pool_file(directory, tiny_base_run, **LONG)
     invoke_ok("probe", path, "--out", directory / "probe")
@@ -371,7 +371,7 @@ def test_ctrl_c_then_sigkill_of_train_final_resume_to_the_same_records(long_prob
     of its own; run again, it ends with the records of an uninterrupted run, each once."""
     directory = tmp_path / "pool"
     shutil.copytree(long_probe[0], directory)
-    proc = start_laggrow("train-final", directory, fault="record:11=SIGINT")  # Ctrl-C at the first record past k
+    proc = start_laggrow("train-final", directory, fault="record:5=SIGINT")  # Ctrl-C at the first record past k
     stderr = finish(proc)
     assert proc.returncode == 130, stderr
     lines = stderr.strip().splitlines()
@@ -380,11 +380,12 @@ def test_ctrl_c_then_sigkill_of_train_final_resume_to_the_same_records(long_prob
     saved = int(lines[0].split("saved step ")[1].split()[0])
     assert K < saved < LONG["final_steps"]
 
-    # SIGKILL right after the record at step 121, past the checkpoint at 100
-    proc = start_laggrow("train-final", directory, fault="record:121=SIGKILL")
+    # SIGKILL right after the record at step 26, past the checkpoint at 20
+    proc = start_laggrow("train-final", directory, fault="record:26=SIGKILL")
     stderr = finish(proc)
     assert proc.returncode == -signal.SIGKILL, stderr
-    assert max(r["step"] for r in store.read_jsonl(directory / store.CURVES_FILE, "records")) == 121
+    assert max(r["step"] for r in store.read_jsonl(directory / store.CURVES_FILE, "records")) == 26
+    assert saved < 20 and (directory / store.FINAL_STATE / store.CHECKPOINT_DIR / "20").is_dir()
     with store.DirLock(directory):  # the kernel released the dead process's lock
         pass
     invoke_ok("train-final", directory)
