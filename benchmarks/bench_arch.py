@@ -22,19 +22,10 @@ import time
 
 import jax
 import numpy as np
+from bench_train import timed  # benchmarks/bench_train.py
 
 from laggrow import model, train
 from laggrow.config import load_run_config
-
-
-def best_time(fn, reps: int) -> float:
-    """Best wall time of `reps` calls of `fn` (which blocks until its result is ready)."""
-    best = float("inf")
-    for _ in range(reps):
-        t = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t)
-    return best
 
 
 def llama_twin(m, n_kv_heads: int):
@@ -84,7 +75,7 @@ def main() -> None:
     rounds = {name: [] for name in models}
     for _ in range(args.rounds):
         for name, (_, one_step) in compiled.items():
-            rounds[name].append(best_time(one_step, args.steps))
+            rounds[name].append(timed(one_step, args.steps))
     ratios = sorted(ll / g for ll, g in zip(rounds["llama"], rounds["gpt"], strict=True))
 
     print(f"config            {args.config} {' '.join(args.overrides)}")
