@@ -17,7 +17,8 @@ not LayerNorms) and gradient clipping. For `llama`, Hugging Face's `LlamaForCaus
 untied embeddings, laggrow's initialisation (o_proj and down_proj at 0.02 / sqrt(2 L)) and decay
 mask (norm scales and biases spared). Both peers train to laggrow's losses step for step from
 laggrow's initial parameters (`load_laggrow_params`, tests/test_benchmarks.py). On CUDA the peer is
-`torch.compile`d and uses fused AdamW; on CPU it runs eager (what a researcher's nanoGPT does there), with torch.set_num_threads(cpu_count).
+`torch.compile`d and uses fused AdamW; on CPU it runs eager (what a researcher's nanoGPT does
+there), with torch.set_num_threads(cpu_count).
 
 laggrow's jitted step (`laggrow.train.jit_train_step`) and the peer's step train batches of the
 same shape (batch, seq_len, vocab) and are timed in alternating rounds, their order swapped every
