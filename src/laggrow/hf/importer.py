@@ -38,6 +38,7 @@ from laggrow import hosts, store
 from laggrow.config import DataConfig, ModelConfig, RunConfig, apply_overrides, run_config_from_dict, shown
 from laggrow.data import HFTokenizer, data_fingerprint, load_dataset, special_token
 from laggrow.errors import LaggrowError
+from laggrow.growth.layout import unflatten
 from laggrow.hf import convert
 from laggrow.hf.weights import WeightFiles, numpy_dtype
 
@@ -125,14 +126,7 @@ def read_params(weights: WeightFiles, cfg: ModelConfig, dtype: str) -> tuple[dic
             else:
                 out[t.layer] = value.astype(out.dtype, copy=False)
         flat[leaf] = out
-    tree: dict[str, Any] = {}
-    for path, value in flat.items():
-        node = tree
-        *parents, last = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[last] = value
-    return tree, dtypes
+    return unflatten(flat), dtypes
 
 
 def import_model(hf_dir: Path, out: Path, dtype: str = "keep", overrides: list[str] | None = None,
