@@ -32,8 +32,9 @@ def dtype_for(vocab_size: int) -> str:
 
 
 def is_token_dir(corpus: str | Path) -> bool:
-    """Whether `corpus` names a directory meant as a token directory (it has a manifest)."""
-    return (Path(corpus).expanduser() / store.TOKENS_MANIFEST_FILE).is_file()
+    """Whether `corpus` names a token directory, finished (a manifest) or not (a progress file)."""
+    path = Path(corpus).expanduser()
+    return (path / store.TOKENS_MANIFEST_FILE).is_file() or (path / store.TOKENIZE_PROGRESS_FILE).is_file()
 
 
 def _damaged(path: Path, what: str) -> LaggrowError:
@@ -44,6 +45,9 @@ def _damaged(path: Path, what: str) -> LaggrowError:
 def read_manifest(path: Path) -> dict[str, Any]:
     """The manifest of the token directory `path`, its shape checked; one line when it is not one."""
     path = Path(path)
+    if not (path / store.TOKENS_MANIFEST_FILE).is_file():
+        raise LaggrowError(f"token directory {path}: unfinished, no {store.TOKENS_MANIFEST_FILE} (laggrow tokenize "
+                           "was stopped; expected a finished one: run the same laggrow tokenize again to finish it)")
     manifest = store.read_json(path / store.TOKENS_MANIFEST_FILE, "token directory manifest")
     if manifest.get("format") != FORMAT or manifest.get("version") != FORMAT_VERSION:
         raise _damaged(path, f"{store.TOKENS_MANIFEST_FILE} is not format {FORMAT} version {FORMAT_VERSION}")
