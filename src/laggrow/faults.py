@@ -13,7 +13,7 @@ POINT is one of the calls to `point` in the library:
 - `save:STEP`: Orbax is writing checkpoint STEP in the background (not yet finalised);
 - `finalised:STEP`: Orbax finalised checkpoint STEP on every process, its manifest not written;
 - `saved:STEP`: checkpoint STEP and its manifest are written;
-- `staged:NAME`: the staging directory of NAME (a probe's `--out` name) was made and locked.
+- `staged:NAME`: the staging directory of NAME (a probe's `--out` name) was made and locked;
 - `chunk:N`: `laggrow tokenize` committed its chunk N (1, 2, ...: token files and progress written).
 
 Without `:WHERE` the first such point matches, whatever its step or name. ACTION is `SIGKILL`,
