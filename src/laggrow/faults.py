@@ -13,7 +13,8 @@ POINT is one of the calls to `point` in the library:
 - `save:STEP`: Orbax is writing checkpoint STEP in the background (not yet finalised);
 - `finalised:STEP`: Orbax finalised checkpoint STEP on every process, its manifest not written;
 - `saved:STEP`: checkpoint STEP and its manifest are written;
-- `staged:NAME`: the staging directory of NAME (a probe's `--out` name) was made and locked.
+- `staged:NAME`: the staging directory of NAME (a probe's `--out` name) was made and locked;
+- `chunk:N`: `laggrow tokenize` committed its chunk N (1, 2, ...: token files and progress written).
 
 Without `:WHERE` the first such point matches, whatever its step or name. ACTION is `SIGKILL`,
 `SIGINT` (what Ctrl-C sends: the loops stop after the current step), `SIGSTOP` (the process
@@ -33,7 +34,7 @@ from laggrow.errors import LaggrowError
 
 ENV = "LAGGROW_TEST_ONLY_FAULT"
 ACTIONS = ("SIGKILL", "SIGINT", "SIGSTOP", "raise")
-POINTS = ("record", "save", "finalised", "saved", "staged")
+POINTS = ("record", "save", "finalised", "saved", "staged", "chunk")
 
 
 def _parse(spec: str | None) -> tuple[str, str | None, str] | None:

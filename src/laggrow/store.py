@@ -114,6 +114,14 @@ STAGES_DIR = "stages"  # stages/<method>-seed<s>/: the last completed stages' ch
 CHOICES_FILE = "choices.jsonl"  # inside a STAGES_DIR entry: one record per completed stage
 MODELS_DIR = "models"  # models/<method>-seed<s>/: each method's final model as a laggrow run
 
+# A token directory (`laggrow tokenize`): its manifest, written last; the progress of an unfinished one;
+# one token file per split (TOKEN_FILES); the train split's token counts (the unigram baseline).
+TOKENS_MANIFEST_FILE = "tokens.json"
+TOKENIZE_PROGRESS_FILE = "tokenize-progress.json"
+TOKEN_FILES = {"train": "train.tokens", "heldout": "heldout.tokens", "selection": "selection.tokens",
+               "test": "test.tokens"}
+TRAIN_COUNTS_FILE = "train-counts.npy"
+
 LOCK_FILE = ".laggrow.lock"
 _TMP_SUFFIX = ".tmp"
 _PARTIAL_SUFFIX = ".partial"
@@ -226,6 +234,35 @@ def append_jsonl(path: Path, records: list[dict]) -> None:
 def rewrite_jsonl(path: Path, records: list[dict]) -> None:
     """Replace a JSONL file whole (a resume dropping the records past its checkpoint)."""
     write_text(path, "".join(dumps(r, indent=None) + "\n" for r in records))
+
+
+def append_bytes(path: Path, parts: list[bytes]) -> None:
+    """Append `parts` to a binary file (a token file being written) and flush them to disk."""
+    with open(path, "ab") as fh:
+        for part in parts:
+            fh.write(part)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def truncate_file(path: Path, size: int) -> None:
+    """Cut a binary file back to `size` bytes (what a killed writer appended past its last commit),
+    or create it empty."""
+    with open(path, "ab") as fh:
+        fh.truncate(size)
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def write_npy(path: Path, array: Any) -> None:
+    """Write a numpy array as an .npy file, atomically."""
+    import numpy as np
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as fh:
+            np.save(fh, array, allow_pickle=False)
+
+    write_file(Path(path), write)
 
 
 def write_outputs(directory: Path, writers: dict[str, str | Callable[[Path], None]]) -> list[Path]:

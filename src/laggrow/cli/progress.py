@@ -99,3 +99,25 @@ def experiment_progress(console: Console):
             self.progress.console.print(f"[bold]{result.stage:<9}[/] {status}", highlight=False)
 
     return RichObserver()
+
+
+class TokenizeProgress:
+    """`laggrow tokenize`'s bars: documents read (the first pass), then documents tokenized.
+    Entered, it is the `on_progress(phase, done, total)` callback."""
+
+    def __init__(self, console: Console):
+        self._progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                                  TimeElapsedColumn(), TimeRemainingColumn(), console=console)
+        self._tasks: dict[str, object] = {}
+
+    def __call__(self, phase: str, done: int, total: int | None) -> None:
+        if phase not in self._tasks:
+            self._tasks[phase] = self._progress.add_task({"read": "read", "tokenize": "tokenize"}[phase], total=total)
+        self._progress.update(self._tasks[phase], completed=done, total=total)
+
+    def __enter__(self):
+        self._progress.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._progress.__exit__(*exc)
