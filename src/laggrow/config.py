@@ -39,16 +39,16 @@ class ModelConfig:
       q/k/v (`qkv_bias`, as Qwen2). The layout maps one-to-one onto Hugging Face's Llama tensors
       (model.py's docstring)."""
 
-    n_layers: int = 2
-    d_model: int = 64
-    n_heads: int = 4
-    d_ff: int = 256
-    vocab_size: int = 256
-    max_seq_len: int = 128
+    n_layers: int = 2  # Transformer blocks (the depth growth changes)
+    d_model: int = 64  # the residual stream's width
+    n_heads: int = 4  # query heads; d_model must be a multiple of it
+    d_ff: int = 256  # the MLP's hidden width (gpt: GELU; llama: SwiGLU's gate and up)
+    vocab_size: int = 256  # set from the tokenizer by laggrow train (256 for bytes)
+    max_seq_len: int = 128  # the longest context; learned positions have this many rows
     pos_emb: str = "learned"  # learned | rope
-    tie_embeddings: bool = False
+    tie_embeddings: bool = False  # the output head is the token embedding's transpose
     dtype: str = "float32"  # compute dtype; params stay float32
-    ln_eps: float = 1e-5
+    ln_eps: float = 1e-5  # the LayerNorm / RMSNorm epsilon
     # How the model is computed, not what it computes: none of these changes a parameter or the
     # model's math (beyond float rounding), and a run saved before they existed reads back with
     # their defaults. What `auto` means is decided per backend at trace time (attention.py,
@@ -208,12 +208,12 @@ class DataConfig:
     corpus: str = "kjv"
     text_field: str = "text"  # the field read from a .jsonl corpus
     tokenizer: str = "byte"  # byte | bpe | hf (an imported model's own, kept in its run: laggrow import)
-    bpe_vocab_size: int = 1024
-    seq_len: int = 128
-    heldout_fraction: float = 0.02
-    eval_batches: int = 4  # the fixed held-out set: eval_batches x eval_batch_size windows
-    eval_batch_size: int = 16
-    split_seed: int = 0
+    bpe_vocab_size: int = 1024  # the vocabulary a `bpe` tokenizer is trained to (on the train split)
+    seq_len: int = 128  # tokens per training window (each window reads seq_len + 1 tokens)
+    heldout_fraction: float = 0.02  # the share of documents held out (whole documents), in [0.01, 0.5)
+    eval_batches: int = 4  # the selection set: eval_batches x eval_batch_size held-out windows, read at every evaluation
+    eval_batch_size: int = 16  # windows per held-out batch
+    split_seed: int = 0  # which documents are held out, and which of those select and which test
 
     def validate(self) -> None:
         _require_finite(self, "data")
@@ -232,25 +232,25 @@ class DataConfig:
 class TrainConfig:
     """Optimizer, schedule and loop settings."""
 
-    steps: int = 100
-    batch_size: int = 16
-    lr: float = 3e-3
+    steps: int = 100  # optimizer steps; the schedule is defined over them
+    batch_size: int = 16  # windows per step (data.seq_len tokens each)
+    lr: float = 3e-3  # the peak learning rate (AdamW)
     schedule: str = "cosine"  # cosine | linear | constant (all after a linear warmup)
-    warmup_steps: int = 10
+    warmup_steps: int = 10  # linear warmup to the peak, in [0, steps]
     # the learning rate the warmup starts from; 0: lr / warmup_steps at the first step (a grown
     # model may re-warm from the rate its source ended at: a pool's `warmup_start: source_end`)
     warmup_start: float = 0.0
     # steps held at the peak after the warmup, before the decay starts (pools: probe_lr "peak")
     hold_steps: int = 0
-    min_lr_ratio: float = 0.1
-    weight_decay: float = 0.1
-    beta1: float = 0.9
-    beta2: float = 0.95
-    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1  # where the decay ends, as a share of the peak
+    weight_decay: float = 0.1  # AdamW's decoupled decay, on matmul weights only (not norms or biases)
+    beta1: float = 0.9  # AdamW's first-moment decay
+    beta2: float = 0.95  # AdamW's second-moment decay
+    grad_clip: float = 1.0  # the global gradient norm clipped to; 0: no clipping
     dropout: float = 0.0  # residual dropout while training; its mask key is fold_in(key(seed), step)
-    seed: int = 0
-    eval_every: int = 50
-    log_every: int = 10
+    seed: int = 0  # the init and the data order
+    eval_every: int = 50  # steps between held-out evaluations (and the last step)
+    log_every: int = 10  # steps between training-loss records in metrics.jsonl
     checkpoint_every: int = 0  # 0: only at the end
 
     # Keys added after runs were recorded, written to config.json only where not at their default,
@@ -301,9 +301,9 @@ class MeshConfig:
     over the data axis (FSDP). Where it runs, not what it computes: never part of a run's or a
     pool's identity, so a run checkpointed on one layout resumes on another."""
 
-    candidates: int | str = AUTO
-    data: int | str = AUTO
-    fsdp: bool = False
+    candidates: int | str = AUTO  # devices on the candidate axis (pools only): an integer or auto
+    data: int | str = AUTO  # devices on the data axis (the batch split): an integer or auto
+    fsdp: bool = False  # parameters and optimizer state split over the data axis too
 
     def validate(self, where: str = "mesh") -> MeshConfig:
         for name in ("candidates", "data"):
