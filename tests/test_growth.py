@@ -20,7 +20,7 @@ import pytest
 from laggrow import model
 from laggrow.config import ModelConfig
 from laggrow.errors import LaggrowError
-from laggrow.growth import STRATEGIES, grow, is_function_preserving, plan_stages
+from laggrow.growth import STRATEGIES, check_request, grow, is_function_preserving
 from laggrow.growth.layout import flatten, unflatten
 
 A = ModelConfig(n_layers=2, d_model=32, n_heads=4, d_ff=64, vocab_size=64, max_seq_len=16)
@@ -49,15 +49,30 @@ CASES = [
     ("llama.L2-3", LA, grown(LA, n_layers=3)),
     ("llama.D32-64.F64-128.tied", LB, grown(LB, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128)),
     ("llama.D32-64.F64-128.L2-3", LA, grown(LA, d_model=64, n_heads=8, n_kv_heads=4, d_ff=128, n_layers=3)),
+    # 3 -> 4: what SOLAR's dus (2L - 2*drop) and block_expansion's every 3 reach, gpt and llama
+    ("L3-4.rope.tied", B, grown(B, n_layers=4)),
+    ("llama.L3-4.tied", LB, grown(LB, n_layers=4)),
 ]
-COMPOSITES = ["hypercloning+copy_zero", "net2net+zero_top", "fusion+stack_middle", "net2net+interleave"]
+CASE = {cid: (src, dst) for cid, src, dst in CASES}
+COMPOSITES = ["hypercloning+copy_zero", "net2net+zero_top", "fusion+stack_middle", "net2net+interleave",
+              "hypercloning+block_expansion"]
 SPECS = list(STRATEGIES) + COMPOSITES
 KEY = jax.random.key(7)
 
 
+def options_for(spec: str, src: ModelConfig, dst: ModelConfig) -> dict:
+    """The options the registry-wide tests grow `spec` with: none, except for slices, which has
+    no default: the whole source, then its top L'-L layers again, not zeroed (so its "not
+    preserving" claim is what the tests check; zeroed ranges have tests of their own)."""
+    if spec.split("+")[-1] == "slices":
+        n, k = src.n_layers, dst.n_layers - src.n_layers
+        return {"ranges": [[0, n], [n - k, n]]}
+    return {}
+
+
 def supports(spec: str, src: ModelConfig, dst: ModelConfig) -> bool:
     try:
-        plan_stages(src, dst, spec)
+        check_request(src, dst, spec, options_for(spec, src, dst))
     except LaggrowError:
         return False
     return True
@@ -97,7 +112,7 @@ def logits(params: dict, cfg: ModelConfig) -> np.ndarray:
 
 @functools.cache
 def grown_params(spec: str, src: ModelConfig, dst: ModelConfig, seed: int = 7) -> dict:
-    return grow(source_params(src), src, dst, spec, jax.random.key(seed))
+    return grow(source_params(src), src, dst, spec, jax.random.key(seed), **options_for(spec, src, dst))
 
 
 def test_every_strategy_is_exercised():
@@ -122,7 +137,7 @@ def test_output_is_the_targets_shape_and_deterministic(spec, src, dst):
 
     for path, x in flatten(params).items():  # the input is untouched
         np.testing.assert_array_equal(np.asarray(x), before[path], err_msg=path)
-    again = grow(params, src, dst, spec, jax.random.key(7))
+    again = grow(params, src, dst, spec, jax.random.key(7), **options_for(spec, src, dst))
     for path, leaf in flatten(again).items():  # same key, same output
         np.testing.assert_array_equal(np.asarray(leaf), np.asarray(got[path]), err_msg=path)
 
@@ -186,3 +201,31 @@ def test_strategies_with_randomness_depend_on_the_key():
         one, two = grown_params(spec, src, dst, 7), grown_params(spec, src, dst, 8)
         assert any(not np.array_equal(np.asarray(x), np.asarray(flatten(two)[p]))
                    for p, x in flatten(one).items()), spec
+
+
+@pytest.mark.parametrize("cid,ranges", [
+    ("L3-5.rope.tied", [[0, 1], [0, 1, "zero"], [1, 3], [2, 3, "zero"]]),
+    ("llama.L3-4.tied", [[0, 2], [0, 1, "zero"], [2, 3]]),
+])
+def test_slices_of_the_whole_source_and_zeroed_ranges_keep_the_logits(cid, ranges):
+    """[0, L) in order once, every other range zeroed: exact, wherever the zeroed ranges sit;
+    the same ranges with one zero mark left out are not (the registry claims "no" in general)."""
+    src, dst = CASE[cid]
+    before = logits(source_params(src), src)
+    after = logits(grow(source_params(src), src, dst, "slices", KEY, ranges=ranges), dst)
+    np.testing.assert_allclose(after, before, rtol=1e-5, atol=1e-5)
+    unzeroed = [r[:2] for r in ranges[:2]] + ranges[2:]
+    changed = logits(grow(source_params(src), src, dst, "slices", KEY, ranges=unzeroed), dst)
+    assert np.abs(changed - before).max() > 1e-3
+
+
+@pytest.mark.parametrize("cid", ["L2-3", "llama.L3-4.tied"])
+def test_block_expansion_is_the_slices_of_its_groups(cid):
+    """LLaMA Pro written as mergekit would: each group of `every` layers, then its last layer
+    zeroed; the two strategies must give the same params."""
+    src, dst = CASE[cid]
+    n = src.n_layers  # these cases add one layer: a single group of all n layers
+    ranges = [[0, n], [n - 1, n, "zero"]]
+    by_slices = flatten(grow(source_params(src), src, dst, "slices", KEY, ranges=ranges))
+    for path, x in flatten(grown_params("block_expansion", src, dst)).items():
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(by_slices[path]), err_msg=path)

@@ -77,6 +77,38 @@ def test_grow_non_preserving_changes_the_loss(base_run):
     assert abs(record["eval_loss_after"] - record["eval_loss_before"]) > 1e-4
 
 
+@pytest.mark.parametrize("args,layers,flagged,exact", [
+    # the whole source, then its top layer again, zeroed: exact, though slices is flagged "no"
+    (["--strategy", "slices", "--ranges", "[[0, 2], [1, 2, zero]]", "--set", "model.n_layers=3"], [0, 1, 1],
+     False, True),
+    (["--strategy", "dus", "--set", "model.n_layers=4"], [0, 1, 0, 1], False, False),  # drop 0, from the target
+    (["--strategy", "block_expansion", "--every", "2", "--set", "model.n_layers=3"], [0, 1, 1], True, True),
+], ids=["slices", "dus", "block_expansion"])
+def test_grow_with_a_recipe(base_run, tmp_path, args, layers, flagged, exact):
+    """Each recipe end to end from its command-line options: the layers are the source's (by
+    value), the loss is kept exactly when the growth is exact, the moments are carried (zero in
+    a zeroed output projection)."""
+    out = tmp_path / "grown"
+    invoke_ok("grow", "--from", base_run, *args, "--out", out, "--optimizer-state", "carry")
+    record = json.loads((out / "growth.json").read_text())
+    assert record["function_preserving"] is flagged
+    if exact:
+        assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
+    else:
+        assert abs(record["eval_loss_after"] - record["eval_loss_before"]) > 1e-4
+    grown, source = runs.load_run(out), runs.load_run(base_run)
+    w_in, src_w_in = grown.params["blocks"]["mlp"]["w_in"], source.params["blocks"]["mlp"]["w_in"]
+    assert w_in.shape[0] == len(layers)
+    for j, i in enumerate(layers):
+        assert float(abs(w_in[j] - src_w_in[i]).max()) == 0, j
+    mu = grown.state["opt_state"][1][0].mu["blocks"]["mlp"]["w_out"]
+    src_mu = source.state["opt_state"][1][0].mu["blocks"]["mlp"]["w_out"]
+    zeroed = [j for j in range(len(layers)) if not grown.params["blocks"]["mlp"]["w_out"][j].any()]
+    assert zeroed == ([2] if exact else [])  # the one identity layer, on top
+    for j, i in enumerate(layers):
+        assert float(abs(mu[j] - (0 if j in zeroed else src_mu[i])).max()) == 0, j
+
+
 def test_strategies_table_and_json():
     table = invoke_ok("strategies").output
     assert all(name in table for name in STRATEGIES)
@@ -105,6 +137,16 @@ def _fails(base_run, args, expected):
     (["--strategy", "stack", "--set", "model.n_layers=3", "--block", "2"], "option block: not used"),
     (["--strategy", "stack", "--set", "model.n_layers=3", "--optimizer-state", "keep"], "--optimizer-state"),
     (["--strategy", "stack", "--set", "model.n_layer=3"], "model.n_layer: unknown key"),
+    (["--strategy", "stack", "--set", "model.n_layers=3", "--ranges", "[[0, 2]]"], "option ranges: not used"),
+    (["--strategy", "slices", "--set", "model.n_layers=3", "--ranges", "[[0, 2], [1, 2"],
+     "--ranges '[[0, 2], [1, 2': expected a list of [start, stop] or [start, stop, zero]"),
+    (["--strategy", "slices", "--set", "model.n_layers=3", "--ranges", "[[0, 2], [1, 2, z]]"],
+     "option ranges: entry 1 is [1, 2, 'z']"),
+    (["--strategy", "slices", "--set", "model.n_layers=4", "--ranges", "[[0, 2], [1, 2]]"],
+     "the ranges hold 3 layers, but the target's n_layers is 4"),
+    (["--strategy", "dus", "--set", "model.n_layers=3"], "strategy dus: makes 2L - 2*drop layers"),
+    (["--strategy", "block_expansion", "--set", "model.n_layers=4", "--every", "2"],
+     "option every: 2 gives 2 + 2/2 = 3 layers"),
 ])
 def test_bad_requests_are_one_line_and_write_nothing(base_run, args, expected):
     _fails(base_run, ["--from", base_run, *args], expected)

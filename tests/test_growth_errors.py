@@ -74,6 +74,45 @@ def test_bad_llama_targets(dst, strategy, needle):
     assert needle in fails(source_params(LA), LA, dst, strategy, KEY)
 
 
+SIX = dataclasses.replace(A, n_layers=6)  # shapes only: these requests fail before any array is grown
+FOUR_LLAMA = dataclasses.replace(LA, n_layers=4)
+
+
+@pytest.mark.parametrize("src,dst,strategy,options,needle", [
+    (A, DEEP, "slices", {}, "option ranges: strategy slices needs it (expected a list of [start, stop] or "
+     "[start, stop, zero] source layer ranges, e.g. [[0, 4], [2, 4, zero]])"),
+    (A, DEEP, "slices", {"ranges": [[0, 2], [0, 3]]}, "option ranges: entry 1 [0, 3] reaches past the source's "
+     "2 layers (expected stop <= 2)"),
+    (A, DEEP, "slices", {"ranges": [[0, 2], [1, 1], [0, 2]]}, "option ranges: entry 1 [1, 1] is empty"),
+    (A, DEEP, "slices", {"ranges": [[0, 2], [-1, 1]]}, "entry 1 [-1, 1] is empty or negative"),
+    (A, DEEP, "slices", {"ranges": [[0, 2], [0, 1]]}, "option ranges: the ranges hold 3 layers, but the "
+     "target's n_layers is 4 (expected ranges totalling 4)"),
+    (A, DEEP, "slices", {"ranges": [[0, 2], [0, 2, True]]}, "option ranges: entry 1 is [0, 2, True]; expected "
+     "[start, stop] or [start, stop, zero]"),
+    (A, DEEP, "slices", {"ranges": [{"range": [0, 2]}, [0, 2]]}, "option ranges: entry 0 is {'range': [0, 2]}"),
+    (A, DEEP, "slices", {"ranges": "[[0, 2], [0, 2]]"}, "option ranges: expected a list of"),
+    (A, DEEP, "slices", {"ranges": []}, "option ranges: expected a list of"),
+    (A, DEEP, "slices", {"ranges": [[0, 2.0], [0, 2]]}, "with integer start and stop"),
+    (LA, FOUR_LLAMA, "dus", {"drop": -1}, "option drop: expected an integer >= 0, got -1"),
+    (LA, FOUR_LLAMA, "dus", {"drop": 2}, "option drop: 2 leaves no layer of the source's 2 (expected drop < 2)"),
+    (DEEP, SIX, "dus", {"drop": 0}, "option drop: 0 gives 2*4 - 2*0 = 8 layers, but the target's n_layers is 6 "
+     "(expected drop 1)"),
+    (DEEP, dataclasses.replace(A, n_layers=7), "dus", {}, "strategy dus: makes 2L - 2*drop layers, so from 4 "
+     "layers possible n_layers: 8 (drop 0), 6 (drop 1); got 7"),
+    (DEEP, dataclasses.replace(A, n_layers=7), "block_expansion", {}, "strategy block_expansion: adds one identity "
+     "layer per group of `every` layers (every divides L), so from 4 layers possible n_layers: 5 (every 4), "
+     "6 (every 2), 8 (every 1); got 7"),
+    (DEEP, SIX, "block_expansion", {"every": 3}, "option every: 3 does not divide the source's 4 layers "
+     "(LLaMA Pro's groups are equal; expected one of 1, 2, 4)"),
+    (DEEP, SIX, "block_expansion", {"every": 0}, "option every: expected an integer >= 1, got 0"),
+    (DEEP, SIX, "block_expansion", {"every": 4}, "option every: 4 gives 4 + 4/4 = 5 layers, but the target's "
+     "n_layers is 6 (expected every 2)"),
+    (A, DEEP, "dus", {"every": 1}, "option every: not used by strategy 'dus' (it takes drop)"),
+])
+def test_bad_recipe_options(src, dst, strategy, options, needle):
+    assert needle in fails(source_params(src), src, dst, strategy, KEY, **options)
+
+
 def test_bad_options():
     params = source_params(A)
     assert "option block: not used by strategy 'stack' (it takes no options)" in fails(

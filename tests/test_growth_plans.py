@@ -12,9 +12,9 @@ import numpy as np
 import optax
 import pytest
 
-from laggrow.growth import STRATEGIES, grow_opt_state
+from laggrow.growth import STRATEGIES, grow, grow_opt_state
 from laggrow.growth.layout import OUTPUT_PROJECTIONS, flatten, unflatten
-from test_growth import CASES, KEY, grown_params, source_params, supports
+from test_growth import CASE, CASES, KEY, grown_params, options_for, source_params, supports
 
 PLAN_STRATEGIES = [name for name, s in STRATEGIES.items() if s.plan is not None]
 
@@ -35,6 +35,12 @@ EXPECTED = [
     ("random_top", 2, 4, {}, [0, 1, None, None]),
     ("zero_top", 2, 3, {}, [0, 1, None]),
     ("stack_noise", 2, 3, {}, [0, 1, 0]),
+    ("dus", 3, 4, {}, [0, 1, 1, 2]),  # drop 1 (what 4 layers need): [0, 2) + [1, 3)
+    ("dus", 2, 4, {"drop": 0}, [0, 1, 0, 1]),
+    ("dus", 32, 48, {"drop": 8}, list(range(24)) + list(range(8, 32))),  # SOLAR 10.7B: 2 x 24 of 32 layers
+    ("block_expansion", 4, 6, {}, [0, 1, 1, 2, 3, 3]),  # every 2: a copy of each pair's top layer after it
+    ("block_expansion", 3, 6, {"every": 1}, [0, 0, 1, 1, 2, 2]),
+    ("block_expansion", 8, 10, {"every": 4}, [0, 1, 2, 3, 3, 4, 5, 6, 7, 7]),  # LLaMA Pro's P = 2 groups
 ]
 
 
@@ -47,9 +53,23 @@ def test_plans_put_the_right_layers_in_the_right_slots(name, n, n_target, option
     assert kept == list(range(n))
 
 
+def test_slices_concatenate_their_ranges_in_order():
+    plan = STRATEGIES["slices"].plan(4, 7, {"ranges": [[0, 3], [1, 4, "zero"], [3, 4]]})
+    assert [s.source for s in plan] == [0, 1, 2, 1, 2, 3, 3]
+    assert [s.zero_out for s in plan] == [False, False, False, True, True, True, False]
+    assert [s.copy for s in plan] == [False, False, False, True, True, False, True]  # repeats of a source layer
+    # a passthrough may drop and reorder layers: nothing says every source layer stays
+    assert [s.source for s in STRATEGIES["slices"].plan(4, 5, {"ranges": [[2, 4], [0, 3]]})] == [2, 3, 0, 1, 2]
+
+
 def test_flagged_plans_mark_the_right_slots():
     copy_zero = STRATEGIES["copy_zero"].plan(3, 4, {})
     assert [s.zero_out for s in copy_zero] == [False, False, True, False]  # the copy, after its original
+    # LLaMA Pro spreads its copies, one after each group; copy_zero puts them in one middle block
+    expansion = STRATEGIES["block_expansion"].plan(4, 6, {})
+    assert [s.zero_out for s in expansion] == [False, False, True, False, False, True]
+    assert [s.source for s in STRATEGIES["copy_zero"].plan(4, 6, {})] == [0, 1, 0, 1, 2, 3]
+    assert not any(s.zero_out for s in STRATEGIES["dus"].plan(3, 4, {}))
     assert all(s.zero_out for s in STRATEGIES["zero_top"].plan(2, 4, {})[2:])
     assert [s.noise for s in STRATEGIES["stack_noise"].plan(2, 3, {})] == [False, False, True]
 
@@ -57,10 +77,13 @@ def test_flagged_plans_mark_the_right_slots():
 DEPTH_CASES = [c for c in CASES if c[1].d_model == c[2].d_model and c[1].d_ff == c[2].d_ff]
 
 
-@pytest.mark.parametrize("name", PLAN_STRATEGIES)
-@pytest.mark.parametrize("cid,src,dst", DEPTH_CASES, ids=[c[0] for c in DEPTH_CASES])
+PLAN_RUNS = [pytest.param(name, cid, src, dst, id=f"{name}-{cid}")
+             for name in PLAN_STRATEGIES for cid, src, dst in DEPTH_CASES if supports(name, src, dst)]
+
+
+@pytest.mark.parametrize("name,cid,src,dst", PLAN_RUNS)
 def test_grown_layers_follow_the_plan(name, cid, src, dst):
-    slots = STRATEGIES[name].plan(src.n_layers, dst.n_layers, {"noise": 0.01})
+    slots = STRATEGIES[name].plan(src.n_layers, dst.n_layers, {"noise": 0.01, **options_for(name, src, dst)})
     before = flatten(source_params(src)["blocks"])
     after = flatten(grown_params(name, src, dst)["blocks"])
     for j, slot in enumerate(slots):
@@ -102,7 +125,7 @@ def moments_of(state, params: dict) -> list[dict]:
     return [n for n in jax.tree.leaves(state, is_leaf=is_params) if is_params(n)]
 
 
-CARRY_CASES = [CASES[0], CASES[2]]  # one depth case, one width case
+CARRY_CASES = [CASES[0], CASES[2], ("L3-4.rope.tied", *CASE["L3-4.rope.tied"])]  # depth, width; dus
 
 
 def carry_case(name: str):
@@ -115,9 +138,23 @@ def carry_case(name: str):
 @pytest.mark.parametrize("name", list(STRATEGIES))
 def test_carried_moments_have_the_targets_shapes_and_the_sources_values(name):
     src, dst = carry_case(name)
-    params, big = source_params(src), grown_params(name, src, dst)
+    check_carried_moments(name, src, dst, options_for(name, src, dst))
+
+
+@pytest.mark.parametrize("cid,ranges", [("L3-5.rope.tied", [[0, 3], [1, 3, "zero"]]),
+                                        ("llama.L3-4.tied", [[0, 1, "zero"], [0, 3]])])
+def test_zeroed_ranges_carry_zero_moments_for_their_output_projections(cid, ranges):
+    """A zeroed range's layers take their source's moments except in the output projections:
+    those weights are new (zero), and the source's mu would move them along the old weight's
+    history at the first step, before their own gradient does."""
+    check_carried_moments("slices", *CASE[cid], {"ranges": ranges})
+
+
+def check_carried_moments(name: str, src, dst, options: dict) -> None:
+    params = source_params(src)
+    big = grow(params, src, dst, name, KEY, **options)
     opt, state = adamw_state(params, seed=3)
-    carried = grow_opt_state(state, src, dst, name, KEY)
+    carried = grow_opt_state(state, src, dst, name, KEY, **options)
 
     fresh = opt.init(big)
     assert jax.tree.structure(carried) == jax.tree.structure(fresh)
@@ -131,7 +168,7 @@ def test_carried_moments_have_the_targets_shapes_and_the_sources_values(name):
         if name == "scratch":  # nothing is copied: a reset
             assert not any(np.any(np.asarray(x)) for x in new.values())
         elif strategy.plan is not None:
-            slots = strategy.plan(src.n_layers, dst.n_layers, {})
+            slots = strategy.plan(src.n_layers, dst.n_layers, options)
             for path, x in new.items():
                 if not path.startswith("blocks/"):
                     np.testing.assert_array_equal(np.asarray(x), np.asarray(old[path]))

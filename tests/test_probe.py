@@ -351,11 +351,35 @@ def _fails(args, expected, nothing_at=None):
     ({"lag_steps": 20}, "lag_steps"),
     ({"source": "/nonexistent/run"}, "does not exist"),
     ({"learning_rate": 1}, "unknown key"),
+    ({"strategies": ["stack", {"name": "slices", "ranges": [[0, 2], [1, 1]]}]},
+     "option ranges: entry 1 [1, 1] is empty"),
+    ({"strategies": ["stack", {"name": "slices", "ranges": [[0, 2], [1, 2, "zero"], [0, 1]]}]},
+     "option ranges: the ranges hold 4 layers, but the target's n_layers is 3"),
+    ({"strategies": ["stack", {"name": "block_expansion", "every": 1}]}, "option every: 1 gives 2 + 2/1 = 4 layers"),
 ])
 def test_bad_pools_fail_with_one_line(tmp_path, base_run, changes, expected):
     pool_path = _pool_file(tmp_path, base_run, **changes)
     _fails(["probe", pool_path, "--out", tmp_path / "out"], expected, nothing_at=tmp_path / "out")
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")], "no staging left behind"
+
+
+def test_recipes_in_a_pool_yaml_grow_their_layers(tmp_path, base_run):
+    """`{name: slices, ranges: [[0, 2], [1, 2, zero]]}` in a pool file is LLaMA Pro's expansion of
+    a 2-layer model written as ranges: both candidates get the same params."""
+    path = tmp_path / "pool.yaml"
+    path.write_text(yaml.safe_dump({**POOL, "source": str(base_run), "strategies": None}).replace(
+        "strategies: null",
+        "strategies: [{name: slices, ranges: [[0, 2], [1, 2, zero]]}, {name: block_expansion, every: 2}]"))
+    pool = load_pool_config(path)
+    source = runs.load_run(base_run)
+    target = pool.target_run_config(source.config)
+    candidates = probe.check_pool(pool, source.config, target)
+    assert [c["function_preserving"] for c in candidates] == [False, True]  # slices is flagged "no"
+    state = probe.grow_candidates(pool, source, target, candidates)
+    w_out = np.asarray(state["params"]["blocks"]["mlp"]["w_out"])  # (candidates, layers, F, D)
+    assert w_out.shape[:2] == (2, 3) and not w_out[:, 2].any()
+    for a in jax.tree.leaves(state["params"]):
+        np.testing.assert_array_equal(np.asarray(a)[0], np.asarray(a)[1])
 
 
 def test_train_final_needs_a_probe_and_an_unchanged_pool(tmp_path, base_run):

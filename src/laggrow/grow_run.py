@@ -28,7 +28,8 @@ def target_config(source, overrides: list[str] | None):
 
 def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | None = None,
              optimizer_state: str = "reset", seed: int = 0, options: dict[str, Any] | None = None) -> dict:
-    """Grow `source_dir` into a new run at `out`; returns the growth.json record."""
+    """Grow `source_dir` into a new run at `out`; returns the growth.json record. `options` are the
+    strategy's (`ranges` may be YAML text, as `--ranges` gives it)."""
     from laggrow import runs, store
     from laggrow.resources import SEED_MAX
 
@@ -45,11 +46,14 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     source_cfg = runs.read_run_config(source_dir, what="--from")
     target = target_config(source_cfg, overrides)  # refuses a target that cannot fit in memory
     from laggrow import growth  # imports jax: only once the cheap checks have passed
-    growth.plan_stages(source_cfg.model, target.model, strategy)
-    growth.transform.check_grows(source_cfg.model, target.model, "target (--set)")
+    if isinstance(options.get("ranges"), str):  # the command line's --ranges, as YAML text
+        options["ranges"] = growth.recipes.ranges_from_text(options["ranges"])
     partner_dir = options.pop("partner", None)
     # Checks the options now; a partner run stands in as an empty tree until it is loaded.
-    preserving = growth.is_function_preserving(strategy, **options, **({"partner": {}} if partner_dir else {}))
+    checked = {**options, **({"partner": {}} if partner_dir else {})}
+    growth.check_request(source_cfg.model, target.model, strategy, checked)
+    growth.transform.check_grows(source_cfg.model, target.model, "target (--set)")
+    preserving = growth.is_function_preserving(strategy, **checked)
     if partner_dir is not None:
         runs.read_run_config(Path(partner_dir), what="--partner")
 

@@ -19,6 +19,8 @@ HELP = (
     "Depth strategies reach any n_layers >= the source's. Width strategies keep head_dim, so "
     "n_heads = d_model / head_dim: hypercloning needs integer factors of d_model and d_ff; net2net "
     "integer factors of d_model and any d_ff; zero_pad and random_pad any sizes; fusion exactly 2x. "
+    "slices takes --ranges (its layers, totalling n_layers), dus 2L - 2*drop layers, block_expansion "
+    "L + L/every. "
     "A llama's heads grow in whole key/value groups: set model.n_kv_heads with model.n_heads. "
     "Compose width and depth as WIDTH+DEPTH, e.g. hypercloning+stack_middle. "
     "`laggrow strategies` lists them all."
@@ -42,6 +44,14 @@ def grow_command(
         "--block", help="Layers per copied block (stack_top, stack_middle, stack_bottom, copy_zero).")] = None,
     partner: Annotated[Path | None, typer.Option(
         "--partner", help="fusion: a second run of the source's shape (default: a copy of the source).")] = None,
+    ranges: Annotated[str | None, typer.Option(
+        "--ranges", help="slices: source layer ranges as YAML, e.g. '[[0, 4], [2, 4, zero]]' "
+                         "([start, stop) each; zero: output projections zeroed).")] = None,
+    drop: Annotated[int | None, typer.Option(
+        "--drop", help="dus: layers dropped at the seam, [0, L-drop) + [drop, L) (default: from n_layers).")] = None,
+    every: Annotated[int | None, typer.Option(
+        "--every", help="block_expansion: an identity copy after every this many layers "
+                        "(default: from n_layers).")] = None,
 ) -> None:
     """Grow the trained run FROM with STRATEGY into a larger model, written as a new run in OUT."""
     from rich.console import Console
@@ -50,7 +60,8 @@ def grow_command(
     from laggrow.store import GROWTH_FILE
 
     out = out_dir(out)
-    options = {"noise": noise, "block": block, "partner": str(partner) if partner is not None else None}
+    options = {"noise": noise, "block": block, "partner": str(partner) if partner is not None else None,
+               "ranges": ranges, "drop": drop, "every": every}
     record = grow_run(source, strategy, out, overrides, optimizer_state, seed, options)
     console = Console()
     console.print(f"[bold]laggrow grow[/] {record['source']} -> {Path(out).absolute()}")

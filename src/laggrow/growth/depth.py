@@ -136,47 +136,50 @@ def _from_plan(plan: Callable[..., list[Slot]]):
     return grow_depth
 
 
-def _register_plan(name: str, plan: Callable[..., list[Slot]], **meta: Any) -> None:
+def register_plan(name: str, plan: Callable[..., list[Slot]], **meta: Any) -> None:
+    """Register a depth strategy made by its plan (recipes.py registers its own this way)."""
     register(name, kind="depth", plan=plan, **meta)(_from_plan(plan))
 
 
-_register_plan(
+register_plan(
     "stack", plan_stack, function_preserving=False,
     definition="StackBERT: the whole stack copied on top, cyclically (layer i to slot i + L)",
     reference="Gong et al. 2019, Efficient Training of BERT by Progressively Stacking (ICML)")
-_register_plan(
+register_plan(
     "stack_top", plan_stack_top, function_preserving=False, options={"block": BLOCK_OPTION},
     definition="gradual stacking: the top L'-L layers copied on top (in stages of `block` layers "
                "when L'-L > L)",
     reference=GAS)
-_register_plan(
+register_plan(
     "stack_middle", plan_stack_middle, function_preserving=False, options={"block": BLOCK_OPTION},
     definition="MIDAS: the middle block of `block` layers (default L'-L) duplicated, the copy "
                "inserted right after it; repeated until L'",
     reference=MIDAS)
-_register_plan(
+register_plan(
     "stack_bottom", plan_stack_bottom, function_preserving=False, options={"block": BLOCK_OPTION},
     definition="the bottom block of `block` layers (default L'-L) duplicated in place",
     reference=f"block-position variant of {MIDAS.split(',')[0]}")
-_register_plan(
+register_plan(
     "interleave", plan_interleave, function_preserving=False,
     definition="each layer duplicated in place (f1 f1 f2 f2 ...); for non-multiples the lower "
                "layers take the extra copies",
     reference="Wang et al. 2023, LiGO (ICLR), interlace; Wu et al. 2024, LLaMA Pro")
-_register_plan(
+register_plan(
     "random_top", plan_random_top, function_preserving=False,
     definition="new freshly initialised layers on top",
     reference="baseline of " + GAS.split(",")[0])
-_register_plan(
+register_plan(
     "zero_top", plan_zero_top, function_preserving=True,
     definition="new identity layers on top: fresh layers whose attention and MLP output "
                "projections are zero",
     reference="Shen et al. 2022, Staged Training for Transformer LMs (ICML)")
-_register_plan(
+register_plan(
     "copy_zero", plan_copy_zero, function_preserving=True, options={"block": BLOCK_OPTION},
-    definition="copies placed as stack_middle places them, with their output projections zero",
-    reference=LLAMA_PRO)
-_register_plan(
+    definition="copies placed as stack_middle places them (one block of copies, each right after the "
+               "block it copies), with their output projections zero; block_expansion spreads them "
+               "instead, one after each group",
+    reference=f"the identity copies of {LLAMA_PRO}, placed as MIDAS")
+register_plan(
     "stack_noise", plan_stack_noise, function_preserving=False,
     options={"noise": Option(0.01, non_negative_float, "relative std of the noise on the copies")},
     definition="stack, plus seeded Gaussian noise of relative std `noise` (default 0.01, per "

@@ -99,10 +99,23 @@ def _single_stage(only: Strategy, src: ModelConfig, dst: ModelConfig) -> Stage:
     return (only, src, dst)
 
 
-def _prepare(src: ModelConfig, dst: ModelConfig, strategy: str,
-             options: Mapping[str, Any]) -> tuple[list[Stage], dict[str, Any]]:
+def check_request(src: ModelConfig, dst: ModelConfig, strategy: str,
+                  options: Mapping[str, Any]) -> tuple[list[Stage], dict[str, Any]]:
+    """Every check of a request that needs no weights: the stages, the options' form, and for a
+    depth strategy made by a plan, that its plan under these options makes the target's depth
+    (ranges inside the source, a `drop` or `every` the target agrees with). Returns the stages and
+    the checked options with their defaults."""
     stages = plan_stages(src, dst, strategy)
     options = check_options([s for s, _, _ in stages], options)
+    for strat, s, d in stages:
+        if strat.plan is not None and len(strat.plan(s.n_layers, d.n_layers, options)) != d.n_layers:
+            raise LaggrowError(f"strategy {strat.name}: its plan does not make the target's {d.n_layers} layers")
+    return stages, options
+
+
+def _prepare(src: ModelConfig, dst: ModelConfig, strategy: str,
+             options: Mapping[str, Any]) -> tuple[list[Stage], dict[str, Any]]:
+    stages, options = check_request(src, dst, strategy, options)
     if options.get("partner") is not None:
         check_shapes(options["partner"], model.param_shapes(src),
                      "fusion partner (expected the source's shape)")
@@ -122,7 +135,8 @@ def grow(params: Params, src_cfg: ModelConfig, dst_cfg: ModelConfig, strategy: s
 
     Pure: no I/O, `params` is never mutated, and the same key gives the same output. Options:
     `noise` (relative std, hypercloning and stack_noise), `block` (layers per copied block,
-    stack_top / stack_middle / stack_bottom / copy_zero), `partner` (fusion's second model).
+    stack_top / stack_middle / stack_bottom / copy_zero), `partner` (fusion's second model),
+    `ranges` (slices), `drop` (dus), `every` (block_expansion).
     """
     stages, options = _prepare(src_cfg, dst_cfg, strategy, options)
     check_shapes(params, model.param_shapes(src_cfg), "source params (expected the source config's shapes)")

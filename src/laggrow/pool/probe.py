@@ -52,10 +52,10 @@ def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[d
     growth.transform.check_grows(src, dst, "pool target")
     candidates = pool.candidates()
     for c in candidates:
-        growth.plan_stages(src, dst, c["name"])
         # Another run as fusion partner is loaded only when growing; an empty placeholder tells
         # the registry that a partner other than the model itself is used.
         options = {k: ({} if k == "partner" else v) for k, v in c["options"].items()}
+        growth.check_request(src, dst, c["name"], options)
         c["function_preserving"] = growth.is_function_preserving(c["name"], **options)
     return candidates
 
