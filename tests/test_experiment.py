@@ -113,15 +113,15 @@ def test_the_correlation_is_current_by_what_it_was_made_from_not_by_mtimes(exper
         ex = exp.load_experiment(TINY, out)
     finally:
         os.chdir(cwd)
-    assert exp.correlation_is_current(ex)
+    assert exp.correlation_is_current(ex, ex.pools[0])
     # a copy (cp without -p, a sync) that leaves correlation.json older than final.json: still current
     os.utime(pool / "correlation.json", (1, 1))
-    assert exp.correlation_is_current(ex)
+    assert exp.correlation_is_current(ex, ex.pools[0])
     # curves changed under a correlation.json that is newer: made again
     lines = (pool / "curves.jsonl").read_text().splitlines()
     (pool / "curves.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     os.utime(pool / "correlation.json")
-    assert not exp.correlation_is_current(ex)
+    assert not exp.correlation_is_current(ex, ex.pools[0])
 
 
 def test_report_renders_again_from_the_records(experiment):
