@@ -302,16 +302,36 @@ def base_config_path(experiment: Path, base: str) -> Path:
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` for the experiment's own keys (`base_set=[train.steps=50]`), else
-    `section.key=value` into a mapping (`pool.seeds=[1]`), as config.apply_overrides does."""
+    """`--set key=value` for the experiment's own keys (`base_set=[train.steps=50]`), a pool of
+    `pools:` by name (`pools.x2.lag_steps=8`, `pools.x2.train.lr=1e-3`), else `section.key=value`
+    into a mapping (`pool.seeds=[1]`), as config.apply_overrides does."""
     nested = []
     for item in overrides or []:
         key, sep, text = item.partition("=")
-        if sep and key.strip() in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-            raw = {**raw, key.strip(): parse_override(item, text)}
+        key = key.strip()
+        if sep and key in {f.name for f in dataclasses.fields(ExperimentConfig)}:
+            raw = {**raw, key: parse_override(item, text)}
+        elif sep and key.startswith(f"{POOLS_DIR}.") and key.count(".") > 1:
+            raw = _override_named_pool(raw, item, key.removeprefix(f"{POOLS_DIR}."), text)
         else:
             nested.append(item)
     return apply_overrides(raw, nested)
+
+
+def _override_named_pool(raw: dict[str, Any], item: str, dotted: str, text: str) -> dict[str, Any]:
+    """`--set pools.NAME.KEY=value`: NAME is the longest pool name of the file that `dotted`
+    starts with (a name may hold dots: `x1.5`), KEY a pool key or `section.key` inside one."""
+    pools = raw.get(POOLS_DIR)
+    names = [n for n in pools if isinstance(n, str) and dotted.startswith(f"{n}.")] if isinstance(pools, dict) else []
+    if not names:
+        known = ", ".join(str(n) for n in pools) if isinstance(pools, dict) else "none"
+        raise LaggrowError(f"--set {item!r:.80}: names no pool of the experiment's pools (expected "
+                           f"pools.NAME.key=value with NAME one of: {known})")
+    name = max(names, key=len)
+    key = dotted[len(name) + 1:]
+    pool = dict(pools[name]) if isinstance(pools[name], dict) else {}
+    pool = apply_overrides(pool, [f"{key}={text}"]) if "." in key else {**pool, key: parse_override(item, text)}
+    return {**raw, POOLS_DIR: {**pools, name: pool}}
 
 
 def _check_out(out: Path, names: list[str | None]) -> None:
