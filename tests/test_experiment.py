@@ -61,6 +61,12 @@ def test_run_writes_every_record_and_the_report(experiment):
     assert {r["strategy"] for r in final["candidates"]} == {"stack", "zero_top", "copy_zero", "scratch"}
     pool = yaml.safe_load((out / "pool.yaml").read_text())
     assert pool["source"] == str(out / "base")
+    # one pool (`pool:`) keeps its layout and record: pool/ beside pool.yaml, nothing of `pools:`
+    record = json.loads((out / "experiment.json").read_text())
+    assert sorted(record) == ["base_dir", "config", "correlate", "experiment_file", "experiment_given",
+                              "out_given", "pool_dir"] and record["pool_dir"] == "pool"
+    assert sorted(record["config"]) == ["base", "base_set", "correlate", "out", "pool"]
+    assert not (out / "pools").exists()
     correlation = json.loads((out / "pool" / "correlation.json").read_text())
     assert correlation["final_step"] == 12 and correlation["bootstrap"]["n"] == 50
     for name in FIGURES:
