@@ -61,6 +61,12 @@ def test_run_writes_every_record_and_the_report(experiment):
     assert {r["strategy"] for r in final["candidates"]} == {"stack", "zero_top", "copy_zero", "scratch"}
     pool = yaml.safe_load((out / "pool.yaml").read_text())
     assert pool["source"] == str(out / "base")
+    # one pool (`pool:`) keeps its layout and record: pool/ beside pool.yaml, nothing of `pools:`
+    record = json.loads((out / "experiment.json").read_text())
+    assert sorted(record) == ["base_dir", "config", "correlate", "experiment_file", "experiment_given",
+                              "out_given", "pool_dir"] and record["pool_dir"] == "pool"
+    assert sorted(record["config"]) == ["base", "base_set", "correlate", "out", "pool"]
+    assert not (out / "pools").exists()
     correlation = json.loads((out / "pool" / "correlation.json").read_text())
     assert correlation["final_step"] == 12 and correlation["bootstrap"]["n"] == 50
     for name in FIGURES:
@@ -113,15 +119,15 @@ def test_the_correlation_is_current_by_what_it_was_made_from_not_by_mtimes(exper
         ex = exp.load_experiment(TINY, out)
     finally:
         os.chdir(cwd)
-    assert exp.correlation_is_current(ex)
+    assert exp.correlation_is_current(ex, ex.pools[0])
     # a copy (cp without -p, a sync) that leaves correlation.json older than final.json: still current
     os.utime(pool / "correlation.json", (1, 1))
-    assert exp.correlation_is_current(ex)
+    assert exp.correlation_is_current(ex, ex.pools[0])
     # curves changed under a correlation.json that is newer: made again
     lines = (pool / "curves.jsonl").read_text().splitlines()
     (pool / "curves.jsonl").write_text("\n".join(lines[:-1]) + "\n")
     os.utime(pool / "correlation.json")
-    assert not exp.correlation_is_current(ex)
+    assert not exp.correlation_is_current(ex, ex.pools[0])
 
 
 def test_report_renders_again_from_the_records(experiment):

@@ -38,7 +38,7 @@ class _StopAt(exp.Observer):
     def __init__(self, stage: str):
         self.stage = stage
 
-    def stage_started(self, stage, detail, total_steps, done_steps=0):
+    def stage_started(self, stage, detail, total_steps, done_steps=0, pool=None):
         if stage == self.stage:
             raise self.Stop
 

@@ -1,4 +1,4 @@
-"""One LAG study from one file: train the base, probe the pool, train the finals, correlate, report.
+"""One LAG study from one file: train the base, probe each pool, train its finals, correlate, report.
 
     # configs/demo.yaml
     base: small.yaml                  # a run config (a relative path: from this file's directory)
@@ -11,23 +11,41 @@
     correlate: {threshold: 0.9, bootstrap: 1000, seed: 0}
     out: runs/demo                    # (relative to the working directory)
 
-An experiment directory holds
+One base can be grown into several pools instead (one base grown to two depths: a pool has one
+target, since its candidates share one step budget and are compared with one another): `pools:`
+maps a name (`[a-z0-9][a-z0-9_.-]*`) to a pool mapping, exactly what `pool:` takes, in place of
+`pool:` (one of the two, never both):
+
+    pools:
+      x1.5: {target: {n_layers: 12}, strategies: [stack, zero_top, scratch], lag_steps: 32, final_steps: 320}
+      x2:   {target: {n_layers: 16}, strategies: [stack, copy_zero, scratch], lag_steps: 32, final_steps: 320}
+
+`correlate:` applies to every pool. An experiment directory holds
 
     OUT/experiment.json   the resolved experiment (what `laggrow report` reads back)
     OUT/base/             the base run (laggrow train)          OUT/pool.yaml  the pool, source filled in
     OUT/pool/             the pool (laggrow probe / train-final / correlate)
     OUT/timings.json      seconds each stage took when it ran   OUT/report.md  written last
 
-Every stage is skipped when its record is on disk, so running the same experiment again redoes
-nothing and an interrupted one resumes: the base and the finals from their checkpoints, the probe
-from scratch (its output is staged and appears only when complete). Everything that can be wrong
-with the input is found before anything is written or trained. No rendering here.
+and with `pools:`, in place of pool.yaml and pool/, each pool's YAML beside its directory (as
+pool.yaml is beside pool/), its figures and correlation inside it:
+
+    OUT/pools/NAME.yaml   the pool NAME, source filled in       OUT/pools/NAME/  the pool NAME
+
+The stages run pool by pool (the base, then each pool's probe, finals and correlation in the
+file's order, then the report). Every stage is skipped when its record is on disk, so running the
+same experiment again redoes nothing and an interrupted one resumes: the base and the finals from
+their checkpoints, the probe from scratch (its output is staged and appears only when complete);
+a pool added to `pools:` later is run, the others reused. Everything that can be wrong with the
+input, in every pool, is found before anything is written or trained, and named by its key
+(`pools.x2.strategies`). No rendering here.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -48,7 +66,7 @@ from laggrow.config import (
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, pool_config_from_dict
-from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOL_YAML, REPORT_FILE, TIMINGS_FILE
+from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOLS_DIR, REPORT_FILE, TIMINGS_FILE
 from laggrow.train_run import PreparedRun
 
 STAGES = ("base", "probe", "finals", "correlate", "report")
@@ -114,10 +132,35 @@ class CorrelateOptions:
 @dataclass(frozen=True)
 class ExperimentConfig:
     base: str
-    pool: dict[str, Any]
+    pool: dict[str, Any] | None = None  # one pool ...
+    pools: dict[str, Any] | None = None  # ... or several, by name: exactly one of the two
     base_set: list[str] = field(default_factory=list)
     correlate: dict[str, Any] = field(default_factory=dict)
     out: str = ""
+
+    def record(self) -> dict[str, Any]:
+        """As experiment.json holds it: the key of the two pool keys not given is left out, so
+        the record of a one-pool experiment is what it always was."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if not (k in ("pool", "pools") and v is None)}
+
+
+@dataclass(frozen=True)
+class ExperimentPool:
+    """One pool of an experiment and where it lives. `name` is None for the one pool of `pool:`."""
+
+    name: str | None
+    config: PoolConfig  # with `source` set to OUT/base
+    directory: Path  # OUT/pool or OUT/pools/NAME
+    yaml: Path  # beside it: OUT/pool.yaml or OUT/pools/NAME.yaml
+
+    @property
+    def key(self) -> str:
+        return pool_key(self.name)
+
+
+def pool_key(name: str | None) -> str:
+    """How the experiment file names a pool: `pool`, or `pools.NAME` (what errors say)."""
+    return "pool" if name is None else f"{POOLS_DIR}.{name}"
 
 
 @dataclass
@@ -128,7 +171,7 @@ class Experiment:
     out: Path
     config: ExperimentConfig
     base: RunConfig  # with the vocabulary filled in from the tokenizer
-    pool: PoolConfig  # with `source` set to OUT/base
+    pools: list[ExperimentPool]  # one unnamed (`pool:`), or every pool of `pools:` in the file's order
     correlate: CorrelateOptions
     base_run: PreparedRun  # the base checked against OUT/base, its corpus loaded
 
@@ -137,8 +180,9 @@ class Experiment:
         return self.out / BASE_DIR
 
     @property
-    def pool_dir(self) -> Path:
-        return self.out / POOL_DIR
+    def several(self) -> bool:
+        """Written with `pools:` (OUT/pools/NAME/), not `pool:` (OUT/pool/)."""
+        return self.pools[0].name is not None
 
 
 @dataclass(frozen=True)
@@ -146,12 +190,20 @@ class StageResult:
     stage: str
     reused: bool
     seconds: float = 0.0
+    pool: str | None = None  # the pool's name, for a pool's stage of an experiment with `pools:`
+
+    @property
+    def label(self) -> str:
+        """The stage as a display and timings.json name it: `probe`, or `probe x2` for pool x2."""
+        return self.stage if self.pool is None else f"{self.stage} {self.pool}"
 
 
 class Observer:
-    """What a display is told while an experiment runs; the default shows nothing."""
+    """What a display is told while an experiment runs; the default shows nothing. `pool` is the
+    name of the pool a stage is for (None: the base, the report, or the one pool of `pool:`)."""
 
-    def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0) -> None: ...
+    def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0,
+                      pool: str | None = None) -> None: ...
     def base_record(self, record: dict) -> None: ...
     def pool_eval(self, step: int, records: list[dict]) -> None: ...
     def stage_finished(self, result: StageResult) -> None: ...
@@ -163,7 +215,6 @@ class Observer:
 
 def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read, resolve and check an experiment; raises LaggrowError (one line) and writes nothing."""
-    from laggrow.pool import probe
     from laggrow.train_run import prepare_run
 
     # its stages decide what to redo from what is on disk, which the processes would read at
@@ -172,16 +223,20 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
     path = Path(path)
     where = f"experiment {path}"
     raw = _apply_overrides(read_yaml(path, what="experiment"), overrides)
-    for key in ("base", "pool"):
-        if key not in raw:
-            raise LaggrowError(f"{where}: '{key}' missing (expected base, pool and optionally "
-                               "base_set, correlate, out)")
+    if "base" not in raw:
+        raise LaggrowError(f"{where}: 'base' missing (expected base, pool or pools, and optionally "
+                           "base_set, correlate, out)")
     cfg = build_dataclass(ExperimentConfig, raw, where)
+    if (cfg.pool is None) == (cfg.pools is None):
+        raise LaggrowError(f"{where}: {'both pool and pools' if cfg.pool is not None else 'neither pool nor pools'} "
+                           "given (expected exactly one: pool, a pool mapping, or pools, a mapping of names to "
+                           "pool mappings)")
     if not all(isinstance(item, str) for item in cfg.base_set):
         raise LaggrowError(f"{where}.base_set: expected a list of section.key=value strings, got {cfg.base_set!r}")
     options = build_dataclass(CorrelateOptions, cfg.correlate, f"{where} correlate").validate(f"{where} correlate")
     out = Path(out if out is not None else cfg.out or Path("runs") / path.stem).absolute()
-    _check_out(out)
+    named = _pool_mappings(cfg, where)
+    _check_out(out, list(named))
 
     base_raw = apply_overrides(read_yaml(base_config_path(path, cfg.base), what=f"{where} base"),
                                list(cfg.base_set))
@@ -193,19 +248,50 @@ def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | 
         raise LaggrowError(f"{where}: {err}; choose another out") from None
     base_cfg = base_run.config
 
-    if not isinstance(cfg.pool, dict) or "source" in cfg.pool:
-        raise LaggrowError(f"{where} pool: expected a pool mapping without 'source' "
-                           "(laggrow run fills it with the base run)")
-    pool = pool_config_from_dict({**cfg.pool, "source": str(base_dir)}, where=f"{where} pool")
-    options.check_fits(pool, f"{where} correlate")
-    probe.check_pool(pool, base_cfg, pool.target_run_config(base_cfg))
+    pools = [_check_pool(name, given, base_cfg, base_dir, out, options, where) for name, given in named.items()]
+    experiment = Experiment(path, out, cfg, base_cfg, pools, options, base_run)
+    for pool in pools:
+        _check_probe_matches(experiment, pool)
+    return experiment
+
+
+def _pool_mappings(cfg: ExperimentConfig, where: str) -> dict[str | None, Any]:
+    """The pools as given, by name (None: the one pool of `pool:`), their names checked."""
+    if cfg.pools is None:
+        return {None: cfg.pool}
+    if not cfg.pools:
+        raise LaggrowError(f"{where}.pools: expected a mapping of pool names to pool mappings, got an empty one")
+    for name in cfg.pools:
+        if not isinstance(name, str) or not re.fullmatch(store.POOL_NAME_PATTERN, name):
+            raise LaggrowError(f"{where}.pools: pool name {name!r:.60} is not a short identifier (expected "
+                               f"lowercase letters, digits and _ . -, starting with a letter or digit: "
+                               f"{store.POOL_NAME_PATTERN})")
+    return dict(cfg.pools)
+
+
+def _check_pool(name: str | None, given: Any, base: RunConfig, base_dir: Path, out: Path,
+                options: CorrelateOptions, where: str) -> ExperimentPool:
+    """One pool checked as far as it can be without training: its keys, its strategies against the
+    base, the statistics' needs. Errors name it as the experiment file does (`pools.x2.strategies`)."""
+    from laggrow.pool import probe
+
+    key = f"{where} {pool_key(name)}"
+    if not isinstance(given, dict) or "source" in given:
+        raise LaggrowError(f"{key}: expected a pool mapping without 'source' (laggrow run fills it with the base run)")
+    pool = pool_config_from_dict({**given, "source": str(base_dir)}, where=key)
+    options.check_fits(pool, f"{where} correlate" if name is None else f"{key} correlate")
+    try:
+        probe.check_pool(pool, base, pool.target_run_config(base))
+    except LaggrowError as err:
+        if name is None:
+            raise
+        raise LaggrowError(f"{key}: {err}") from None
     if len(pool.strategies) < MIN_STRATEGIES:  # found after all training otherwise, by the statistics
-        raise LaggrowError(f"{where} pool.strategies: expected at least {MIN_STRATEGIES} strategies (laggrow run "
+        raise LaggrowError(f"{key}.strategies: expected at least {MIN_STRATEGIES} strategies (laggrow run "
                            f"ranks them and correlates the rankings, and a rank correlation needs three), got "
                            f"{len(pool.strategies)}; use laggrow probe and train-final for a smaller pool")
-    experiment = Experiment(path, out, cfg, base_cfg, pool, options, base_run)
-    _check_probe_matches(experiment)
-    return experiment
+    directory, yaml_name = store.experiment_pool_paths(name)
+    return ExperimentPool(name, pool, out / directory, out / yaml_name)
 
 
 def base_config_path(experiment: Path, base: str) -> Path:
@@ -216,23 +302,45 @@ def base_config_path(experiment: Path, base: str) -> Path:
 
 
 def _apply_overrides(raw: dict[str, Any], overrides: list[str] | None) -> dict[str, Any]:
-    """`--set key=value` for the experiment's own keys (`base_set=[train.steps=50]`), else
-    `section.key=value` into a mapping (`pool.seeds=[1]`), as config.apply_overrides does."""
+    """`--set key=value` for the experiment's own keys (`base_set=[train.steps=50]`), a pool of
+    `pools:` by name (`pools.x2.lag_steps=8`, `pools.x2.train.lr=1e-3`), else `section.key=value`
+    into a mapping (`pool.seeds=[1]`), as config.apply_overrides does."""
     nested = []
     for item in overrides or []:
         key, sep, text = item.partition("=")
-        if sep and key.strip() in {f.name for f in dataclasses.fields(ExperimentConfig)}:
-            raw = {**raw, key.strip(): parse_override(item, text)}
+        key = key.strip()
+        if sep and key in {f.name for f in dataclasses.fields(ExperimentConfig)}:
+            raw = {**raw, key: parse_override(item, text)}
+        elif sep and key.startswith(f"{POOLS_DIR}.") and key.count(".") > 1:
+            raw = _override_named_pool(raw, item, key.removeprefix(f"{POOLS_DIR}."), text)
         else:
             nested.append(item)
     return apply_overrides(raw, nested)
 
 
-def _check_out(out: Path) -> None:
+def _override_named_pool(raw: dict[str, Any], item: str, dotted: str, text: str) -> dict[str, Any]:
+    """`--set pools.NAME.KEY=value`: NAME is the longest pool name of the file that `dotted`
+    starts with (a name may hold dots: `x1.5`), KEY a pool key or `section.key` inside one."""
+    pools = raw.get(POOLS_DIR)
+    names = [n for n in pools if isinstance(n, str) and dotted.startswith(f"{n}.")] if isinstance(pools, dict) else []
+    if not names:
+        known = ", ".join(str(n) for n in pools) if isinstance(pools, dict) else "none"
+        raise LaggrowError(f"--set {item!r:.80}: names no pool of the experiment's pools (expected "
+                           f"pools.NAME.key=value with NAME one of: {known})")
+    name = max(names, key=len)
+    key = dotted[len(name) + 1:]
+    pool = dict(pools[name]) if isinstance(pools[name], dict) else {}
+    pool = apply_overrides(pool, [f"{key}={text}"]) if "." in key else {**pool, key: parse_override(item, text)}
+    return {**raw, POOLS_DIR: {**pools, name: pool}}
+
+
+def _check_out(out: Path, names: list[str | None]) -> None:
     """laggrow run writes only into a directory it made: experiment.json is written first of all,
     so a non-empty directory without it is the user's. Hidden entries do not count (a lock left by
     a run killed before it wrote experiment.json); nothing of the user's is ever removed anyway.
-    A pool/ without probe.json is not ours either: a probe appears only complete."""
+    A pool directory (of `names`: None for pool/, a name for pools/NAME/) without probe.json is not
+    ours either: a probe appears only complete. Nor is an experiment of the other kind (pool/ for
+    an experiment of `pools:`, or pools/ for one of `pool:`): its pools would go unreported."""
     if out.exists() and not out.is_dir():
         raise LaggrowError(f"out {out}: not a directory (expected a new or experiment directory)")
     store.check_writable_target(out, "out")
@@ -241,25 +349,31 @@ def _check_out(out: Path) -> None:
             and any(not entry.name.startswith(".") for entry in out.iterdir()):
         raise LaggrowError(f"out {out}: not empty and holds no {EXPERIMENT_FILE} (expected a new directory "
                            "or one written by laggrow run); choose another out")
-    pool_dir = out / POOL_DIR
-    if (pool_dir.exists() or pool_dir.is_symlink()) and not (pool_dir / store.PROBE_FILE).is_file():
-        raise LaggrowError(f"out {out}: {POOL_DIR}/ holds no {store.PROBE_FILE}, so laggrow run did not write it "
-                           "(a probe appears only complete); move it away or choose another out")
+    mine, other = ("pool", POOLS_DIR) if names == [None] else ("pools", POOL_DIR)
+    if (out / EXPERIMENT_FILE).is_file() and ((out / other).exists() or (out / other).is_symlink()):
+        raise LaggrowError(f"out {out}: holds {other}/, written by an experiment with "
+                           f"{'pool' if other == POOL_DIR else 'pools'}: (this one has {mine}:); choose another out")
+    for name in names:
+        relative = store.experiment_pool_paths(name)[0]
+        pool_dir = out / relative
+        if (pool_dir.exists() or pool_dir.is_symlink()) and not (pool_dir / store.PROBE_FILE).is_file():
+            raise LaggrowError(f"out {out}: {relative}/ holds no {store.PROBE_FILE}, so laggrow run did not write "
+                               "it (a probe appears only complete); move it away or choose another out")
 
 
-def _check_probe_matches(experiment: Experiment) -> None:
+def _check_probe_matches(experiment: Experiment, pool: ExperimentPool) -> None:
     """A probe on disk must be of this very pool: the finals and the statistics continue it."""
-    if not (experiment.pool_dir / store.PROBE_FILE).is_file():
+    if not (pool.directory / store.PROBE_FILE).is_file():
         return
-    probed = records.read_pool_record(experiment.pool_dir)["pool"]
-    changed = records.changed_keys(probed, experiment.pool.to_dict(), ignore=("source",))
+    probed = records.read_pool_record(pool.directory)["pool"]
+    changed = records.changed_keys(probed, pool.config.to_dict(), ignore=("source",))
     if changed:
-        raise LaggrowError(f"experiment {experiment.path}: pool changed since the probe in "
-                           f"{experiment.pool_dir} ({', '.join(changed)}); choose another out")
+        raise LaggrowError(f"experiment {experiment.path}: {pool.key} changed since the probe in "
+                           f"{pool.directory} ({', '.join(changed)}); choose another out")
 
 
-def pool_yaml_text(experiment: Experiment) -> str:
-    raw = records.as_json(experiment.pool.to_dict())
+def pool_yaml_text(experiment: Experiment, pool: ExperimentPool) -> str:
+    raw = records.as_json(pool.config.to_dict())
     raw["strategies"] = [{"name": s["name"], "label": s["label"], "lr_scale": s["lr_scale"], **s["options"]}
                          for s in raw["strategies"]]
     return ("# written by laggrow run from " + str(experiment.path) + "; edit the experiment, not this\n"
@@ -271,29 +385,33 @@ def experiment_record(experiment: Experiment) -> dict[str, Any]:
     out = experiment.out
     with contextlib.suppress(ValueError):  # as a user would type it, when under the working directory
         out = out.relative_to(Path.cwd())
-    return {"experiment_file": str(experiment.path.absolute()), "experiment_given": given,
-            "out_given": out.as_posix(), "config": dataclasses.asdict(experiment.config),
-            "correlate": dataclasses.asdict(experiment.correlate), "base_dir": BASE_DIR, "pool_dir": POOL_DIR}
+    record = {"experiment_file": str(experiment.path.absolute()), "experiment_given": given,
+              "out_given": out.as_posix(), "config": experiment.config.record(),
+              "correlate": dataclasses.asdict(experiment.correlate), "base_dir": BASE_DIR}
+    if experiment.several:  # their names in order; each lives in store.experiment_pool_paths(name)
+        return {**record, "pools": [pool.name for pool in experiment.pools]}
+    return {**record, "pool_dir": POOL_DIR}
 
 
 # ---------------------------------------------------------------------------------------------
 # Stages
 
 
-def _timed(stage: str, out: Path, observer: Observer, work: Callable[[], None]) -> StageResult:
+def _timed(stage: str, out: Path, observer: Observer, work: Callable[[], None],
+           pool: str | None = None) -> StageResult:
     t0 = time.perf_counter()
     work()
-    result = StageResult(stage, reused=False, seconds=time.perf_counter() - t0)
+    result = StageResult(stage, reused=False, seconds=time.perf_counter() - t0, pool=pool)
     timings_file = out / TIMINGS_FILE
     timings = store.read_json(timings_file, "stage timings") if timings_file.is_file() else {}
-    timings[stage] = round(result.seconds, 1)
+    timings[result.label] = round(result.seconds, 1)
     store.write_json(timings_file, timings)
     observer.stage_finished(result)
     return result
 
 
-def _reused(stage: str, observer: Observer) -> StageResult:
-    result = StageResult(stage, reused=True)
+def _reused(stage: str, observer: Observer, pool: str | None = None) -> StageResult:
+    result = StageResult(stage, reused=True, pool=pool)
     observer.stage_finished(result)
     return result
 
@@ -310,50 +428,50 @@ def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
     return _timed("base", ex.out, observer, lambda: execute_run(run, on_record=observer.base_record))
 
 
-def _stage_probe(ex: Experiment, observer: Observer) -> StageResult:
+def _stage_probe(ex: Experiment, pool: ExperimentPool, observer: Observer) -> StageResult:
     from laggrow.pool import probe
 
-    if (ex.pool_dir / store.PROBE_FILE).is_file():
-        return _reused("probe", observer)
+    if (pool.directory / store.PROBE_FILE).is_file():
+        return _reused("probe", observer, pool.name)
     # Never removed: load_experiment refused it already, unless it appeared since. A probe killed
     # outright leaves only its flocked staging directory, which the next probe removes.
-    _check_out(ex.out)
-    n = len(ex.pool.candidates())
-    observer.stage_started("probe", f"{n} candidates, k={ex.pool.lag_steps} of T={ex.pool.final_steps}",
-                           ex.pool.lag_steps)
+    _check_out(ex.out, [p.name for p in ex.pools])
+    n = len(pool.config.candidates())
+    observer.stage_started("probe", f"{n} candidates, k={pool.config.lag_steps} of T={pool.config.final_steps}",
+                           pool.config.lag_steps, pool=pool.name)
     return _timed("probe", ex.out, observer,
-                  lambda: probe.probe(ex.pool, ex.pool_dir, pool_file=ex.out / POOL_YAML,
-                                      on_eval=observer.pool_eval))
+                  lambda: probe.probe(pool.config, pool.directory, pool_file=pool.yaml, on_eval=observer.pool_eval),
+                  pool.name)
 
 
-def _stage_finals(ex: Experiment, observer: Observer) -> StageResult:
+def _stage_finals(ex: Experiment, pool: ExperimentPool, observer: Observer) -> StageResult:
     from laggrow.pool import probe
 
-    if (ex.pool_dir / store.FINAL_FILE).is_file():
-        return _reused("finals", observer)
+    if (pool.directory / store.FINAL_FILE).is_file():
+        return _reused("finals", observer, pool.name)
     # the finals continue the probe (or their own last checkpoint), so the bar starts at k
-    observer.stage_started("finals", f"{len(ex.pool.candidates())} candidates to T={ex.pool.final_steps}",
-                           ex.pool.final_steps, done_steps=ex.pool.lag_steps)
+    observer.stage_started("finals", f"{len(pool.config.candidates())} candidates to T={pool.config.final_steps}",
+                           pool.config.final_steps, done_steps=pool.config.lag_steps, pool=pool.name)
     return _timed("finals", ex.out, observer,
-                  lambda: probe.train_final(ex.pool_dir, on_eval=observer.pool_eval))
+                  lambda: probe.train_final(pool.directory, on_eval=observer.pool_eval), pool.name)
 
 
-def correlation_is_current(ex: Experiment) -> bool:
-    """correlation.json exists, was made from the records now on disk (the sha256 of curves.jsonl,
-    probe.json and final.json it recorded), with these options, by this version of the analysis
-    (its schema). A correlation.json that cannot be read is made again, as a missing one would be:
-    it is laggrow's output, not a record anything else is derived from."""
+def correlation_is_current(ex: Experiment, pool: ExperimentPool) -> bool:
+    """The pool's correlation.json exists, was made from the records now on disk (the sha256 of
+    curves.jsonl, probe.json and final.json it recorded), with these options, by this version of
+    the analysis (its schema). A correlation.json that cannot be read is made again, as a missing
+    one would be: it is laggrow's output, not a record anything else is derived from."""
     from laggrow.analysis.correlation import SCHEMA
     from laggrow.analysis.curves import input_digests
 
-    path = ex.pool_dir / CORRELATION_FILE
+    path = pool.directory / CORRELATION_FILE
     if not path.is_file():
         return False
     try:
         made = store.read_json(path, "correlation")
     except LaggrowError:
         return False
-    if made.get("schema") != SCHEMA or made.get("inputs") != input_digests(ex.pool_dir / store.CURVES_FILE):
+    if made.get("schema") != SCHEMA or made.get("inputs") != input_digests(pool.directory / store.CURVES_FILE):
         return False
     lag, boot, replayed = made.get("little_lag"), made.get("bootstrap"), made.get("halving")
     if not isinstance(lag, dict) or not isinstance(boot, dict) or not isinstance(replayed, dict | None):
@@ -365,30 +483,30 @@ def correlation_is_current(ex: Experiment) -> bool:
             halving) == (opts.threshold, opts.regret_tol, opts.bootstrap, opts.seed, opts.predictor, wanted)
 
 
-def _stage_correlate(ex: Experiment, observer: Observer) -> StageResult:
-    if correlation_is_current(ex):
-        return _reused("correlate", observer)
+def _stage_correlate(ex: Experiment, pool: ExperimentPool, observer: Observer) -> StageResult:
+    if correlation_is_current(ex, pool):
+        return _reused("correlate", observer, pool.name)
 
     def work() -> None:
         from laggrow import analysis
         from laggrow.report.writer import write_correlation
 
-        with store.DirLock(ex.pool_dir, "pool directory"):  # as laggrow correlate holds it
-            curves = analysis.load_curves(ex.pool_dir)
+        with store.DirLock(pool.directory, "pool directory"):  # as laggrow correlate holds it
+            curves = analysis.load_curves(pool.directory)
             o = ex.correlate
             result = analysis.full_correlation(curves, threshold=o.threshold, regret_tol=o.regret_tol,
                                                n_boot=o.bootstrap, seed=o.seed, predictor=o.predictor,
                                                halving=o.halving or None)
-            write_correlation(curves, result, ex.pool_dir)
+            write_correlation(curves, result, pool.directory)
 
-    observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None)
-    return _timed("correlate", ex.out, observer, work)
+    observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None, pool=pool.name)
+    return _timed("correlate", ex.out, observer, work, pool.name)
 
 
-def _stage_report(ex: Experiment, observer: Observer, correlated: StageResult) -> StageResult:
+def _stage_report(ex: Experiment, observer: Observer, redone: bool) -> StageResult:
     from laggrow.report.writer import write_report
 
-    if correlated.reused and (ex.out / REPORT_FILE).is_file():
+    if not redone and (ex.out / REPORT_FILE).is_file():
         return _reused("report", observer)
     observer.stage_started("report", str(ex.out / REPORT_FILE), None)
     return _timed("report", ex.out, observer, lambda: write_report(ex.out))
@@ -401,25 +519,36 @@ _KEPT = {"base": "the base run's last checkpoint is kept", "probe": "the probe w
 
 def run_experiment(ex: Experiment, observer: Observer | None = None,
                    on_locked: Callable[[], None] | None = None) -> list[StageResult]:
-    """Run every stage that has no record yet, in order, holding OUT's lock; returns what each
-    stage did. `on_locked` is called once the lock is held (a display's header: a refused second
-    process prints only its one line). A stop on request (Ctrl-C, SIGTERM) says how to continue."""
+    """Run every stage that has no record yet, in order (the base, then pool by pool its probe,
+    finals and correlation, then the report), holding OUT's lock; returns what each stage did.
+    `on_locked` is called once the lock is held (a display's header: a refused second process
+    prints only its one line). A stop on request (Ctrl-C, SIGTERM) says how to continue."""
     observer = observer or Observer()
     with store.DirLock(ex.out, "experiment directory"):
         if on_locked is not None:
             on_locked()
-        store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
-        store.write_text(ex.out / POOL_YAML, pool_yaml_text(ex), if_changed=True)
+        changed = store.write_json(ex.out / EXPERIMENT_FILE, experiment_record(ex), if_changed=True)
+        for pool in ex.pools:
+            store.ensure_dir(pool.yaml.parent, "out")
+            store.write_text(pool.yaml, pool_yaml_text(ex, pool), if_changed=True)
+        stages: list[tuple[str, ExperimentPool | None, Callable[[], StageResult]]] = \
+            [("base", None, lambda: _stage_base(ex, observer))]
+        for pool in ex.pools:
+            stages += [("probe", pool, lambda p=pool: _stage_probe(ex, p, observer)),
+                       ("finals", pool, lambda p=pool: _stage_finals(ex, p, observer)),
+                       ("correlate", pool, lambda p=pool: _stage_correlate(ex, p, observer))]
         results: list[StageResult] = []
-        stages = [("base", _stage_base), ("probe", _stage_probe), ("finals", _stage_finals),
-                  ("correlate", _stage_correlate)]
-        for name, stage in stages:
+        for name, pool, stage in stages:
             try:
-                results.append(stage(ex, observer))
+                results.append(stage())
             except interrupt.Interrupted:
                 record = experiment_record(ex)
+                where = f" of {pool.key}" if pool is not None and pool.name is not None else ""
                 raise interrupt.Interrupted(
-                    f"stopped in the {name} stage, {_KEPT.get(name, 'nothing lost')}; continue with: "
+                    f"stopped in the {name} stage{where}, {_KEPT.get(name, 'nothing lost')}; continue with: "
                     f"laggrow run {record['experiment_given']} --out {record['out_given']}") from None
-        results.append(_stage_report(ex, observer, results[-1]))
+        # report.md again when a correlation was made again (every other stage leads to one), or
+        # the experiment itself changed (a pool left out of `pools:` since)
+        redone = changed or any(not r.reused for r in results if r.stage == "correlate")
+        results.append(_stage_report(ex, observer, redone))
     return results

@@ -21,6 +21,7 @@ written, so that no other module spells a file name or opens a file for writing:
     POOL/correlation.{json,csv,png}, curves.png, ranks.png   laggrow correlate
 
     OUT/experiment.json  OUT/pool.yaml  OUT/timings.json  OUT/base/  OUT/pool/  OUT/report.md
+    OUT/pools/NAME.yaml  OUT/pools/NAME/   each pool of an experiment with several (`pools:`)
 
 Guarantees, each relied on elsewhere:
 
@@ -104,7 +105,20 @@ REPORT_FILE = "report.md"
 POOL_YAML = "pool.yaml"
 BASE_DIR = "base"
 POOL_DIR = "pool"
+POOLS_DIR = "pools"  # an experiment of several pools: POOLS_DIR/NAME/ and POOLS_DIR/NAME.yaml
+# a pool's name in an experiment of several: a directory name, no hidden or path-like one
+POOL_NAME_PATTERN = r"[a-z0-9][a-z0-9_.-]*"
 GROWTH_CURVES_PNG = "curves-growth.png"
+
+
+def experiment_pool_paths(name: str | None) -> tuple[str, str]:
+    """Where a pool of an experiment lives, relative to OUT: (its directory, its YAML, beside it).
+    `None` is the one pool of `pool:` (pool/, pool.yaml); a name is one of `pools:` (pools/NAME/,
+    pools/NAME.yaml)."""
+    if name is None:
+        return POOL_DIR, POOL_YAML
+    return f"{POOLS_DIR}/{name}", f"{POOLS_DIR}/{name}.yaml"
+
 
 # a stacking directory (laggrow stack, laggrow report); it also holds a CURVES_FILE and a REPORT_FILE
 STACK_CONFIG_FILE = "stack-config.json"  # the resolved run and stack sections the directory was made for

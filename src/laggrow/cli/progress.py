@@ -74,9 +74,11 @@ def experiment_progress(console: Console):
                                      TimeRemainingColumn(), console=console)
             self.task, self.total = None, 1
 
-        def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0) -> None:
-            self.progress.console.print(f"[bold]{stage:<9}[/] {detail}", highlight=False)
-            self.task = self.progress.add_task(stage, total=total_steps, completed=done_steps, info="")
+        def stage_started(self, stage: str, detail: str, total_steps: int | None, done_steps: int = 0,
+                          pool: str | None = None) -> None:
+            label = stage if pool is None else f"{stage} {pool}"  # which pool of several it is for
+            self.progress.console.print(f"[bold]{label:<9}[/] {detail}", highlight=False)
+            self.task = self.progress.add_task(label, total=total_steps, completed=done_steps, info="")
             self.total = total_steps or 1
 
         def base_record(self, record: dict) -> None:
@@ -96,7 +98,7 @@ def experiment_progress(console: Console):
                 self.progress.stop_task(self.task)
             self.task = None
             status = "reused" if result.reused else f"done in {result.seconds:.0f} s"
-            self.progress.console.print(f"[bold]{result.stage:<9}[/] {status}", highlight=False)
+            self.progress.console.print(f"[bold]{result.label:<9}[/] {status}", highlight=False)
 
     return RichObserver()
 

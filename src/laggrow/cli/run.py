@@ -13,14 +13,15 @@ from laggrow.cli.options import OUT_HELP_METAVAR, out_dir
 
 @user_errors
 def run_command(
-    experiment: Annotated[Path, typer.Argument(help="Experiment YAML: base, base_set, pool, correlate, out.")],
+    experiment: Annotated[Path, typer.Argument(
+        help="Experiment YAML: base, base_set, pool (or pools: name -> pool), correlate, out.")],
     out: Annotated[str | None, typer.Option(
         "--out", metavar=OUT_HELP_METAVAR,
         help="Experiment directory [default: the file's `out`, else runs/<experiment name>].")] = None,
     overrides: Annotated[list[str] | None, typer.Option(
         "--set", help="Override an experiment value: section.key=value, e.g. pool.seeds=[1] (repeatable).")] = None,
 ) -> None:
-    """Train the base model, probe the pool, train the finals, correlate and write report.md.
+    """Train the base model, probe each pool, train its finals, correlate and write report.md.
 
     Every stage whose record is on disk is reused, so a second run redoes nothing and an
     interrupted run resumes.
@@ -35,23 +36,31 @@ def run_command(
     console = Console(stderr=True)
     ex = exp.load_experiment(experiment, out_dir(out), overrides)
 
+    def shape(pool: exp.ExperimentPool) -> str:
+        p = pool.config
+        return (f"{len(p.strategies)} strategies x {len(p.seeds)} seed{'s' if len(p.seeds) > 1 else ''}, "
+                f"k={p.lag_steps}, T={p.final_steps}")
+
     def header() -> None:
-        console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, "
-                      f"{len(ex.pool.strategies)} strategies x {len(ex.pool.seeds)} "
-                      f"seed{'s' if len(ex.pool.seeds) > 1 else ''}, "
-                      f"k={ex.pool.lag_steps}, T={ex.pool.final_steps}", highlight=False)
+        pools = (", ".join(f"pool {pool.name}: {shape(pool)}" for pool in ex.pools) if ex.several
+                 else shape(ex.pools[0]))
+        console.print(f"[bold]laggrow run[/] {experiment} -> {ex.out}: base {ex.config.base}, {pools}",
+                      highlight=False)
 
     observer = experiment_progress(console)
     with observer.progress:
         exp.run_experiment(ex, observer, on_locked=header)
-    result = store.read_json(ex.pool_dir / store.CORRELATION_FILE, "correlation")
-    for line in (tables.init_summary(result), tables.little_lag_summary(result)):
-        if line:
-            console.print(line, highlight=False)
-    if result.get("predictors"):  # per predictor: the little lag, its cost and the regret at k
-        console.print(tables.predictor_table(result["predictors"]))
-    if result.get("halving"):
-        console.print(tables.halving_summary(result["halving"]), highlight=False)
+    for pool in ex.pools:
+        if pool.name is not None:
+            console.print(f"[bold]pool {pool.name}[/] ({pool.directory})", highlight=False)
+        result = store.read_json(pool.directory / store.CORRELATION_FILE, "correlation")
+        for line in (tables.init_summary(result), tables.little_lag_summary(result)):
+            if line:
+                console.print(line, highlight=False)
+        if result.get("predictors"):  # per predictor: the little lag, its cost and the regret at k
+            console.print(tables.predictor_table(result["predictors"]))
+        if result.get("halving"):
+            console.print(tables.halving_summary(result["halving"]), highlight=False)
     console.print(f"report: {ex.out / store.REPORT_FILE}", highlight=False)
 
 

@@ -1,10 +1,15 @@
 """An experiment's report.md as pure text: `render(inputs)` from the records of the directory
-`laggrow run` writes (the base, the pool, correlation.json).
+`laggrow run` writes (the base, each pool, its correlation.json).
 
 The records are read (and checked) by `report.writer.read_inputs`; this module opens no file
 and computes no statistic (those are in correlation.json, made by analysis.correlate). It reuses
 the terminal's one-line summaries (`report.tables`). The figures are the ones `laggrow
-correlate` draws into OUT/pool/, linked relatively so the report can be moved with its directory.
+correlate` draws into each pool's directory (OUT/pool/, or OUT/pools/NAME/), linked relatively
+so the report can be moved with its directory.
+
+An experiment of one pool (`pool:`) has the pool's sections at the top level, after the small
+model's; one of several (`pools:`) has a section per pool, in the experiment file's order, each
+holding those same sections one level down, its notes included.
 """
 
 from __future__ import annotations
@@ -16,7 +21,29 @@ from typing import Any
 from laggrow.config import RunConfig
 from laggrow.report import tables
 from laggrow.report.format import NONE, md_table, model_shape, nats, num, pct, step_label
-from laggrow.store import BASE_DIR, CORRELATION_FILE, GROWTH_CURVES_PNG, POOL_DIR
+from laggrow.store import (
+    BASE_DIR,
+    CORRELATION_FILE,
+    CORRELATION_PNG,
+    CURVES_FILE,
+    CURVES_PNG,
+    FINAL_FILE,
+    GROWTH_CURVES_PNG,
+    PROBE_FILE,
+    RANKS_PNG,
+)
+
+
+@dataclass(frozen=True)
+class PoolInputs:
+    """One pool's records, as read from its directory."""
+
+    name: str | None  # None: the one pool of `pool:`
+    directory: str  # relative to the experiment directory, as links spell it: pool, pools/NAME
+    meta: dict[str, Any]  # POOL/pool.json
+    target: RunConfig  # POOL/config.json
+    result: dict[str, Any]  # POOL/correlation.json
+    growth_figure: bool  # POOL/curves-growth.png was drawn (the pool has a scratch candidate)
 
 
 @dataclass(frozen=True)
@@ -26,11 +53,13 @@ class ReportInputs:
     record: dict[str, Any]  # experiment.json
     base: RunConfig
     base_summary: dict[str, Any]  # base/summary.json
-    pool_meta: dict[str, Any]  # pool/pool.json
-    target: RunConfig  # pool/config.json
-    result: dict[str, Any]  # pool/correlation.json
-    timings: dict[str, float]  # timings.json, stage -> seconds (report itself left out)
-    growth_figure: bool  # pool/curves-growth.png was drawn (the pool has a scratch candidate)
+    pools: list[PoolInputs]  # one unnamed, or every pool of `pools:` in order
+    timings: dict[str, float]  # timings.json, stage -> seconds (report itself left out), in order
+
+    @property
+    def named(self) -> bool:
+        """An experiment of `pools:` (each pool under its name), not of `pool:`."""
+        return self.pools[0].name is not None
 
 
 def _seeds(seeds: list[int]) -> str:
@@ -60,8 +89,8 @@ def _base_section(inputs: ReportInputs) -> list[str]:
     return ["## The small model", "", md_table(["", ""], rows, align="ll"), ""]
 
 
-def _pool_section(inputs: ReportInputs) -> list[str]:
-    meta, target, result = inputs.pool_meta, inputs.target, inputs.result
+def _pool_section(inputs: ReportInputs, entry: PoolInputs) -> list[str]:
+    meta, target, result = entry.meta, entry.target, entry.result
     pool, m = meta["pool"], target.model
     base_loss = inputs.base_summary["final_eval_loss"]
     k, final = result["lag_steps"], result["final_step"]
@@ -137,7 +166,7 @@ def _noise_section(result: dict) -> list[str]:
     return lines
 
 
-def _correlation_section(result: dict) -> list[str]:
+def _correlation_section(result: dict, directory: str) -> list[str]:
     rows_by_step = {r["step"]: r for r in result["rows"]}
     k, final = result["lag_steps"], result["final_step"]
     init, at_k = rows_by_step.get(0), rows_by_step.get(k)
@@ -169,7 +198,7 @@ def _correlation_section(result: dict) -> list[str]:
                       regret, pct(r["compute_fraction"]), ", ".join(f"`{n}`" for n in r["leaders"])])
     lines += [md_table(["step", f"rho [{ci}% CI]", "tau", "top-1", "in set", "regret (share of spread)", "cost",
                         "pick"], table, align="lrrrrrrl"), ""]
-    lines += ["![Rank correlation with the final loss against the lag](pool/correlation.png)", ""]
+    lines += [f"![Rank correlation with the final loss against the lag]({directory}/{CORRELATION_PNG})", ""]
     return lines
 
 
@@ -230,28 +259,55 @@ def _predictors_section(result: dict) -> list[str]:
     return lines
 
 
-def _curves_section(inputs: ReportInputs) -> list[str]:
-    lines = ["## Loss curves", "", "![Held-out loss of every candidate](pool/curves.png)", ""]
-    if inputs.growth_figure:
+def _curves_section(entry: PoolInputs) -> list[str]:
+    directory = entry.directory
+    lines = ["## Loss curves", "", f"![Held-out loss of every candidate]({directory}/{CURVES_PNG})", ""]
+    if entry.growth_figure:
         lines += ["The same without `scratch`, so that the growth strategies can be told apart:", "",
-                  f"![Held-out loss of the grown candidates](pool/{GROWTH_CURVES_PNG})", ""]
-    lines += ["![Rank of each strategy by step](pool/ranks.png)", ""]
+                  f"![Held-out loss of the grown candidates]({directory}/{GROWTH_CURVES_PNG})", ""]
+    lines += [f"![Rank of each strategy by step]({directory}/{RANKS_PNG})", ""]
+    return lines
+
+
+def _notes_section(result: dict) -> list[str]:
+    return ["## Notes", "", *(f"- {note}" for note in result["notes"]), ""] if result["notes"] else []
+
+
+def _pool_sections(inputs: ReportInputs, entry: PoolInputs) -> list[str]:
+    """Everything about one pool: its table, what can be told apart, the correlation by step, the
+    little lag and LAG's pick, the predictors, its curves."""
+    return (_pool_section(inputs, entry) + _noise_section(entry.result)
+            + _correlation_section(entry.result, entry.directory) + _lag_section(entry.result)
+            + _predictors_section(entry.result) + _curves_section(entry))
+
+
+def _named_pool_section(inputs: ReportInputs, entry: PoolInputs) -> list[str]:
+    """A pool of several: a heading naming it, its sections one level down, its notes."""
+    m = entry.target.model
+    lines = [f"## Pool `{entry.name}`: {m.n_layers} layers x d_model {m.d_model}", "",
+             f"Records in `{entry.directory}/`.", ""]
+    for line in _pool_sections(inputs, entry) + _notes_section(entry.result):
+        lines.append("#" + line if line.startswith("## ") else line)
     return lines
 
 
 def _footer(inputs: ReportInputs) -> list[str]:
-    record, result = inputs.record, inputs.result
+    record = inputs.record
     lines = []
-    if result["notes"]:
-        lines += ["## Notes", "", *(f"- {note}" for note in result["notes"]), ""]
+    if not inputs.named:  # a named pool's are in its own section
+        lines += _notes_section(inputs.pools[0].result)
     if inputs.timings:
         ran = list(inputs.timings.items())
         lines += ["## Time on this machine", "", "Wall-clock seconds of each stage when it last ran "
                   "(compilation and loading the corpus included):", "",
                   md_table(["stage", "seconds"], [[k, f"{v:.0f}"] for k, v in ran]
                          + [["total", f"{sum(v for _, v in ran):.0f}"]]), ""]
-    lines += [f"Records: `{BASE_DIR}/` (the small model), `{POOL_DIR}/curves.jsonl` (every candidate's "
-              f"loss by step), `{POOL_DIR}/probe.json`, `{POOL_DIR}/final.json`, `{POOL_DIR}/{CORRELATION_FILE}` "
+    where = ", ".join(f"`{p.directory}/`" for p in inputs.pools)
+    pool_dir = inputs.pools[0].directory if len(inputs.pools) == 1 else "POOL"
+    lines += [f"Records: `{BASE_DIR}/` (the small model), "
+              + ("" if len(inputs.pools) == 1 else f"each pool's directory POOL ({where}): ")
+              + f"`{pool_dir}/{CURVES_FILE}` (every candidate's "
+              f"loss by step), `{pool_dir}/{PROBE_FILE}`, `{pool_dir}/{FINAL_FILE}`, `{pool_dir}/{CORRELATION_FILE}` "
               f"and `.csv`. Re-render this file with `laggrow report {record['out_given']}`.", ""]
     return lines
 
@@ -262,15 +318,15 @@ def render(inputs: ReportInputs) -> str:
     name = Path(record["experiment_file"]).name
     lines = [f"# LAG study: {name}", "",
              f"Written by `laggrow run {record['experiment_given']}`: the small model trained, grown with "
-             "every strategy of the pool, every candidate probed for k steps and trained to T, and the "
-             "ranking at every step compared with the final one (Landscape-Aware Growing, arXiv 2406.02469).",
+             f"every strategy of {'each pool' if inputs.named else 'the pool'}, every candidate probed for k "
+             "steps and trained to T, and the ranking at every step compared with the final one (Landscape-Aware "
+             "Growing, arXiv 2406.02469).",
              ""]
     lines += _base_section(inputs)
-    lines += _pool_section(inputs)
-    lines += _noise_section(inputs.result)
-    lines += _correlation_section(inputs.result)
-    lines += _lag_section(inputs.result)
-    lines += _predictors_section(inputs.result)
-    lines += _curves_section(inputs)
+    if inputs.named:
+        for entry in inputs.pools:
+            lines += _named_pool_section(inputs, entry)
+    else:
+        lines += _pool_sections(inputs, inputs.pools[0])
     lines += _footer(inputs)
     return "\n".join(lines)

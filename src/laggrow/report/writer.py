@@ -12,13 +12,14 @@ from __future__ import annotations
 import csv
 import dataclasses
 import io
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from laggrow import runs, store
 from laggrow.errors import LaggrowError
 from laggrow.report import figures, schema
-from laggrow.report.experiment_markdown import ReportInputs, render
+from laggrow.report.experiment_markdown import PoolInputs, ReportInputs, render
 from laggrow.report.stack_markdown import render_stack
 
 if TYPE_CHECKING:
@@ -72,8 +73,35 @@ def read_experiment_record(out: Path) -> dict:
         raise LaggrowError(f"{out}: holds no experiment or stacking run (expected a directory written by laggrow run "
                            "or laggrow stack)")
     what = "experiment record written by laggrow run"
-    return schema.check(store.read_json(out / store.EXPERIMENT_FILE, what), schema.EXPERIMENT,
-                        out / store.EXPERIMENT_FILE, what)
+    path = out / store.EXPERIMENT_FILE
+    record = schema.check(store.read_json(path, what), schema.EXPERIMENT, path, what)
+    names = record.get("pools")  # an experiment of several pools (`pools:`) lists their names
+    named = isinstance(names, list) and all(isinstance(n, str) and re.fullmatch(store.POOL_NAME_PATTERN, n)
+                                            for n in names)
+    if names is not None and not (named and names and len(set(names)) == len(names)):
+        raise schema.damaged(path, "pools", "a list of distinct pool names", what)
+    return record
+
+
+def read_pool_inputs(out: Path, name: str | None) -> PoolInputs:
+    """One pool's records (None: the one pool of `pool:`), each checked."""
+    relative = store.experiment_pool_paths(name)[0]
+    pool_dir = out / relative
+    meta = schema.check(store.read_json(pool_dir / store.POOL_FILE, "pool record"), schema.POOL_RECORD,
+                        pool_dir / store.POOL_FILE, "pool record")
+    result = schema.check_correlation(
+        store.read_json(pool_dir / store.CORRELATION_FILE, "correlation (run laggrow run first)"),
+        pool_dir / store.CORRELATION_FILE, "correlation written by laggrow correlate")
+    return PoolInputs(name=name, directory=relative, meta=meta,
+                      target=runs.read_run_config(pool_dir, what="grown model"), result=result, growth_figure=False)
+
+
+def timed_stages(names: list[str | None]) -> list[str]:
+    """The stages report.md times, as timings.json names them: a pool's stage of `pools:` carries
+    the pool's name (`probe x2`, as experiment.StageResult.label spells it)."""
+    if names == [None]:
+        return list(TIMED_STAGES)
+    return ["base", *(f"{stage} {name}" for name in names for stage in TIMED_STAGES[1:])]
 
 
 def read_inputs(out: Path) -> ReportInputs:
@@ -81,37 +109,32 @@ def read_inputs(out: Path) -> ReportInputs:
     damaged one."""
     out = Path(out)
     record = read_experiment_record(out)
-    pool_dir = out / store.POOL_DIR
+    names = record.get("pools") or [None]
     summary_file = out / store.BASE_DIR / store.SUMMARY_FILE
     summary = schema.check(store.read_json(summary_file, "base run's summary (run laggrow run first)"),
                            schema.SUMMARY, summary_file, "base run's summary")
-    meta = schema.check(store.read_json(pool_dir / store.POOL_FILE, "pool record"), schema.POOL_RECORD,
-                        pool_dir / store.POOL_FILE, "pool record")
-    result = schema.check_correlation(
-        store.read_json(pool_dir / store.CORRELATION_FILE, "correlation (run laggrow run first)"),
-        pool_dir / store.CORRELATION_FILE, "correlation written by laggrow correlate")
+    pools = [read_pool_inputs(out, name) for name in names]
     timings = {}
     if (out / store.TIMINGS_FILE).is_file():
         raw = store.read_json(out / store.TIMINGS_FILE, "stage timings")
-        timings = {s: float(raw[s]) for s in TIMED_STAGES if isinstance(raw.get(s), int | float)}
+        timings = {s: float(raw[s]) for s in timed_stages(names) if isinstance(raw.get(s), int | float)}
     return ReportInputs(record=record, base=runs.read_run_config(out / store.BASE_DIR, what="base run"),
-                        base_summary=summary, pool_meta=meta,
-                        target=runs.read_run_config(pool_dir, what="grown model"), result=result,
-                        timings=timings, growth_figure=False)
+                        base_summary=summary, pools=pools, timings=timings)
 
 
-def _write_growth_curves(out: Path, result: dict) -> bool:
+def _write_growth_curves(out: Path, pool: PoolInputs) -> bool:
     """curves.png again without `scratch`, whose loss sets the y-range of the full figure and
     flattens the growth strategies into one line. False (nothing drawn) without a scratch."""
     from laggrow.analysis.curves import load_curves
 
-    curves = load_curves(out / store.POOL_DIR)
+    result = pool.result
+    curves = load_curves(out / pool.directory)
     keep = [i for i, c in enumerate(curves.candidates) if c.strategy != "scratch"]
     if len(keep) == len(curves.candidates) or not keep:
         return False
     grown = dataclasses.replace(curves, candidates=[curves.candidates[i] for i in keep], loss=curves.loss[keep],
                                 flops=curves.flops[keep], tokens=curves.tokens[keep])
-    store.write_outputs(out / store.POOL_DIR, {
+    store.write_outputs(out / pool.directory, {
         store.GROWTH_CURVES_PNG: lambda p: figures.plot_curves(grown, p, last_step=result["final_step"])})
     return True
 
@@ -121,7 +144,8 @@ def write_report(out: Path) -> Path:
     records are checked when read: a damaged one is one line naming its file and key."""
     out = Path(out)
     inputs = read_inputs(out)
-    inputs = dataclasses.replace(inputs, growth_figure=_write_growth_curves(out, inputs.result))
+    pools = [dataclasses.replace(pool, growth_figure=_write_growth_curves(out, pool)) for pool in inputs.pools]
+    inputs = dataclasses.replace(inputs, pools=pools)
     text = render(inputs)
     path = out / store.REPORT_FILE
     store.write_text(path, text)
