@@ -25,24 +25,32 @@ from laggrow.growth import registry
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "study"))
-from tables import Pool, fmt, halving_rows, pick, protocol_rows, table, ticks  # noqa: E402
+from tables import Pool, fmt, halving_rows, protocol_rows, table  # noqa: E402
 from upscale import CONFIG, CORPORA  # noqa: E402
 
 
 def pool_specs() -> dict[str, list[dict]]:
     """Pool name -> its strategy entries (mappings with name and label), as configs/upscale.yaml has them."""
     pools = yaml.safe_load(CONFIG.read_text())["pools"]
-    return {name: [e if isinstance(e, dict) else {"name": e} for e in pool["strategies"]] for name, pool in pools.items()}
+    return {name: [e if isinstance(e, dict) else {"name": e} for e in pool["strategies"]]
+            for name, pool in pools.items()}
+
+
+def base_depth() -> int:
+    base = CONFIG.parent / yaml.safe_load(CONFIG.read_text())["base"]
+    return int(yaml.safe_load(base.read_text())["model"]["n_layers"])
 
 
 def kind(entry: dict) -> str:
     """identity: the grown model computes the base's function (a function-preserving strategy, or
-    slices whose every repeated range is zeroed); scratch; else copy."""
+    slices whose ranges not zeroed concatenate to the base's layers in order); scratch; else copy."""
     name = entry["name"]
     if name == "scratch":
         return "scratch"
-    strategy = registry.get_strategy(name)
-    return "identity" if strategy.preserves_function(entry) else "copy"
+    if name == "slices":
+        kept = [layer for r in entry["ranges"] if len(r) == 2 for layer in range(r[0], r[1])]
+        return "identity" if kept == list(range(base_depth())) else "copy"
+    return "identity" if registry.get_strategy(name).function_preserving else "copy"
 
 
 def base_rows(out: Path) -> list[list[str]]:
@@ -137,7 +145,7 @@ def main() -> None:
              "layers copied without zeroing; scratch: a fresh init. Selection loss (mean over seeds) at step 0 "
              "and at k; final test loss (mean ± sd over seeds); in the best set at T. Best first.", "",
              *table(["corpus", "pool", "recipe", "kind", "loss at 0", f"loss at k = {k}", "final test loss",
-                     "best set"], recipe_rows(pools, specs), "lllhrrrl".replace("h", "l")),
+                     "best set"], recipe_rows(pools, specs), "llllrrrl"),
              "## Identity recipes against copies", "",
              "The best identity recipe's final test loss minus the best copy recipe's, per seed and on average, "
              "with the SEs of the difference (paired by seed and by test window); better: beyond 2 combined SEs.",
