@@ -372,7 +372,7 @@ def stack_config_from_dict(raw: Any) -> StackConfig:
                               seeds=tuple(cfg.seeds))
     for name in ("start_layers", "block"):
         _check(getattr(cfg, name) >= 1, name, "an integer >= 1", getattr(cfg, name))
-    _check(cfg.start_layers % cfg.block == 0, "start_layers",
+    _check(cfg.source is not None or cfg.start_layers % cfg.block == 0, "start_layers",  # a source's: its own check
            f"a positive multiple of stack.block ({cfg.block}), so that the model splits into whole blocks",
            cfg.start_layers)
     _check(math.isfinite(cfg.alpha) and cfg.alpha > 0, "alpha", "a number > 0 (PROP-alpha)", cfg.alpha)
