@@ -155,6 +155,44 @@ def load_run(path: Path, what: str = "run", *, require_finished: bool = True) ->
 _require_finished = require_finished  # the parameter of load_run shadows the function's name
 
 
+def source_record(path: Path, what: str = "source") -> dict[str, Any]:
+    """What identifies a whole model used as a source, read without jax: its path, where it came
+    from (`import`: laggrow import, with import.json's model_type and the sha256 of every weight
+    file; `grow`; `train`), the step of the checkpoint a source is restored at (a finished run's
+    last, else the newest), a fingerprint of that checkpoint (the sha256 of its manifest's file
+    digests: any changed weight changes it) and whether it holds AdamW moments (an import holds
+    parameters alone). One line for a run with no such checkpoint."""
+    import hashlib
+    import json
+
+    from laggrow.checkpoint import PARAMS_ONLY
+
+    path = Path(path)
+    summary = read_summary(path, what)
+    ckpt_dir = path / store.CHECKPOINT_DIR
+    steps = sorted(int(d.name) for d in ckpt_dir.iterdir() if d.name.isdigit()) if ckpt_dir.is_dir() else []
+    step = int(summary["steps"]) if summary is not None and summary.get("complete") is True else (
+        steps[-1] if steps else None)
+    manifest_file = ckpt_dir / str(step) / store.CHECKPOINT_MANIFEST
+    if step is None or not manifest_file.is_file():
+        raise LaggrowError(f"{what} {path}: has no finished checkpoint{'' if step is None else f' at step {step}'} "
+                           "(expected a trained, grown or imported laggrow run)")
+    manifest = store.read_json(manifest_file, f"{what}'s checkpoint manifest")
+    files = store.require_keys(manifest, ("files",), manifest_file, f"{what}'s checkpoint manifest")["files"]
+    meta = manifest.get("meta") if isinstance(manifest.get("meta"), dict) else {}
+    record: dict[str, Any] = {
+        "path": str(path.absolute()), "checkpoint_step": step,
+        "fingerprint": hashlib.sha256(json.dumps(files, sort_keys=True).encode()).hexdigest(),
+        "optimizer_moments": meta.get(PARAMS_ONLY) is not True}
+    if (path / store.IMPORT_FILE).is_file():
+        imported = store.read_json(path / store.IMPORT_FILE, f"{what}'s import record")
+        record.update(origin="import", model_type=imported.get("model_type"), imported_from=imported.get("source"),
+                      weights=imported.get("weights"))
+    else:
+        record["origin"] = "grow" if (path / store.GROWTH_FILE).is_file() and summary is None else "train"
+    return record
+
+
 def check_data(run_dir: Path, cfg: RunConfig, dataset: Dataset) -> None:
     """One line if `dataset` is not the data the run in `run_dir` started with (its data.json).
     A run without data.json (made before laggrow recorded it) is accepted."""

@@ -32,14 +32,27 @@ def _stack_setup(record: dict) -> list[str]:
                   "the same batches)"],
         ["evaluation", _evaluation_text(record["evaluation"])],
     ]
+    if record.get("source"):
+        rows.insert(1, ["source", _source_text(record["source"])])
     lines = ["## What was run", "", md_table(["", ""], rows, align="ll"), ""]
     lines += _stack_budget(record)
     lines += ["## Stages", "", f"Adaptive's stages over T = {record['final_steps']} steps (`top` and `middle` "
               "split their own budget the same way, scratch trains the target throughout):", "",
               md_table(["stage", "depth", "steps", "global steps"],
-                       [[str(s["stage"]), str(s["depth"]), str(s["steps"]), f"{s['start']}-{s['end'] - 1}"]
+                       [[str(s["stage"]), str(s["depth"]), str(s["steps"]),
+                         f"{s['start']}-{s['end'] - 1}" if s["steps"] else "the source, not trained here"]
                         for s in stages]), ""]
     return lines
+
+
+def _source_text(source: dict) -> str:
+    """Where the first stage's model came from, and what its compute and moments are here."""
+    origin = (f"imported {source.get('model_type')} model" if source.get("origin") == "import"
+              else f"laggrow {source.get('origin')} run")
+    return (f"`{source.get('config_path')}`, a {origin} of {source.get('n_layers')} layers (checkpoint "
+            f"{source.get('checkpoint_step')}, fingerprint {str(source.get('fingerprint'))[:12]}): adaptive, top "
+            f"and middle grow it at step 0, scratch starts from a random target; {source.get('compute')}; "
+            f"optimizer: {source.get('optimizer_state', {}).get('what')}")
 
 
 def _evaluation_text(evaluation: dict) -> str:

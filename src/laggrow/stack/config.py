@@ -18,6 +18,24 @@ all by arithmetic. No jax here, so every check runs before anything is loaded or
       predictor: loss         # how a probe is judged (laggrow.analysis.predictors)
       seeds: [0, 1]           # init and data order of each repetition: train.seed + s
       probe_eval_every: 0     # also evaluate the candidates every this many probe steps (0: at 0 and K only)
+      source: null            # or a laggrow run to start from (relative to the working dir): below
+
+A source (`stack.source: runs/small`, or an imported model: `laggrow import HF_DIR --out RUN`). The
+source is already trained, so there is no training from scratch: stage 1 is the source itself, of
+its own depth (which replaces start_layers; a start_layers that disagrees is refused), trained 0
+steps here, and the first growth happens at step 0 from the source's final parameters. The
+PROP-alpha stages cover the growths from the source's depth to the target over T: stage i + 1 (the
+i-th growth) trains T * i**alpha / sum_j j**alpha steps. adaptive, top and middle all start from
+the source; `scratch` stays a random target-depth model trained to the same FLOPs (it answers "is
+growing this checkpoint worth it at this compute"). The source's own training is sunk: charged to
+no method, and recorded in stack.json (`source`). The target must be the source's model but for
+n_layers (keys the config leaves out are the source's; how it is computed, dtype, attention,
+scan_layers and loss_chunk, may differ), and the data is tokenized by the source's tokenizer
+(data.tokenizer, left out, is the source's). The source's depth must be a multiple of block and
+below the target's. With `optimizer_state: carry`, the source's AdamW moments are carried when it
+has them (a laggrow-trained run) and fresh ones start when it has none (an import). Every method of
+a seed reads the stream seeded `train.seed + s` from the position the source stopped at, as a pool
+does.
 
 Compute. A training step at depth d costs `d`'s `train_flops_per_token` times the batch's tokens. The
 adaptive method pays for its own trajectory (the winner's K probe steps are steps of its stage), for
@@ -75,6 +93,7 @@ class StackConfig:
     predictor: str = "loss"
     seeds: tuple[int, ...] = (0,)
     probe_eval_every: int = 0
+    source: str | None = None  # a laggrow run (an import too) the first stage is: see the docstring
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
@@ -165,10 +184,15 @@ def stage_ends(total: int, n_stages: int, alpha: float) -> list[int]:
     return ends
 
 
-def stages_over(total: int, start_layers: int, target: int, block: int, alpha: float) -> tuple[Stage, ...]:
-    """The stages from `start_layers` to `target` in blocks of `block` over `total` steps (PROP-alpha)."""
+def stages_over(total: int, start_layers: int, target: int, block: int, alpha: float,
+                from_source: bool = False) -> tuple[Stage, ...]:
+    """The stages from `start_layers` to `target` in blocks of `block` over `total` steps
+    (PROP-alpha). `from_source`: stage 1 is a trained source of `start_layers` layers, given no
+    step, and PROP-alpha splits `total` over the growth stages alone (the first growth is stage 2,
+    weighted 1**alpha, at step 0)."""
+    first = 1 if from_source else 0  # the stages that PROP-alpha splits `total` over start here
     n_stages = (target - start_layers) // block + 1
-    ends = stage_ends(total, n_stages, alpha)
+    ends = [0] * first + stage_ends(total, n_stages - first, alpha)
     starts = [0, *ends[:-1]]
     return tuple(Stage(i + 1, start_layers + i * block, s, e)
                  for i, (s, e) in enumerate(zip(starts, ends, strict=True)))
@@ -185,6 +209,15 @@ class StackPlan:
     @property
     def final_steps(self) -> int:
         return self.run.train.steps
+
+    @property
+    def from_source(self) -> bool:
+        """Whether the first stage is a trained source (`stack.source`), given no step here."""
+        return self.stack.source is not None
+
+    def trained_stages(self, stages: tuple[Stage, ...]) -> tuple[Stage, ...]:
+        """The stages that train (all but a source's)."""
+        return stages[1:] if self.from_source and stages[0].steps == 0 else stages
 
     def model_at(self, depth: int) -> ModelConfig:
         return dataclasses.replace(self.run.model, n_layers=depth)
@@ -231,7 +264,7 @@ class StackPlan:
     def stages_over(self, total: int) -> tuple[Stage, ...]:
         """The stacking schedule (PROP-alpha stages from start_layers to the target) over `total` steps."""
         return stages_over(total, self.stack.start_layers, self.run.model.n_layers, self.stack.block,
-                           self.stack.alpha)
+                           self.stack.alpha, self.from_source)
 
     def schedule_flops(self, total: int) -> int:
         """The training FLOPs of the stacking schedule over `total` steps."""
@@ -339,7 +372,7 @@ def stack_config_from_dict(raw: Any) -> StackConfig:
                               seeds=tuple(cfg.seeds))
     for name in ("start_layers", "block"):
         _check(getattr(cfg, name) >= 1, name, "an integer >= 1", getattr(cfg, name))
-    _check(cfg.start_layers % cfg.block == 0, "start_layers",
+    _check(cfg.source is not None or cfg.start_layers % cfg.block == 0, "start_layers",  # a source's: its own check
            f"a positive multiple of stack.block ({cfg.block}), so that the model splits into whole blocks",
            cfg.start_layers)
     _check(math.isfinite(cfg.alpha) and cfg.alpha > 0, "alpha", "a number > 0 (PROP-alpha)", cfg.alpha)
@@ -369,25 +402,29 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train, stack), got {shown(raw)}")
     raw = dict(raw)
-    stack = stack_config_from_dict(raw.pop("stack", None))
+    stack_raw = raw.pop("stack", None)
+    stack = stack_config_from_dict(stack_raw)
+    if stack.source is not None:
+        raw, stack = _from_source(raw, stack, "start_layers" in (stack_raw or {}))
     if "mesh" in raw:  # a run config's section, which laggrow stack would otherwise ignore
         raise LaggrowError(f"{where}: mesh: laggrow stack runs on one device (expected no mesh section and no "
                            "--set mesh.KEY; laggrow train, probe and train-final spread over devices)")
     run = run_config_from_dict(raw, where=where)
     target, start, block = run.model.n_layers, stack.start_layers, stack.block
+    first = f"the source's depth, {start} layers," if stack.source is not None else f"stack.start_layers ({start})"
     require(target > start and (target - start) % block == 0, "model.n_layers",
-            f"stack.start_layers ({start}) plus a positive multiple of stack.block ({block})", target)
-    n_stages = (target - start) // block + 1
+            f"{first} plus a positive multiple of stack.block ({block})", target)
+    n_stages = (target - start) // block + (0 if stack.source is not None else 1)  # the stages that train
     try:
-        stages = stages_over(run.train.steps, start, target, block, stack.alpha)
+        stages = stages_over(run.train.steps, start, target, block, stack.alpha, stack.source is not None)
     except OverflowError:  # i ** alpha beyond the largest float
         raise LaggrowError(f"stack.alpha: expected a number > 0 whose stage weights i ** alpha (i = 1..{n_stages}, "
                            f"PROP-alpha) add up to a finite float, got {shown(stack.alpha)}") from None
-    short = min(stages, key=lambda s: s.steps)
+    plan = StackPlan(run=run, stack=stack, stages=stages)
+    short = min(plan.trained_stages(stages), key=lambda s: s.steps)
     require(short.steps >= 1, "train.steps",
             f"a budget that gives each of the {n_stages} stages at least one step under PROP-{stack.alpha:g} "
             f"(stage {short.stage} gets 0 of {run.train.steps})", run.train.steps)
-    plan = StackPlan(run=run, stack=stack, stages=stages)
     probed = [s for s in stages[1:] if len(plan.candidates(s)) >= 2]
     if "adaptive" in stack.methods:
         _check(bool(probed), "candidates", "at least two distinct candidates at some growth (with one, adaptive "
@@ -403,7 +440,7 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
     for method in ("top", "middle"):
         if method in stack.methods:
             # T' >= T; a stage of it with no step could only come of PROP-alpha's rounding
-            short = min(plan.stages_for(method), key=lambda s: s.steps)
+            short = min(plan.trained_stages(plan.stages_for(method)), key=lambda s: s.steps)
             require(short.steps >= 1, "train.steps", f"a budget that gives each of {method}'s stages at least one "
                     f"step over its {plan.method_steps(method)} (stage {short.stage} gets 0)", run.train.steps)
     for s in stack.seeds:
@@ -414,6 +451,55 @@ def plan_from_dict(raw: dict[str, Any], where: str = "stack config") -> StackPla
     return plan
 
 
+# How a model is computed, not what it is: a target may compute its source's model otherwise.
+COMPUTED_ONLY = ("dtype", *ModelConfig.COMPUTE_KEYS)
+
+
+def read_source(source: str) -> RunConfig:
+    """The run config of `stack.source`: a whole model (a finished laggrow run, or one made by
+    `laggrow grow` or `laggrow import`), as a pool's source is; one line otherwise."""
+    from laggrow import runs
+
+    path = Path(source)
+    cfg = runs.read_run_config(path, what="stack.source")
+    runs.require_finished(path, what="stack.source")
+    return cfg
+
+
+def _from_source(raw: dict[str, Any], stack: StackConfig, sets_start: bool) -> tuple[dict[str, Any], StackConfig]:
+    """The config's sections completed by its source's: the model's keys and the tokenizer the
+    config leaves out are the source's, and those it sets must agree with the source (but for
+    n_layers and how the model is computed); start_layers is the source's depth."""
+    source = read_source(stack.source)
+    src_model, src_data = source.model, source.data
+    where = f"stack.source {stack.source}"
+    if sets_start and stack.start_layers != src_model.n_layers:
+        raise LaggrowError(f"stack.start_layers: expected the source's depth {src_model.n_layers} or no "
+                           f"start_layers ({where} has {src_model.n_layers} layers), got {stack.start_layers}")
+    model_raw = raw.get("model") if isinstance(raw.get("model"), dict) else {}
+    model = build_dataclass(ModelConfig, {**src_model.to_dict(), "n_layers": src_model.n_layers, **model_raw},
+                            "model")
+    for field in dataclasses.fields(ModelConfig):
+        name = field.name
+        if name == "n_layers" or name in COMPUTED_ONLY:
+            continue
+        if getattr(model, name) != getattr(src_model, name):
+            raise LaggrowError(f"model.{name}: expected the source's {shown(getattr(src_model, name))} ({where}: "
+                               f"the target is the source's model but for n_layers), got {shown(getattr(model, name))}")
+    data_raw = dict(raw.get("data") or {}) if isinstance(raw.get("data"), dict) else {}
+    keys = ("tokenizer", "bpe_vocab_size") if src_data.tokenizer == "bpe" else ("tokenizer",)
+    for key in keys:
+        mine = data_raw.setdefault(key, getattr(src_data, key))
+        if mine != getattr(src_data, key):
+            raise LaggrowError(f"data.{key}: expected the source's {shown(getattr(src_data, key))} ({where}'s "
+                               f"model reads its own tokens), got {shown(mine)}")
+    completed = {**raw, "model": {**src_model.to_dict(), **model_raw}, "data": data_raw}
+    if src_model.n_layers % stack.block:
+        raise LaggrowError(f"{where}: its {src_model.n_layers} layers are not a multiple of stack.block "
+                           f"({stack.block}; expected whole blocks)")
+    return completed, dataclasses.replace(stack, start_layers=src_model.n_layers)
+
+
 def load_stack_plan(path: str | Path, overrides: list[str] | None = None) -> StackPlan:
     """Read, override (`--set stack.probe_steps=8`) and check a stacking config."""
     raw = apply_overrides(read_yaml(path, what="stack config"), overrides)
@@ -421,7 +507,10 @@ def load_stack_plan(path: str | Path, overrides: list[str] | None = None) -> Sta
 
 
 def plan_with_vocab(plan: StackPlan, vocab_size: int) -> StackPlan:
-    """The same plan with the tokenizer's vocabulary (checked again: memory depends on it)."""
+    """The same plan with the tokenizer's vocabulary (checked again: memory depends on it). A
+    source's model keeps its own (an imported model may pad it beyond its tokenizer's)."""
+    if plan.from_source:
+        return plan
     raw = plan.to_dict()
     raw["run"]["model"]["vocab_size"] = vocab_size
     return plan_from_dict({**raw["run"], "stack": raw["stack"]})

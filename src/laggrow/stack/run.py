@@ -4,7 +4,7 @@ turn, then stack.json, report.md and stack.png.
     DIR/stack-config.json   the resolved run and stack sections and the record format (a second run
                             must match them)
     DIR/data.json           the corpus's fingerprint (a changed corpus is refused on resume)
-    DIR/tokenizer.json      the BPE tokenizer, when there is one
+    DIR/tokenizer.json      the BPE tokenizer, when there is one (without a source)
     DIR/curves.jsonl        every evaluation of every method and seed
     DIR/stages/, DIR/models/  see stack/runner.py
     DIR/stack.json          the results, once every run has finished (schema in docs/design.md)
@@ -13,7 +13,9 @@ Everything that can be wrong with the input (the config, the corpus and its held
 is found by `prepare_stack` before anything is written. Run again on the same DIR, the same command
 continues each unfinished run from its last completed stage and redoes nothing that has finished;
 a DIR of an earlier record format (losses read on the whole held-out stream, budgets unequal) is
-refused in one line rather than continued with records of two meanings.
+refused in one line rather than continued with records of two meanings. A stack from a source
+(`stack.source`) records what identifies the source in stack-config.json; a rerun whose source has
+changed since (another checkpoint, other weights) is refused in one line.
 """
 
 from __future__ import annotations
@@ -40,6 +42,7 @@ class PreparedStack:
     dataset: Dataset
     resume: bool  # DIR already holds this stacking run (finished or not)
     eval_sets: dict[str, np.ndarray]  # evaluation_sets(dataset, plan)
+    source: dict[str, Any] | None = None  # runs.source_record of stack.source, and what it means here
 
 
 def evaluation_sets(dataset: Dataset, plan: StackPlan) -> dict[str, np.ndarray]:
@@ -78,23 +81,55 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
     if out.is_dir() and not recorded.is_file() and any(p.name != store.LOCK_FILE for p in out.iterdir()):
         raise LaggrowError(f"--out {out}: not empty and not a stacking directory (expected a new or empty "
                            "directory, or one written by laggrow stack)")
-    dataset = load_dataset(plan.run.data, out if recorded.is_file() else None)
+    source = source_record(plan) if plan.from_source else None
+    if source is not None:  # the source's model reads its own tokens, as a pool's candidates do
+        tokenizer = runs.load_tokenizer(Path(plan.stack.source), runs.read_run_config(Path(plan.stack.source)))
+        dataset = load_dataset(plan.run.data, tokenizer=tokenizer)
+    else:
+        dataset = load_dataset(plan.run.data, out if recorded.is_file() else None)
     plan = plan_with_vocab(plan, dataset.vocab_size)
     eval_sets = evaluation_sets(dataset, plan)  # a held-out split too small for either set is refused here
     if recorded.is_file():
         then = store.read_json(recorded, "stacking config written by laggrow stack")
         _check_format(out, then)
-        diffs = differences(config_record(plan), then)
+        _check_same_source(out, source, then)
+        diffs = differences(config_record(plan, source), then)
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different stacking run ({'; '.join(diffs[:3])}); "
                                "choose another --out")
         runs.check_data(out, plan.run, dataset)
-    return PreparedStack(plan, out, dataset, resume=recorded.is_file(), eval_sets=eval_sets)
+    return PreparedStack(plan, out, dataset, resume=recorded.is_file(), eval_sets=eval_sets, source=source)
 
 
-def config_record(plan: StackPlan) -> dict[str, Any]:
-    """stack-config.json: the plan's sections and the record format the directory is written in."""
-    return {**plan.to_dict(), "format": RECORD_FORMAT}
+def source_record(plan: StackPlan) -> dict[str, Any]:
+    """stack.json's `source`: what identifies the source (`runs.source_record`), what its moments
+    become under the plan's optimizer_state, and that its own compute is sunk."""
+    record = runs.source_record(Path(plan.stack.source), what="stack.source")
+    carried = plan.stack.optimizer_state == "carry" and record["optimizer_moments"]
+    why = ("the source's AdamW moments, grown at the first growth" if carried else
+           "fresh AdamW moments: the source has none (an import)" if plan.stack.optimizer_state == "carry"
+           else "fresh AdamW moments at every growth (optimizer_state: reset)")
+    return {**record, "config_path": plan.stack.source, "n_layers": plan.stack.start_layers,
+            "optimizer_state": {"carried": carried, "what": why},
+            "compute": "the source's own training is sunk: charged to no method"}
+
+
+def _check_same_source(out: Path, source: dict[str, Any] | None, recorded: dict[str, Any]) -> None:
+    """A rerun must start from the very source the directory's runs started from."""
+    then = recorded.get("source")
+    if source is None or not isinstance(then, dict):
+        return  # no source now or then: the configs' comparison says whether that differs
+    if (then.get("fingerprint"), then.get("checkpoint_step")) != (source["fingerprint"], source["checkpoint_step"]):
+        raise LaggrowError(f"stack.source {source['config_path']}: changed since the stacking run in {out} started "
+                           f"(checkpoint {then.get('checkpoint_step')} fingerprint {str(then.get('fingerprint'))[:12]},"
+                           f" now {source['checkpoint_step']} {source['fingerprint'][:12]}); expected the same source, "
+                           "or choose another --out")
+
+
+def config_record(plan: StackPlan, source: dict[str, Any] | None = None) -> dict[str, Any]:
+    """stack-config.json: the plan's sections, the record format the directory is written in, and
+    (from a source) what identifies the source."""
+    return {**plan.to_dict(), "format": RECORD_FORMAT, **({"source": source} if source is not None else {})}
 
 
 def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = None,
@@ -102,36 +137,39 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
     """Run (or continue) every method of every seed, write stack.json and the report; returns the
     stack.json record. `command` is what an interruption tells the user to run again."""
     from laggrow.report.writer import write_stack_report
-    from laggrow.stack.runner import MethodRun
+    from laggrow.stack.runner import MethodRun, SourceModel
 
     plan, out = prepared.plan, prepared.out
     with interrupt.deferred(), store.DirLock(out, "--out"):
         # The config first: it marks the directory as this stacking run's, and what follows is
         # written again (if missing) by the next attempt when this one is killed in between.
-        store.write_json(out / store.STACK_CONFIG_FILE, config_record(plan), if_changed=True)
-        if isinstance(prepared.dataset.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
+        store.write_json(out / store.STACK_CONFIG_FILE, config_record(plan, prepared.source), if_changed=True)
+        if (isinstance(prepared.dataset.tokenizer, BPETokenizer) and not plan.from_source
+                and not (out / store.TOKENIZER_FILE).is_file()):
             store.write_file(out / store.TOKENIZER_FILE, prepared.dataset.tokenizer.save)
         if not (out / store.DATA_FILE).is_file():
             store.write_json(out / store.DATA_FILE, data_fingerprint(prepared.dataset, plan.run.data))
         results = []
+        source = SourceModel(plan) if plan.from_source else None
         for seed in plan.stack.seeds:
             for method in plan.stack.methods:
-                run = MethodRun(plan, method, seed, prepared.dataset, out, prepared.eval_sets, on_event)
+                run = MethodRun(plan, method, seed, prepared.dataset, out, prepared.eval_sets, on_event, source)
                 try:
                     results.append(run.execute())
                 except interrupt.Interrupted as err:
                     raise interrupt.Interrupted(f"{err}; the completed stages are kept in {out}; continue with: "
                                                 f"{command}") from None
-        record = stack_record(plan, results, evaluation_record(prepared.dataset, plan))
+        record = stack_record(plan, results, evaluation_record(prepared.dataset, plan), prepared.source)
         store.write_json(out / store.STACK_FILE, record)
         write_stack_report(out)
     return record
 
 
-def stack_record(plan: StackPlan, results: list[dict[str, Any]], evaluation: dict[str, Any]) -> dict[str, Any]:
+def stack_record(plan: StackPlan, results: list[dict[str, Any]], evaluation: dict[str, Any],
+                 source: dict[str, Any] | None = None) -> dict[str, Any]:
     """stack.json: the config, the stage schedule, the equal-FLOPs budget and every method's steps
-    and FLOPs under it, the held-out split and which set does what, and one entry per method and
-    seed."""
+    and FLOPs under it, the held-out split and which set does what, the source (`source_record`,
+    or null), and one entry per method and seed."""
     basis = ("adaptive's total: its training, the other candidates' probe steps and the probe's selection-set "
              "evaluations" if "adaptive" in plan.stack.methods else "the stacking schedule's training over T")
     return {"format": RECORD_FORMAT, "config": plan.to_dict(), "final_steps": plan.final_steps,
@@ -139,4 +177,4 @@ def stack_record(plan: StackPlan, results: list[dict[str, Any]], evaluation: dic
             "budget": {"flops": plan.budget_flops(), "basis": basis, "methods": plan.budgets(),
                        "target_step_flops": plan.step_flops(plan.run.model.n_layers)},
             "evaluation": evaluation, "seeds": list(plan.stack.seeds), "methods": list(plan.stack.methods),
-            "runs": results}
+            "source": source, "runs": results}

@@ -17,6 +17,11 @@ Every curve row and final loss is the test set's (`test_loss`, `test_loss_se` ov
 never read by a choice: adaptive's growth row is the winner's grown state, evaluated on the test
 set once the probe has chosen it.
 
+From a source (`stack.source`): stage 1 is the source itself, trained 0 steps; adaptive, top and
+middle start from its final parameters (and its AdamW moments under `optimizer_state: carry` when
+it has them, fresh ones when it has none), scratch from a random target-depth model. Every method
+reads the stream from the position the source stopped at (batch `start + i` at global step i).
+
 Resuming: the newest intact stage checkpoint is restored (its manifest carries the stage, the compute
 charged so far and the seconds spent), and the records of later stages, written by the interrupted
 process, are dropped, so a resumed run ends with exactly the records of an uninterrupted one.
@@ -34,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import interrupt, model, store, train
+from laggrow import interrupt, model, runs, store, train
 from laggrow.analysis.predictors import get_predictor
 from laggrow.checkpoint import CheckpointDamaged, Checkpointer, warn
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint
@@ -58,6 +63,40 @@ def abstract_state(plan: StackPlan, train_cfg, depth: int) -> dict:
     return jax.eval_shape(lambda p: train.init_state(p, optimizer), shapes)
 
 
+class SourceModel:
+    """`stack.source` loaded once (on first use) for every method and seed of a stacking run."""
+
+    def __init__(self, plan: StackPlan):
+        self.path = Path(plan.stack.source)
+        self._loaded: runs.LoadedRun | None = None
+
+    @property
+    def run(self) -> runs.LoadedRun:
+        if self._loaded is None:
+            self._loaded = runs.load_run(self.path, what="stack.source")
+        return self._loaded
+
+    @property
+    def data_position(self) -> int:
+        return int(self.run.data_position)
+
+    def state(self, train_cfg, optimizer_state: str) -> dict:
+        """The first stage's train state at step 0: the source's parameters and (carried) its AdamW
+        moments with the schedule restarted (an import's are the fresh ones), or fresh moments."""
+        params = self.run.params
+        fresh = train.make_optimizer(train_cfg).init(params)
+        opt_state = fresh
+        if optimizer_state == "carry":
+            opt_state = train.restart_schedule(self.run.state["opt_state"])
+            if jax.tree.structure(opt_state) != jax.tree.structure(fresh):
+                raise LaggrowError(f"stack.optimizer_state: 'carry' needs the source's optimizer ({self.path} was "
+                                   "trained with another train.grad_clip); expected the source's train.grad_clip, "
+                                   "or optimizer_state: reset")
+        state = {"params": params, "opt_state": opt_state, "step": jax.numpy.zeros((), jax.numpy.int32)}
+        # a copy of its own: training donates its state, and the source serves every method and seed
+        return jax.device_put(jax.tree.map(lambda x: jax.numpy.array(x, copy=True), state), jax.devices()[0])
+
+
 @dataclass
 class Progress:
     """Where a method's run stands: the last completed stage and what it has cost so far."""
@@ -79,9 +118,11 @@ class MethodRun:
     """Runs (or resumes, or reads back) one method of one seed inside a stacking directory."""
 
     def __init__(self, plan: StackPlan, method: str, seed: int, data: Dataset, out: Path,
-                 eval_sets: dict[str, np.ndarray], on_event: OnEvent | None = None):
+                 eval_sets: dict[str, np.ndarray], on_event: OnEvent | None = None,
+                 source: SourceModel | None = None):
         """`eval_sets`: the held-out windows by name, "selection" (what adaptive's probe chooses
-        on) and "test" (every loss recorded), as `stack.run.evaluation_sets` makes them."""
+        on) and "test" (every loss recorded), as `stack.run.evaluation_sets` makes them. `source`:
+        the plan's `stack.source`, loaded (once, when first needed)."""
         self.plan, self.method, self.seed, self.data, self.out = plan, method, seed, data, Path(out)
         self.name = run_name(method, seed)
         self.state_dir = self.out / store.STAGES_DIR / self.name
@@ -94,6 +135,14 @@ class MethodRun:
         self.train_cfg = plan.train_for(method)
         self.selection, self.test = eval_sets["selection"], eval_sets["test"]
         self.fingerprint = {"stack": plan.to_dict(), "method": method, "seed": seed}
+        self.source = source
+        if plan.from_source and source is None:
+            raise ValueError("a plan with stack.source needs its SourceModel")  # a caller's bug
+
+    @property
+    def data_start(self) -> int:
+        """The stream position of global step 0: where the source stopped (0 without one)."""
+        return self.source.data_position if self.source is not None else 0
 
     # ---- records ----------------------------------------------------------------------------------
 
@@ -110,7 +159,8 @@ class MethodRun:
                 rows.add((stage.start, "growth"))
                 if self.method == "adaptive" and len(self.plan.candidates(stage)) > 1:
                     rows.add((stage.start + self.plan.stack.probe_steps, "probe"))
-            rows.add((stage.end, "stage end"))
+            if stage.steps:  # a source's stage trains nothing: its init row is all
+                rows.add((stage.end, "stage end"))
         return rows
 
     def check_finished_records(self) -> None:
@@ -202,12 +252,14 @@ class MethodRun:
         return None
 
     def _fresh(self) -> dict:
+        if self.source is not None and self.method != "scratch":
+            return self.source.state(self.train_cfg, self.plan.stack.optimizer_state)
         depth = self.stages[0].depth
         params = model.init_params(self.plan.model_at(depth), jax.random.key(self.init_seed))
         return train.init_state(params, train.make_optimizer(self.train_cfg))
 
     def _batch(self, i: int) -> np.ndarray:
-        return self.data.train_batch(i, self.train_cfg.batch_size, self.init_seed)
+        return self.data.train_batch(self.data_start + i, self.train_cfg.batch_size, self.init_seed)
 
     # ---- running ----------------------------------------------------------------------------------
 
@@ -237,8 +289,10 @@ class MethodRun:
                 state = self._train(state, stage, progress)
                 progress.stage = stage.stage
                 progress.seconds += time.perf_counter() - t0
-                ckpt.save(state, data_position=stage.end, step=stage.end,
-                          meta={"stage": stage.stage, "compute": dict(progress.compute), "seconds": progress.seconds})
+                if stage.steps:  # a source's stage is the source: nothing to keep
+                    ckpt.save(state, data_position=self.data_start + stage.end, step=stage.end,
+                              meta={"stage": stage.stage, "compute": dict(progress.compute),
+                                    "seconds": progress.seconds})
         self._check_compute(progress)
         self._write_model(state, progress)
         # the final model holds the last state; the stage checkpoints were only for resuming
@@ -373,10 +427,14 @@ class MethodRun:
         with store.staged_dir(self.model_dir, "stacking directory") as tmp:
             store.write_json(tmp / store.CONFIG_FILE, run.to_dict())
             store.write_json(tmp / store.DATA_FILE, data_fingerprint(self.data, run.data))
-            if isinstance(self.data.tokenizer, BPETokenizer):
+            if self.source is not None:  # the source's tokenizer (an imported model's own, its BPE)
+                for name in (store.TOKENIZER_FILE, store.TOKENIZER_CONFIG_FILE):
+                    if (self.source.path / name).is_file():
+                        store.copy_file(self.source.path / name, tmp / name)
+            elif isinstance(self.data.tokenizer, BPETokenizer):
                 store.write_file(tmp / store.TOKENIZER_FILE, self.data.tokenizer.save)
             with Checkpointer(tmp, fingerprint=run.to_dict()) as ckpt:
                 # the data position is the stream's next batch, so grown runs and pools continue it
-                ckpt.save(state, data_position=steps, step=steps)
+                ckpt.save(state, data_position=self.data_start + steps, step=steps)
             store.write_json(tmp / store.SUMMARY_FILE, summary)
         self.on_event(f"{self.name}: finished, test loss {final_loss:.4f} at step {steps}")
