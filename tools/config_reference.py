@@ -83,6 +83,8 @@ def default_text(f: dataclasses.Field) -> str:
         return "required"
     if isinstance(value, tuple):
         value = list(value)
+    if value == "":
+        return '`""`'
     return f"`{value!r}`".replace("'", "")
 
 

@@ -211,7 +211,8 @@ class DataConfig:
     bpe_vocab_size: int = 1024  # the vocabulary a `bpe` tokenizer is trained to (on the train split)
     seq_len: int = 128  # tokens per training window (each window reads seq_len + 1 tokens)
     heldout_fraction: float = 0.02  # the share of documents held out (whole documents), in [0.01, 0.5)
-    eval_batches: int = 4  # an evaluation reads eval_batches x eval_batch_size held-out windows (in a pool: of the selection set)
+    # an evaluation reads eval_batches x eval_batch_size held-out windows (in a pool: of the selection set)
+    eval_batches: int = 4
     eval_batch_size: int = 16  # windows per held-out batch
     split_seed: int = 0  # which documents are held out, and which of those select and which test
 

@@ -79,10 +79,12 @@ MIN_STRATEGIES = 3
 class CorrelateOptions:
     """What `laggrow correlate` would be given: see analysis.correlate."""
 
-    threshold: float = 0.9
+    threshold: float = 0.9  # the little lag: the first step from which Spearman rho stays >= this
+    # a pick is right when its regret is at most this (nats); by default, when it lands in the best set
     regret_tol: float | None = None
+    # resamples (strategies, and seeds within each) for the rank correlations' 95% intervals; 0: none
     bootstrap: int = 1000
-    seed: int = 0
+    seed: int = 0  # the bootstrap's and the tie-breaking's randomness
     predictor: str = "loss"  # what ranks the strategies at a step (analysis.predictors)
     halving: dict[str, int] = field(default_factory=dict)  # {first, eta}: replay successive halving
 
@@ -131,12 +133,12 @@ class CorrelateOptions:
 
 @dataclass(frozen=True)
 class ExperimentConfig:
-    base: str
-    pool: dict[str, Any] | None = None  # one pool ...
-    pools: dict[str, Any] | None = None  # ... or several, by name: exactly one of the two
-    base_set: list[str] = field(default_factory=list)
-    correlate: dict[str, Any] = field(default_factory=dict)
-    out: str = ""
+    base: str  # the base's run config (a relative path is read from the experiment file's directory)
+    pool: dict[str, Any] | None = None  # one pool: a pool file's keys without source ...
+    pools: dict[str, Any] | None = None  # ... or several, name -> pool (one base, several targets): one of the two
+    base_set: list[str] = field(default_factory=list)  # `section.key=value` overrides of the base config
+    correlate: dict[str, Any] = field(default_factory=dict)  # the correlate options below, for every pool
+    out: str = ""  # the experiment directory (relative to the working directory); --out wins
 
     def record(self) -> dict[str, Any]:
         """As experiment.json holds it: the key of the two pool keys not given is left out, so

@@ -101,33 +101,34 @@ class StrategySpec:
 
 @dataclass(frozen=True)
 class PoolConfig:
-    source: str
-    strategies: tuple[StrategySpec, ...]
-    lag_steps: int
-    final_steps: int
-    target: dict[str, Any] = field(default_factory=dict)
-    seeds: tuple[int, ...] = (0,)
-    # the protocol docs/study.md measured best on both corpora: moments carried, no warmup after growth
+    source: str  # the run grown: trained, grown, imported or a stacking method's model (relative to the working dir)
+    strategies: tuple[StrategySpec, ...]  # names, or mappings {name, label, lr_scale, and the strategy's options}
+    lag_steps: int  # k: the probe's length in steps
+    final_steps: int  # T: the full budget; the learning-rate schedule is defined over T
+    target: dict[str, Any] = field(default_factory=dict)  # overrides of the source's model config (n_layers: 8)
+    seeds: tuple[int, ...] = (0,)  # growth randomness and data order of each candidate
+    # carry (the source's AdamW moments, grown alongside) | reset (fresh): carry gave the best final
+    # loss in docs/study.md
     optimizer_state: str = "carry"
-    train: dict[str, Any] = field(default_factory=dict)
-    eval_points: int = 16
-    probe_lr: str = "schedule"  # schedule | peak
+    train: dict[str, Any] = field(default_factory=dict)  # overrides of the source's train config after growth
+    eval_points: int = 16  # log-spaced evaluated steps; 0, k and T always among them
+    probe_lr: str = "schedule"  # schedule (the final run's from step 0) | peak (held over the k steps, then the decay)
     eval_every: int = 0  # also evaluate every this many steps in [0, lag_steps]; 0: off
     eval_at: tuple[int, ...] = ()  # and at these steps
     # The test set every result is reported on (data.split_heldout): batches of data.eval_batch_size
     # windows, evaluated at final_steps only. Larger than the selection set (data.eval_batches),
     # which every evaluated step reads: a final difference must be resolved below the seed noise.
-    test_batches: int = 16
-    halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor}; empty: none
+    test_batches: int = 16  # the test set: this many batches of data.eval_batch_size held-out windows, read at T
+    halving: dict[str, Any] = field(default_factory=dict)  # {eta, first, predictor} for probe --halving; empty: none
     # candidates trained together; 0: the whole pool at once; "auto": the most that the device's
     # memory holds by resources.py's estimate (all of them when they fit; see `chunk_for`)
     # An execution choice, not part of what the pool is: pool directories are compared without it
     # (records.EXECUTION_KEYS), so a pool probed with one chunk size continues with another.
-    chunk_size: int | str = AUTO
+    chunk_size: int | str = AUTO  # candidates trained together: auto (what memory holds), 0 (all) or N
     checkpoint_every: int = 0  # train-final checkpoints; 0: only at the end
     # the devices the pool spreads over (laggrow.mesh); like chunk_size an execution choice, and
     # written only when set, so pools recorded before it keep their fingerprint
-    mesh: MeshConfig = field(default_factory=MeshConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)  # the devices the pool spreads over (the mesh section)
 
     def to_dict(self) -> dict[str, Any]:
         out = dataclasses.asdict(self)

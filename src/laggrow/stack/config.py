@@ -82,18 +82,18 @@ CANDIDATE_TYPES = ("blocks", "top", "zero", "random")
 
 @dataclass(frozen=True)
 class StackConfig:
-    start_layers: int = 1
-    block: int = 1
-    alpha: float = 1.0
-    probe_steps: int = 16
-    candidates: tuple[str, ...] = ("blocks",)
-    methods: tuple[str, ...] = METHODS
-    optimizer_state: str = "carry"  # carry | reset
+    start_layers: int = 1  # the first stage's depth, a multiple of block (with a source: the source's)
+    block: int = 1  # layers added per growth; the model splits into blocks of this many
+    alpha: float = 1.0  # PROP-alpha: stage i trains a share of train.steps proportional to i ** alpha
+    probe_steps: int = 16  # K: adaptive trains every candidate of a growth K steps, then keeps the best
+    candidates: tuple[str, ...] = ("blocks",)  # blocks (every block duplicated after itself) | top | zero | random
+    methods: tuple[str, ...] = METHODS  # adaptive | top | middle | scratch, each at adaptive's FLOPs
+    optimizer_state: str = "carry"  # carry (AdamW's moments through every growth) | reset (fresh at each)
     # the predictor laggrow recommends (docs/study.md): the held-out loss at the end of the probe
-    predictor: str = "loss"
-    seeds: tuple[int, ...] = (0,)
-    probe_eval_every: int = 0
-    source: str | None = None  # a laggrow run (an import too) the first stage is: see the docstring
+    predictor: str = "loss"  # how a probe is judged: loss | window | slope | extrapolate
+    seeds: tuple[int, ...] = (0,)  # repetitions: the init and data order of each is train.seed + s
+    probe_eval_every: int = 0  # also evaluate the candidates every this many probe steps (0: at 0 and K only)
+    source: str | None = None  # a run (trained, grown or imported) the first stage is, its depth start_layers
 
     def to_dict(self) -> dict[str, Any]:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
