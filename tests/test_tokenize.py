@@ -75,6 +75,27 @@ def test_a_token_dir_gives_the_in_memory_batches(corpora, tmp_path, corpus, kind
     assert mapped.unigram_entropy() == pytest.approx(memory.unigram_entropy(), rel=1e-12)
 
 
+def test_an_imported_models_tokenizer_gives_the_in_memory_batches(corpora, tmp_path):
+    """SPEC an imported Hugging Face model's run: its own tokenizer, documents separated by its EOS."""
+    from laggrow import runs
+
+    run = tmp_path / "imported"
+    invoke_ok("import", REPO / "tests" / "fixtures" / "hf" / "llama" / "model", "--out", run,
+              "--set", f"data.corpus={corpora['jsonl']}", "--set", "data.text_field=body")
+    out = tmp_path / "tokens"
+    tokenize_corpus(str(corpora["jsonl"]), str(run), out, text_field="body", heldout_fraction=0.05, chunk_docs=30,
+                    workers=2)
+    common = {"text_field": "body", "heldout_fraction": 0.05, "tokenizer": "hf", "seq_len": 16}
+    tokenizer = runs.load_tokenizer(run)  # what a run of the imported model reads its data with
+    memory = load_dataset(DataConfig(corpus=str(corpora["jsonl"]), **common), tokenizer=tokenizer)
+    mapped = load_dataset(DataConfig(corpus=str(out), **common), tokenizer=tokenizer)
+    assert json.loads((out / "tokens.json").read_text())["tokenizer"]["separator"] == "eos"
+    np.testing.assert_array_equal(mapped.train, memory.train)
+    np.testing.assert_array_equal(mapped.heldout, memory.heldout)
+    for position in range(3):
+        np.testing.assert_array_equal(mapped.train_batch(position, 4, seed=1), memory.train_batch(position, 4, seed=1))
+
+
 def _files(directory: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted(directory.iterdir()) if p.name != store.LOCK_FILE}
 

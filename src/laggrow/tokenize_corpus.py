@@ -300,7 +300,9 @@ def _tokenize(cfg: DataConfig, out: Path, tokenizer, files: list[Path], spec: st
     else:
         import multiprocessing
 
-        with multiprocessing.get_context("fork").Pool(workers, _start_worker, (kind, str(out), dtype)) as pool:
+        # spawned, not forked: a fork of a process whose threads (JAX's, the tokenizers library's)
+        # hold locks can deadlock the child; a worker imports this module and its tokenizer only
+        with multiprocessing.get_context("spawn").Pool(workers, _start_worker, (kind, str(out), dtype)) as pool:
             pending: deque = deque()
             for chunk in chunks():  # a few chunks in flight at a time, committed in order
                 pending.append(pool.apply_async(_encode_chunk, (chunk,)))
