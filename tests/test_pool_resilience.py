@@ -21,7 +21,7 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import finish, invoke_ok, one_line_failure, snapshot, start_laggrow, wait_stopped
-from laggrow import model, runs, store, train
+from laggrow import model, run_dir, store, train
 from laggrow.cli import app
 from laggrow.pool import probe
 from laggrow.pool import step as pool_step
@@ -248,10 +248,10 @@ def test_probe_and_train_final_are_one_run_with_several_seeds(probed, finished, 
     """The records of probe + train-final equal one uninterrupted run of the pool from growth
     to T, evaluated at k and at T, for a pool of two seeds."""
     pool = load_pool_config(probed[1])
-    source = runs.load_run(tiny_base_run)
+    source = run_dir.load_run(tiny_base_run)
     target = pool.target_run_config(source.config)
     candidates = probe.check_pool(pool, source.config, target)
-    runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
+    runner = probe.runner_for(pool, target, run_dir.load_source_dataset(source), candidates, source.data_position)
     state = probe.grow_candidates(pool, source, target, candidates)
     state, _ = runner.advance(state, 0, K)
     at_k = runner.evaluate(state)["selection"].mean(axis=1)

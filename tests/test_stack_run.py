@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import CONFIGS, finish, invoke_ok, one_line_failure, snapshot, start_laggrow
-from laggrow import runs, store
+from laggrow import run_dir, store
 
 TINY = CONFIGS / "stack-tiny.yaml"
 
@@ -168,7 +168,7 @@ def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, 
 
     test = None
     for run in _record(stacked)["runs"]:
-        loaded = runs.load_run(stacked / run["model_dir"], what="stacked model")
+        loaded = run_dir.load_run(stacked / run["model_dir"], what="stacked model")
         assert loaded.config.model.n_layers == 3 and int(loaded.state["step"]) == run["steps"]
         assert loaded.config.train.steps == run["steps"]  # its own budget, one schedule over it
         assert loaded.data_position == run["steps"]  # a grown run continues the stream from here
@@ -177,7 +177,7 @@ def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, 
         assert summary["final_eval_loss"] == run["final_test_loss"]
         if test is None:
             d = loaded.config.data
-            test = runs.load_source_dataset(loaded).test_batches(d.eval_batches, d.eval_batch_size)
+            test = run_dir.load_source_dataset(loaded).test_batches(d.eval_batches, d.eval_batch_size)
         windows = train.evaluate_windows(loaded.params, loaded.config.model, test)
         np.testing.assert_allclose(windows, run["final_test_windows"], rtol=1e-5)
     record = grow_run(stacked / "models" / "adaptive-seed0", "stack_top", tmp_path / "grown", ["model.n_layers=4"])

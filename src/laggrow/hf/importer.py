@@ -16,7 +16,7 @@ What the run holds (names in `laggrow.store`):
   file), the dtype, the tokenizer's document separator, and that laggrow trained nothing.
 
 No summary.json: that file says laggrow trained the run to its end. An imported run is a whole
-model as a freshly grown one is (`runs.is_fresh`): every command takes it as a source, and
+model as a freshly grown one is (`run_dir.is_fresh`): every command takes it as a source, and
 `laggrow train --resume` trains it further.
 
 Every check runs before anything is written, and the run is assembled in a staging directory

@@ -458,11 +458,11 @@ COMPUTED_ONLY = ("dtype", *ModelConfig.COMPUTE_KEYS)
 def read_source(source: str) -> RunConfig:
     """The run config of `stack.source`: a whole model (a finished laggrow run, or one made by
     `laggrow grow` or `laggrow import`), as a pool's source is; one line otherwise."""
-    from laggrow import runs
+    from laggrow import run_dir
 
     path = Path(source)
-    cfg = runs.read_run_config(path, what="stack.source")
-    runs.require_finished(path, what="stack.source")
+    cfg = run_dir.read_run_config(path, what="stack.source")
+    run_dir.require_finished(path, what="stack.source")
     return cfg
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import interrupt, model, runs, store, train
+from laggrow import interrupt, model, run_dir, store, train
 from laggrow.analysis.predictors import get_predictor
 from laggrow.checkpoint import CheckpointDamaged, Checkpointer, warn
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint
@@ -68,12 +68,12 @@ class SourceModel:
 
     def __init__(self, plan: StackPlan):
         self.path = Path(plan.stack.source)
-        self._loaded: runs.LoadedRun | None = None
+        self._loaded: run_dir.LoadedRun | None = None
 
     @property
-    def run(self) -> runs.LoadedRun:
+    def run(self) -> run_dir.LoadedRun:
         if self._loaded is None:
-            self._loaded = runs.load_run(self.path, what="stack.source")
+            self._loaded = run_dir.load_run(self.path, what="stack.source")
         return self._loaded
 
     @property
