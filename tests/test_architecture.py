@@ -40,7 +40,7 @@ def _is_cli(module: str) -> bool:
 def test_the_graph_is_read():
     graph = _graph()
     # a few edges that must be seen, or the checks below would pass on an empty graph
-    assert "laggrow.store" in graph["laggrow.train_run"]
+    assert "laggrow.store" in graph["laggrow.jobs.training"]
     assert "laggrow.cli.errors" in graph["laggrow.cli.train"]
     assert "laggrow.pool.step" in graph["laggrow.pool.probe"]
 

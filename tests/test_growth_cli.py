@@ -52,7 +52,7 @@ def test_training_a_grown_run_continues_the_source_batch_stream(base_run, tmp_pa
     import shutil
 
     from laggrow.checkpoint import Checkpointer
-    from laggrow.train_run import execute_run, prepare_run
+    from laggrow.jobs.training import execute_run, prepare_run
 
     out = tmp_path / "grown"
     invoke_ok("grow", "--from", base_run, "--strategy", "stack", "--set", "model.n_layers=3", "--out", out)

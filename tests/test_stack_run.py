@@ -164,7 +164,7 @@ def test_every_method_is_charged_its_plan_and_all_are_at_adaptives_flops(stacked
 
 def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, tmp_path):
     from laggrow import train
-    from laggrow.grow_run import grow_run
+    from laggrow.jobs.growing import grow_run
 
     test = None
     for run in _record(stacked)["runs"]:

@@ -79,7 +79,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         "strategy": strategy,
         "source": str(source.path.absolute()),
         "source_step": int(source.state["step"]),
-        # training the grown run continues the source's batch stream here (see train_run)
+        # training the grown run continues the source's batch stream here (see jobs.training)
         "data_position": int(source.data_position),
         "function_preserving": preserving,
         "eval_loss_before": train.evaluate(source.params, source.config.model, batches),

@@ -64,10 +64,10 @@ from laggrow.config import (
     run_config_from_dict,
 )
 from laggrow.errors import LaggrowError
+from laggrow.jobs.training import PreparedRun
 from laggrow.pool import records
 from laggrow.pool.config import PoolConfig, pool_config_from_dict
 from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOLS_DIR, REPORT_FILE, TIMINGS_FILE
-from laggrow.train_run import PreparedRun
 
 STAGES = ("base", "probe", "finals", "correlate", "report")
 
@@ -217,7 +217,7 @@ class Observer:
 
 def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read, resolve and check an experiment; raises LaggrowError (one line) and writes nothing."""
-    from laggrow.train_run import prepare_run
+    from laggrow.jobs.training import prepare_run
 
     # its stages decide what to redo from what is on disk, which the processes would read at
     # different moments of process 0's writes: not spread yet
@@ -419,7 +419,7 @@ def _reused(stage: str, observer: Observer, pool: str | None = None) -> StageRes
 
 
 def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
-    from laggrow.train_run import execute_run
+    from laggrow.jobs.training import execute_run
 
     if (ex.base_dir / store.SUMMARY_FILE).is_file():
         return _reused("base", observer)
