@@ -23,8 +23,8 @@ import numpy as np
 from laggrow import mesh, run_dir
 from laggrow.analysis import correlate, load_curves, noise
 from laggrow.checkpoint import Checkpointer
-from laggrow.pool.probe import abstract_pool_state, read_pool_dir
 from laggrow.pool.step import PoolRunner
+from laggrow.pool.trainer import abstract_pool_state, read_pool_dir
 from laggrow.store import FINAL_FILE, PROBE_STATE
 
 ROOT = Path(__file__).resolve().parent.parent

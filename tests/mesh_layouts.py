@@ -85,7 +85,7 @@ def chunked_probe(out: Path, pool: dict) -> None:
     import os
 
     from laggrow import resources, run_dir
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow.pool.spec import pool_config_from_dict
 
     auto = {**pool, "chunk_size": "auto"}
     pool_file = out / "pool-auto.yaml"

@@ -42,7 +42,7 @@ def test_the_graph_is_read():
     # a few edges that must be seen, or the checks below would pass on an empty graph
     assert "laggrow.store" in graph["laggrow.jobs.training"]
     assert "laggrow.cli.errors" in graph["laggrow.cli.train"]
-    assert "laggrow.pool.step" in graph["laggrow.pool.probe"]
+    assert "laggrow.pool.step" in graph["laggrow.pool.trainer"]
 
 
 def test_library_code_never_imports_the_cli():

@@ -23,8 +23,8 @@ from laggrow import growth, run_dir, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.data import load_dataset
 from laggrow.growth.layout import flatten, unflatten
-from laggrow.pool import probe
-from laggrow.pool.config import load_pool_config
+from laggrow.pool import trainer
+from laggrow.pool.spec import load_pool_config
 
 LR, WARMUP, LAG = 0.003, 2, 2
 POOL = {
@@ -91,7 +91,7 @@ def pool_state_at_lag(probes, mode: str) -> dict:
     directory, pool = probes[mode], load_pool_config(probes[f"{mode} pool"])
     target = run_dir.read_run_config(directory)
     with Checkpointer(directory / store.PROBE_STATE, read_only=True) as ckpt:
-        state, _ = ckpt.restore(probe.abstract_pool_state(target, len(pool.candidates())), step=LAG)
+        state, _ = ckpt.restore(trainer.abstract_pool_state(target, len(pool.candidates())), step=LAG)
     return state
 
 

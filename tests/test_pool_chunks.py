@@ -17,7 +17,7 @@ from conftest import invoke_ok
 from laggrow import resources, run_dir, store
 from laggrow.cli import app
 from laggrow.errors import LaggrowError
-from laggrow.pool.config import pool_config_from_dict
+from laggrow.pool.spec import pool_config_from_dict
 from laggrow.pool.step import chunk_for
 
 POOL = {

@@ -11,9 +11,9 @@ from typer.testing import CliRunner
 from conftest import invoke_ok
 from laggrow import model, run_dir, store, train
 from laggrow.cli import app
-from laggrow.pool import probe
 from laggrow.pool import step as pool_train
-from laggrow.pool.config import load_pool_config
+from laggrow.pool import trainer
+from laggrow.pool.spec import load_pool_config
 
 runner = CliRunner()
 POOL = {
@@ -89,8 +89,8 @@ def test_no_pool_batch_is_one_the_source_trained_on(probed, base_run):
     seen = {data.train_batch(p, cfg.batch_size, cfg.seed).tobytes() for p in range(steps)}
     pool = load_pool_config(pool_path, {"seeds": [0, 1, 2]})
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe.runner_for(pool, target, data, candidates, stream["start"])
+    candidates = trainer.check_pool(pool, source.config, target)
+    pool_runner = trainer.runner_for(pool, target, data, candidates, stream["start"])
     for p in range(pool.final_steps):
         batches = pool_runner.batches(p)
         assert not any(b.tobytes() in seen for b in batches), f"pool step {p} replays a source batch"
@@ -130,9 +130,10 @@ def test_every_protocol_keeps_the_probe_the_prefix_of_the_final_run(protocol, ba
     pool = load_pool_config(path)
     source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe.runner_for(pool, target, run_dir.load_source_dataset(source), candidates, source.data_position)
-    state = probe.grow_candidates(pool, source, target, candidates)
+    candidates = trainer.check_pool(pool, source.config, target)
+    pool_runner = trainer.runner_for(pool, target, run_dir.load_source_dataset(source), candidates,
+                                     source.data_position)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     by_step = {}
     for stop in (4, 8):
         state, _ = pool_runner.advance(state, stop - 4, stop)
@@ -184,7 +185,7 @@ def test_a_run_config_without_warmup_start_keeps_its_fingerprint():
 
 
 def _pool_with(**changes):
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow.pool.spec import pool_config_from_dict
 
     return pool_config_from_dict({**POOL, "source": "unused", **changes})
 
@@ -266,10 +267,10 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
     pool = load_pool_config(pool_path)
     source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    state = probe.grow_candidates(pool, source, target, candidates)
+    candidates = trainer.check_pool(pool, source.config, target)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     data = run_dir.load_source_dataset(source)
-    pool_runner = probe.runner_for(pool, target, data, candidates, source.data_position)
+    pool_runner = trainer.runner_for(pool, target, data, candidates, source.data_position)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)["selection"].mean(axis=1)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")
@@ -373,9 +374,9 @@ def test_recipes_in_a_pool_yaml_grow_their_layers(tmp_path, base_run):
     pool = load_pool_config(path)
     source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
+    candidates = trainer.check_pool(pool, source.config, target)
     assert [c["function_preserving"] for c in candidates] == [False, True]  # slices is flagged "no"
-    state = probe.grow_candidates(pool, source, target, candidates)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     w_out = np.asarray(state["params"]["blocks"]["mlp"]["w_out"])  # (candidates, layers, F, D)
     assert w_out.shape[:2] == (2, 3) and not w_out[:, 2].any()
     for a in jax.tree.leaves(state["params"]):
@@ -403,7 +404,7 @@ def test_the_default_protocol_carries_the_moments_and_has_no_post_growth_warmup(
     """docs/study.md's recommendation is the default: a pool that says nothing gets no warmup
     after growth (not the source's 10 steps) and AdamW's moments carried."""
     from laggrow.config import RunConfig
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow.pool.spec import pool_config_from_dict
 
     pool = pool_config_from_dict({"source": "unused", "strategies": ["stack", "zero_top", "scratch"],
                                   "lag_steps": 4, "final_steps": 32})

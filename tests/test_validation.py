@@ -25,7 +25,7 @@ from laggrow import resources
 from laggrow.cli import app
 from laggrow.config import ModelConfig, load_run_config, run_config_from_dict
 from laggrow.errors import LaggrowError
-from laggrow.pool.config import pool_config_from_dict
+from laggrow.pool.spec import pool_config_from_dict
 
 REPO = Path(__file__).resolve().parent.parent
 CONFIGS = REPO / "configs"

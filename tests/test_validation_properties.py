@@ -30,7 +30,7 @@ from laggrow.config import (
     run_config_from_dict,
 )
 from laggrow.errors import LaggrowError
-from laggrow.pool.config import PoolConfig, pool_config_from_dict
+from laggrow.pool.spec import PoolConfig, pool_config_from_dict
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 FIELDS = {name: {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}

@@ -29,7 +29,7 @@ def sections() -> list[tuple[str, type, str]]:
     """(YAML path, dataclass, where it is read) for every section of every config file."""
     from laggrow.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
     from laggrow.jobs.experiment import CorrelateOptions, ExperimentConfig
-    from laggrow.pool.config import PoolConfig
+    from laggrow.pool.spec import PoolConfig
     from laggrow.stack.config import StackConfig
 
     return [

@@ -65,7 +65,7 @@ def resolve_source(path: Path, candidate: int | None) -> Source:
 
 def _pool_source(path: Path, candidate: int | None) -> Source:
     from laggrow.pool import records
-    from laggrow.pool.probe import read_pool_dir
+    from laggrow.pool.trainer import read_pool_dir
 
     _, meta, target = read_pool_dir(path)
     n = len(meta["candidates"])
@@ -100,8 +100,8 @@ def load_params(source: Source) -> dict:
         return jax.tree.map(np.asarray, run_dir.load_run(source.path, what="RUN").params)
     from laggrow.checkpoint import Checkpointer
     from laggrow.pool import records
-    from laggrow.pool.config import pool_config_from_dict
-    from laggrow.pool.probe import abstract_pool_state
+    from laggrow.pool.spec import pool_config_from_dict
+    from laggrow.pool.trainer import abstract_pool_state
 
     meta = records.read_pool_record(source.path)
     pool = pool_config_from_dict(meta["pool"], where=str(source.path / store.POOL_FILE))

@@ -27,8 +27,9 @@ from laggrow.analysis.halving import successive_halving
 from laggrow.analysis.predictors import score_curves
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
-from laggrow.pool.config import PoolConfig
-from laggrow.pool.probe import (
+from laggrow.pool.spec import PoolConfig
+from laggrow.pool.step import take
+from laggrow.pool.trainer import (
     OnEval,
     check_pool,
     check_probe_inputs,
@@ -39,7 +40,6 @@ from laggrow.pool.probe import (
     run_segments,
     runner_for,
 )
-from laggrow.pool.step import take
 
 
 def strategy_curve(curves: list[dict], members: list[int], budget: int, final_step: int,

@@ -26,8 +26,8 @@ from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
-from laggrow.pool.config import AUTO, PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.records import make_records, ranking
+from laggrow.pool.spec import AUTO, PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.step import PoolRunner, candidate_state, chunk_for, stack, take
 
 OnEval = Callable[[int, list[dict]], None]
