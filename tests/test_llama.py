@@ -356,8 +356,8 @@ def test_stacking_candidates_grow_a_llama_train_state(llama_run):
     """`laggrow stack`'s growth of a whole train state (params by plan, AdamW's moments along), on
     the trained run's state: a copied block takes its source layer's weights and moments, the zero
     block is the identity (o_proj and down_proj zero) and keeps the logits."""
-    from laggrow.stack import config as sc
-    from laggrow.stack import probe as sp
+    from laggrow.stack import growth_choice as sp
+    from laggrow.stack import plan as sc
 
     loaded = run_dir.load_run(llama_run)
     state, src, tcfg = loaded.state, loaded.config.model, loaded.config.train

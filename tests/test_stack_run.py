@@ -37,7 +37,7 @@ def _curves(out: Path) -> list[dict]:
 
 def _plan(record: dict):
     """The plan the record was run under (with the tokenizer's vocabulary, as run)."""
-    from laggrow.stack.config import plan_from_dict
+    from laggrow.stack.plan import plan_from_dict
 
     return plan_from_dict({**record["config"]["run"], "stack": record["config"]["stack"]})
 
@@ -209,8 +209,8 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
     assert not (out / store.STACK_FILE).is_file()
     # the stage checkpoint holds the 2-layer model and its AdamW state of the same shapes
     from laggrow.checkpoint import Checkpointer
-    from laggrow.stack.config import load_stack_plan
-    from laggrow.stack.runner import abstract_state
+    from laggrow.stack.method import abstract_state
+    from laggrow.stack.plan import load_stack_plan
 
     plan = load_stack_plan(TINY)
     with Checkpointer(manifest.parent.parent.parent, read_only=True) as ckpt:
@@ -229,8 +229,8 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
 def test_adaptive_chooses_on_the_selection_set_whatever_the_test_set_holds(stacked, tmp_path):
     """The same adaptive run with other test windows: every choice, with every selection loss and
     score, is the same; only what is measured on the test set differs."""
-    from laggrow.stack.run import prepare_stack
-    from laggrow.stack.runner import MethodRun
+    from laggrow.stack.driver import prepare_stack
+    from laggrow.stack.method import MethodRun
 
     prepared = prepare_stack(TINY, tmp_path / "other-test")
     d = prepared.plan.run.data

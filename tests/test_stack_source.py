@@ -212,7 +212,7 @@ def test_bad_input_with_a_source_is_one_line_exit_2_and_nothing_written(tmp_path
 
 
 def test_the_schedule_from_a_source_splits_t_over_the_growths_alone():
-    from laggrow.stack.config import stages_over
+    from laggrow.stack.plan import stages_over
 
     stages = stages_over(60, 2, 4, 1, 1.0, from_source=True)
     assert [(s.stage, s.depth, s.start, s.end) for s in stages] == [(1, 2, 0, 0), (2, 3, 0, 20), (3, 4, 20, 60)]
@@ -221,7 +221,7 @@ def test_the_schedule_from_a_source_splits_t_over_the_growths_alone():
 
 
 def test_the_stack_demo_configs_are_unchanged_by_the_source_key():
-    from laggrow.stack.config import load_stack_plan
+    from laggrow.stack.plan import load_stack_plan
 
     plan = load_stack_plan(CONFIGS / "stack-tiny.yaml")
     assert plan.stack.source is None and not plan.from_source and plan.stages[0].steps == 10

@@ -30,7 +30,7 @@ def sections() -> list[tuple[str, type, str]]:
     from laggrow.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
     from laggrow.jobs.experiment import CorrelateOptions, ExperimentConfig
     from laggrow.pool.spec import PoolConfig
-    from laggrow.stack.config import StackConfig
+    from laggrow.stack.plan import StackConfig
 
     return [
         ("model", ModelConfig, "a run config (`laggrow train`), and a pool's `target` over its source's"),

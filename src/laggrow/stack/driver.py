@@ -6,7 +6,7 @@ turn, then stack.json, report.md and stack.png.
     DIR/data.json           the corpus's fingerprint (a changed corpus is refused on resume)
     DIR/tokenizer.json      the BPE tokenizer, when there is one (without a source)
     DIR/curves.jsonl        every evaluation of every method and seed
-    DIR/stages/, DIR/models/  see stack/runner.py
+    DIR/stages/, DIR/models/  see stack/method.py
     DIR/stack.json          the results, once every run has finished (schema in docs/design.md)
 
 Everything that can be wrong with the input (the config, the corpus and its held-out split, --out)
@@ -32,7 +32,7 @@ from laggrow.analysis.stacking import RECORD_FORMAT
 from laggrow.config import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.stack.config import StackPlan, load_stack_plan, plan_with_vocab
+from laggrow.stack.plan import StackPlan, load_stack_plan, plan_with_vocab
 
 
 @dataclass
@@ -137,7 +137,7 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
     """Run (or continue) every method of every seed, write stack.json and the report; returns the
     stack.json record. `command` is what an interruption tells the user to run again."""
     from laggrow.report.writer import write_stack_report
-    from laggrow.stack.runner import MethodRun, SourceModel
+    from laggrow.stack.method import MethodRun, SourceModel
 
     plan, out = prepared.plan, prepared.out
     with interrupt.deferred(), store.DirLock(out, "--out"):
