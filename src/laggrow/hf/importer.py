@@ -35,12 +35,13 @@ from typing import Any
 import numpy as np
 
 from laggrow import hosts, store
-from laggrow.config import DataConfig, ModelConfig, RunConfig, apply_overrides, run_config_from_dict, shown
+from laggrow.config import DataConfig, ModelConfig, RunConfig, run_config_from_dict
 from laggrow.data import HFTokenizer, data_fingerprint, load_dataset, special_token
 from laggrow.errors import LaggrowError
 from laggrow.growth.layout import unflatten
 from laggrow.hf import convert
 from laggrow.hf.weights import WeightFiles, numpy_dtype
+from laggrow.schema import apply_overrides, shown
 
 DTYPE_CHOICES = ("keep", "float32", "bfloat16")
 SEPARATOR_RULES = {"eos": "every document followed by the EOS token", "bos": "every document after the BOS token",

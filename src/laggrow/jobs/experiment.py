@@ -55,18 +55,12 @@ from typing import Any
 import yaml
 
 from laggrow import hosts, interrupt, store
-from laggrow.config import (
-    RunConfig,
-    apply_overrides,
-    build_dataclass,
-    parse_override,
-    read_yaml,
-    run_config_from_dict,
-)
+from laggrow.config import RunConfig, run_config_from_dict
 from laggrow.errors import LaggrowError
 from laggrow.jobs.training import PreparedRun
 from laggrow.pool import records
 from laggrow.pool.spec import PoolConfig, pool_config_from_dict
+from laggrow.schema import apply_overrides, build_dataclass, parse_override, read_yaml
 from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOLS_DIR, REPORT_FILE, TIMINGS_FILE
 
 STAGES = ("base", "probe", "finals", "correlate", "report")

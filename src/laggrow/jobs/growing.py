@@ -21,7 +21,8 @@ from laggrow.errors import LaggrowError
 
 def target_config(source, overrides: list[str] | None):
     """The source's run config with `--set` overrides applied and validated."""
-    from laggrow.config import apply_overrides, run_config_from_dict
+    from laggrow.config import run_config_from_dict
+    from laggrow.schema import apply_overrides
 
     return run_config_from_dict(apply_overrides(source.to_dict(), overrides), where="target")
 

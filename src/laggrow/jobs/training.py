@@ -20,9 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from laggrow import hosts, run_dir, store
-from laggrow.config import RunConfig, differences
+from laggrow.config import RunConfig
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
+from laggrow.schema import differences
 
 # What a fresh run writes into its directory (removed again if it fails before a checkpoint).
 _RUN_FILES = (store.CONFIG_FILE, store.DATA_FILE, store.TOKENIZER_FILE, store.METRICS_FILE)

@@ -62,19 +62,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow.config import (
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    apply_overrides,
-    build_dataclass,
-    read_yaml,
-    require,
-    run_config_from_dict,
-    shown,
-)
+from laggrow.config import ModelConfig, RunConfig, TrainConfig, run_config_from_dict
 from laggrow.errors import LaggrowError
 from laggrow.resources import SEED_MAX, check_training_fits
+from laggrow.schema import apply_overrides, build_dataclass, read_yaml, require, shown
 
 METHODS = ("adaptive", "top", "middle", "scratch")
 CANDIDATE_TYPES = ("blocks", "top", "zero", "random")
