@@ -3,7 +3,7 @@
     # configs/demo.yaml
     base: small.yaml                  # a run config (a relative path: from this file's directory)
     base_set: [train.steps=600]       # optional `section.key=value` overrides of the base config
-    pool:                             # a pool exactly as pool_config.py reads it, without `source`
+    pool:                             # a pool exactly as pool/spec.py reads it, without `source`
       target: {n_layers: 8}
       strategies: [stack, zero_top, copy_zero, scratch]
       lag_steps: 32                   # k

@@ -135,8 +135,8 @@ def data_stream(source: run_dir.LoadedRun, target: RunConfig) -> dict[str, Any]:
     `start + p` of the stream seeded `target.train.seed + s`, where `start` is the position the
     source run stopped at. The source trained on positions below `start`, so no (stream, position)
     of the pool is one the source read; for seed 0 of an unchanged train.seed the pool simply
-    continues the source's stream. (Before this, pools started at position 0 and every candidate
-    re-read the batches the source model saw first.)"""
+    continues the source's stream. (From position 0, every candidate would re-read the batches
+    the source model saw first.)"""
     return {"continues": "source", "start": int(source.data_position), "seed": int(target.train.seed),
             "source_seed": int(source.config.train.seed),
             "rule": "pool step p of seed s reads batch start + p of the stream seeded seed + s"}
