@@ -22,7 +22,7 @@ from corpora import corpora
 
 ROOT = Path(__file__).resolve().parent.parent
 CORPORA = ("kjv", "shakespeare", "pystdlib")
-# One probe protocol per entry: the pool keys it sets over study/pool.yaml (pool/config.py documents
+# One probe protocol per entry: the pool keys it sets over study/pool.yaml (pool/spec.py documents
 # them). All carry AdamW's moments through the growth; they differ in the learning rate right after it.
 # The base (configs/small.yaml) ends its cosine schedule at 3e-4; the pool's peak is 1e-3.
 PROTOCOLS = {

@@ -20,11 +20,11 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from laggrow import mesh, runs
+from laggrow import mesh, run_dir
 from laggrow.analysis import correlate, load_curves, noise
 from laggrow.checkpoint import Checkpointer
-from laggrow.pool.probe import abstract_pool_state, read_pool_dir
 from laggrow.pool.step import PoolRunner
+from laggrow.pool.trainer import abstract_pool_state, read_pool_dir
 from laggrow.store import FINAL_FILE, PROBE_STATE
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -60,8 +60,8 @@ def main() -> None:
             strategy_of = [c["strategy"] for c in meta["candidates"]]
             names = sorted(set(strategy_of))
             k_row = result.rows[result.steps.index(pool.lag_steps)]
-            source = runs.load_run(Path(meta["source"]))
-            data = runs.load_source_dataset(source)
+            source = run_dir.load_run(Path(meta["source"]))
+            data = run_dir.load_source_dataset(source)
             n = len(strategy_of)
             abstract = mesh.abstract_state(abstract_pool_state(target, n), mesh.SINGLE, stacked=True)
             with Checkpointer(directory / PROBE_STATE) as ckpt:

@@ -84,13 +84,13 @@ def chunked_probe(out: Path, pool: dict) -> None:
     2, the second padded, each spread over the 2 devices."""
     import os
 
-    from laggrow import resources, runs
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow import resources, run_dir
+    from laggrow.pool.spec import pool_config_from_dict
 
     auto = {**pool, "chunk_size": "auto"}
     pool_file = out / "pool-auto.yaml"
     pool_file.write_text(yaml.safe_dump(auto))
-    target = pool_config_from_dict(auto).target_run_config(runs.read_run_config(Path(pool["source"])))
+    target = pool_config_from_dict(auto).target_run_config(run_dir.read_run_config(Path(pool["source"])))
     fixed, per_candidate = resources.pool_chunk_bytes(target, 3)
     os.environ[resources.MEMORY_ENV] = str(fixed + 5 * per_candidate // 2)
     try:

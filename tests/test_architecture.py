@@ -1,5 +1,6 @@
-"""The layout's rules, checked on the source: no import cycle, library code never imports the CLI,
-file names spelled only in the store, files written only through the store."""
+"""The layout's rules, checked on the source: no import cycle, every import goes down the layers or
+sideways within one, library code never imports the CLI, file names spelled only in the store,
+files written only through the store."""
 
 from __future__ import annotations
 
@@ -40,15 +41,52 @@ def _is_cli(module: str) -> bool:
 def test_the_graph_is_read():
     graph = _graph()
     # a few edges that must be seen, or the checks below would pass on an empty graph
-    assert "laggrow.store" in graph["laggrow.train_run"]
+    assert "laggrow.store" in graph["laggrow.jobs.training"]
     assert "laggrow.cli.errors" in graph["laggrow.cli.train"]
-    assert "laggrow.pool.step" in graph["laggrow.pool.probe"]
+    assert "laggrow.pool.step" in graph["laggrow.pool.trainer"]
 
 
 def test_library_code_never_imports_the_cli():
     offenders = [f"{m} -> {d}" for m, deps in _graph().items() if not _is_cli(m)
                  for d in deps if _is_cli(d)]
     assert offenders == []
+
+
+# The layers, lowest first: a module imports only from its own layer or the ones below it. A
+# package is placed whole; every top-level module is foundation.
+LAYERS = [
+    # config, schema, store, model, data, train, checkpoint, run_dir, mesh, ...: know nothing above
+    ("foundation", ()),
+    # growth strategies on parameters; statistics on records (no jax)
+    ("growth, analysis", ("laggrow.growth", "laggrow.analysis")),
+    # tables, figures and report.md from records and the analysis' numbers
+    ("report", ("laggrow.report",)),
+    # a pool trained and probed; adaptive stacking (it writes its report, and borrows pool's step)
+    ("pool, stack", ("laggrow.pool", "laggrow.stack")),
+    # the jobs the commands run; Hugging Face in and out (export reads a pool's candidates)
+    ("jobs, hf", ("laggrow.jobs", "laggrow.hf")),
+    ("cli", ("laggrow.cli", "laggrow.__main__")),
+]
+
+# Imports that go up a layer, each with why. Empty: keep it so.
+UPWARD_ALLOWED: set[tuple[str, str]] = set()
+
+
+def _layer(module: str) -> int:
+    for i, (_, packages) in enumerate(LAYERS):
+        if any(module == p or module.startswith(p + ".") for p in packages):
+            return i
+    assert module.count(".") <= 1, f"{module} is in a package no layer names: place it in LAYERS"
+    return 0
+
+
+def test_every_import_goes_down_the_layers_or_sideways():
+    graph = _graph()
+    assert {_layer(m) for m in graph} == set(range(len(LAYERS)))  # every layer holds something
+    upward = [f"{m} ({LAYERS[_layer(m)][0]}) -> {d} ({LAYERS[_layer(d)][0]})"
+              for m, deps in sorted(graph.items()) for d in sorted(deps)
+              if _layer(d) > _layer(m) and (m, d) not in UPWARD_ALLOWED]
+    assert upward == []
 
 
 def test_no_import_cycles():

@@ -19,12 +19,12 @@ import pytest
 import yaml
 
 from conftest import invoke_ok
-from laggrow import growth, runs, store, train
+from laggrow import growth, run_dir, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.data import load_dataset
 from laggrow.growth.layout import flatten, unflatten
-from laggrow.pool import probe
-from laggrow.pool.config import load_pool_config
+from laggrow.pool import trainer
+from laggrow.pool.spec import load_pool_config
 
 LR, WARMUP, LAG = 0.003, 2, 2
 POOL = {
@@ -65,8 +65,8 @@ def source_loss(base) -> float:
 
 def selection_loss(base) -> float:
     """The source model's loss on the pool's selection set (what a pool's eval_loss reads)."""
-    source = runs.load_run(base)
-    data, cfg = runs.load_source_dataset(source), source.config
+    source = run_dir.load_run(base)
+    data, cfg = run_dir.load_source_dataset(source), source.config
     return train.evaluate(source.params, cfg.model, data.selection_batches(cfg.data.eval_batches,
                                                                             cfg.data.eval_batch_size))
 
@@ -89,9 +89,9 @@ def test_carry_starts_at_the_source_loss_then_differs_from_reset(probes, tiny_ba
 def pool_state_at_lag(probes, mode: str) -> dict:
     """The probe's saved state at k (every candidate), restored from its Orbax checkpoint."""
     directory, pool = probes[mode], load_pool_config(probes[f"{mode} pool"])
-    target = runs.read_run_config(directory)
+    target = run_dir.read_run_config(directory)
     with Checkpointer(directory / store.PROBE_STATE, read_only=True) as ckpt:
-        state, _ = ckpt.restore(probe.abstract_pool_state(target, len(pool.candidates())), step=LAG)
+        state, _ = ckpt.restore(trainer.abstract_pool_state(target, len(pool.candidates())), step=LAG)
     return state
 
 
@@ -102,7 +102,7 @@ def adam_and_schedule(opt_state):
 
 
 def test_carried_counts_restart_the_schedule_and_keep_adams(probes, tiny_base_run):
-    source_adam, source_schedule = adam_and_schedule(runs.load_run(tiny_base_run).state["opt_state"])
+    source_adam, source_schedule = adam_and_schedule(run_dir.load_run(tiny_base_run).state["opt_state"])
     assert int(source_adam.count) == int(source_schedule.count) == 10  # the base run's 10 steps
     for mode, adam_count in (("carry", 10 + LAG), ("reset", LAG)):
         adam, schedule = adam_and_schedule(pool_state_at_lag(probes, mode)["opt_state"])
@@ -139,7 +139,7 @@ def zero_top_moments(source_moments: dict) -> dict:
 def test_carried_step_uses_the_new_schedule_from_its_start(probes, tiny_base_run):
     """Two steps of the carried zero_top candidate, by hand, against the pool's saved state."""
     pool = load_pool_config(probes["carry pool"])
-    source = runs.load_run(tiny_base_run)
+    source = run_dir.load_run(tiny_base_run)
     target = pool.target_run_config(source.config)
     tcfg = target.train
     assert (tcfg.lr, tcfg.warmup_steps) == (LR, WARMUP)
@@ -191,8 +191,8 @@ def test_grow_carry_keeps_the_loss_and_carries_the_moments(tmp_path, tiny_base_r
     assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
     assert record["eval_loss_before"] == pytest.approx(source_loss(tiny_base_run), abs=1e-6)
 
-    source_adam, _ = adam_and_schedule(runs.load_run(tiny_base_run).state["opt_state"])
-    carried, schedule = adam_and_schedule(runs.load_run(out).state["opt_state"])
+    source_adam, _ = adam_and_schedule(run_dir.load_run(tiny_base_run).state["opt_state"])
+    carried, schedule = adam_and_schedule(run_dir.load_run(out).state["opt_state"])
     assert (int(carried.count), int(schedule.count)) == (10, 0)
     for name in ("mu", "nu"):
         src = flatten(getattr(source_adam, name))

@@ -108,7 +108,7 @@ def test_second_run_redoes_nothing(experiment):
 def test_the_correlation_is_current_by_what_it_was_made_from_not_by_mtimes(experiment, tmp_path):
     import shutil
 
-    from laggrow import experiment as exp
+    from laggrow.jobs import experiment as exp
 
     out = tmp_path / "copy"
     shutil.copytree(experiment[0], out, ignore=shutil.ignore_patterns("checkpoints", "*_state"))
@@ -180,7 +180,7 @@ def test_report_needs_an_experiment_directory(tmp_path):
 
 
 def test_an_interrupted_base_is_resumed_not_restarted(tmp_path):
-    from laggrow import experiment as exp
+    from laggrow.jobs import experiment as exp
 
     out = tmp_path / "tiny"
     base_set = "base_set=[train.steps=10,train.eval_every=10,train.checkpoint_every=5]"

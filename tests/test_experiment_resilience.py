@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 
 from conftest import finish, invoke_in_repo, invoke_in_repo_ok, one_line_failure, snapshot, start_laggrow
-from laggrow import experiment as exp
 from laggrow import interrupt, store
+from laggrow.jobs import experiment as exp
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = REPO / "configs" / "tiny_experiment.yaml"

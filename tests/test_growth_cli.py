@@ -8,7 +8,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import invoke_ok
-from laggrow import runs
+from laggrow import run_dir
 from laggrow.cli import app
 from laggrow.growth import STRATEGIES
 
@@ -37,11 +37,11 @@ def test_grow_writes_a_loadable_run_and_growth_json(base_run, grown_run):
     assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
     for name in ("function_preserving", "eval_loss_before", "eval_loss_after"):
         assert name in output
-    loaded = runs.load_run(out)
+    loaded = run_dir.load_run(out)
     assert (loaded.config.model.n_layers, loaded.config.model.d_model) == (3, 64)
     assert int(loaded.state["step"]) == 0
     mu = loaded.state["opt_state"][1][0].mu  # carried: the source's moments, tiled
-    source_mu = runs.load_run(base_run).state["opt_state"][1][0].mu
+    source_mu = run_dir.load_run(base_run).state["opt_state"][1][0].mu
     assert mu["blocks"]["mlp"]["w_in"].shape == (3, 64, 128)
     assert float(abs(mu["blocks"]["mlp"]["w_in"][0, :32, :128] - source_mu["blocks"]["mlp"]["w_in"][0]).max()) == 0
 
@@ -52,13 +52,13 @@ def test_training_a_grown_run_continues_the_source_batch_stream(base_run, tmp_pa
     import shutil
 
     from laggrow.checkpoint import Checkpointer
-    from laggrow.train_run import execute_run, prepare_run
+    from laggrow.jobs.training import execute_run, prepare_run
 
     out = tmp_path / "grown"
     invoke_ok("grow", "--from", base_run, "--strategy", "stack", "--set", "model.n_layers=3", "--out", out)
     source_steps = json.loads((base_run / "summary.json").read_text())["steps"]
     assert json.loads((out / "growth.json").read_text())["data_position"] == source_steps
-    cfg = runs.read_run_config(out)
+    cfg = run_dir.read_run_config(out)
     execute_run(prepare_run(cfg, out, resume=True), until=2)
     resumed = tmp_path / "resumed"
     shutil.copytree(out, resumed)
@@ -66,7 +66,7 @@ def test_training_a_grown_run_continues_the_source_batch_stream(base_run, tmp_pa
     for directory, step in ((out, 2), (resumed, 3)):
         with Checkpointer(directory) as ckpt:
             assert ckpt.latest_step() == step
-        assert runs.load_run(directory, require_finished=False).data_position == source_steps + step
+        assert run_dir.load_run(directory, require_finished=False).data_position == source_steps + step
 
 
 def test_grow_non_preserving_changes_the_loss(base_run):
@@ -96,7 +96,7 @@ def test_grow_with_a_recipe(base_run, tmp_path, args, layers, flagged, exact):
         assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
     else:
         assert abs(record["eval_loss_after"] - record["eval_loss_before"]) > 1e-4
-    grown, source = runs.load_run(out), runs.load_run(base_run)
+    grown, source = run_dir.load_run(out), run_dir.load_run(base_run)
     w_in, src_w_in = grown.params["blocks"]["mlp"]["w_in"], source.params["blocks"]["mlp"]["w_in"]
     assert w_in.shape[0] == len(layers)
     for j, i in enumerate(layers):

@@ -20,7 +20,7 @@ import numpy as np
 import pytest
 
 from conftest import finish, invoke_ok, one_line_failure, start_laggrow
-from laggrow import model, runs, store
+from laggrow import model, run_dir, store
 from laggrow.config import DataConfig
 from laggrow.data import load_documents, split_documents
 
@@ -92,7 +92,7 @@ def imported(tmp_path_factory, corpus) -> dict[str, Path]:
 @pytest.mark.parametrize("name", NAMES)
 def test_imported_logits_equal_what_transformers_computed(imported, name):
     ref = reference(name)
-    run = runs.load_run(imported[name])
+    run = run_dir.load_run(imported[name])
     want = np.load(FIXTURES / name / ref["logits"]["file"])
     got = logits(run.params, ref["input_ids"], run.config.model)
     assert got.shape == tuple(ref["logits"]["shape"]) and np.abs(want).max() > 1  # logits of some size
@@ -112,7 +112,7 @@ def test_laggrow_sample_greedy_is_transformers_greedy_generate(imported, name):
     from laggrow import decode
 
     ref = reference(name)["generate"]
-    run = runs.load_run(imported[name])
+    run = run_dir.load_run(imported[name])
     new = decode.greedy(run.params, run.config.model, ref["prompt"][0], ref["max_new_tokens"])
     assert [int(t) for t in new] == ref["new_tokens"][0]
 
@@ -151,7 +151,7 @@ def test_an_imported_run_records_its_origin_and_trained_nothing(imported):
     assert record["trained_steps"] == 0 and record["data_position"] == 0
     assert set(record["dtype"]["stored"].values()) == {"float32"}
     assert not (run / store.SUMMARY_FILE).exists() and not (run / store.METRICS_FILE).exists()
-    assert runs.require_finished(run) is None  # a whole model, as a freshly grown one
+    assert run_dir.require_finished(run) is None  # a whole model, as a freshly grown one
     # the fixture's tokenizer_config.json names no special token: EOS came from config.json
     assert record["tokenizer"]["tokenizer_config_filled_from_config_json"] is True
     assert json.loads((run / store.TOKENIZER_CONFIG_FILE).read_text())["eos_token"] == "<|endoftext|>"
@@ -165,7 +165,7 @@ def test_the_corpus_is_tokenized_by_the_model_with_eos_after_every_document(impo
     from tokenizers import Tokenizer
 
     run = imported["llama"]
-    cfg = runs.read_run_config(run)
+    cfg = run_dir.read_run_config(run)
     tok = Tokenizer.from_file(str(FIXTURES / "llama" / "model" / store.TOKENIZER_FILE))
     train_docs, heldout_docs = split_documents(load_documents(cfg.data), cfg.data.heldout_fraction,
                                                cfg.data.split_seed)
@@ -173,12 +173,12 @@ def test_the_corpus_is_tokenized_by_the_model_with_eos_after_every_document(impo
         return [i for doc in docs for i in [*tok.encode(doc, add_special_tokens=False).ids, 0]]
 
     want = stream(train_docs)
-    data = runs.load_source_dataset(run)
+    data = run_dir.load_source_dataset(run)
     assert data.train.tolist() == want and data.heldout.tolist() == stream(heldout_docs)
     fingerprint = json.loads((run / store.DATA_FILE).read_text())
     assert fingerprint["tokenizer"] == "hf" and fingerprint["train_tokens"] == len(want)
     # the one function that gives a run's tokenizer (laggrow sample reads it), corpus unread
-    loaded = runs.load_tokenizer(run)
+    loaded = run_dir.load_tokenizer(run)
     assert loaded.eos_id == 0 and loaded.encode(train_docs[0]).tolist() == want[:want.index(0)]
     assert loaded.decode(tok.encode("In the beginning").ids) == "In the beginning"
 
@@ -190,11 +190,11 @@ def test_a_function_preserving_depth_growth_of_an_import_keeps_transformers_logi
     grown = tmp_path / "grown"
     invoke_ok("grow", "--from", imported["qwen2"], "--strategy", "copy_zero", "--out", grown,
               "--set", "model.n_layers=4")
-    run = runs.load_run(grown)
+    run = run_dir.load_run(grown)
     ref = reference("qwen2")
     got = logits(run.params, ref["input_ids"], run.config.model)
     np.testing.assert_allclose(got, np.load(FIXTURES / "qwen2" / "logits.npy"), rtol=0, atol=1e-4)
-    assert runs.load_tokenizer(grown).eos_id == 0  # the model's tokenizer went along
+    assert run_dir.load_tokenizer(grown).eos_id == 0  # the model's tokenizer went along
     out = tmp_path / "export"
     invoke_ok("export", grown, "--out", out)
     tensors = hf_tensors(out)
@@ -212,9 +212,9 @@ def test_an_imported_run_trains_further_with_train_resume(corpus, tmp_path):
     run = tmp_path / "run"
     invoke_ok("import", FIXTURES / "llama" / "model", "--out", run,
               *sets([f"data.corpus={corpus}", *DATA, "train.log_every=1"]))
-    imported = runs.load_run(run)
+    imported = run_dir.load_run(run)
     cfg = imported.config
-    batch = runs.load_source_dataset(run).train_batch(0, cfg.train.batch_size, cfg.train.seed)
+    batch = run_dir.load_source_dataset(run).train_batch(0, cfg.train.batch_size, cfg.train.seed)
     before = train.evaluate(imported.params, cfg.model, batch[None])
     invoke_ok("train", run / store.CONFIG_FILE, "--out", run, "--resume")
     records = store.read_jsonl(run / store.METRICS_FILE, "records")
@@ -222,7 +222,7 @@ def test_an_imported_run_trains_further_with_train_resume(corpus, tmp_path):
     assert records[0]["train_loss"] == pytest.approx(before, abs=1e-5)
     summary = json.loads((run / store.SUMMARY_FILE).read_text())
     assert summary["complete"] is True and summary["steps"] == cfg.train.steps == 4
-    assert not runs.is_fresh(run) and int(runs.load_run(run).state["step"]) == 4
+    assert not run_dir.is_fresh(run) and int(run_dir.load_run(run).state["step"]) == 4
 
 
 # ---- bad input: one line, exit 2, nothing written ---------------------------------------------------
@@ -422,7 +422,7 @@ def test_exports_load_in_transformers_with_every_weight_and_the_same_logits(impo
                                rtol=0, atol=1e-5)
     tok = transformers.AutoTokenizer.from_pretrained(out)
     text = "And God said, Let there be light: and there was light."
-    assert tok.encode(text, add_special_tokens=False) == runs.load_tokenizer(imported[name]).encode(text).tolist()
+    assert tok.encode(text, add_special_tokens=False) == run_dir.load_tokenizer(imported[name]).encode(text).tolist()
 
 
 @needs_torch

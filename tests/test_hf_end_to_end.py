@@ -12,7 +12,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, invoke_ok, one_line_failure
-from laggrow import runs, store, train
+from laggrow import run_dir, store, train
 from test_hf import HAVE_TORCH, hf_tensors, load_in_transformers, logits, sets, transformers_logits
 
 TINY = ["model.n_layers=2", "model.d_model=32", "model.n_heads=4", "model.n_kv_heads=2", "model.d_ff=64",
@@ -33,14 +33,14 @@ def test_train_export_import_and_grow_a_small_llama_in_a_pool(tmp_path):
     tiny = [*TINY, f"data.corpus={corpus}"]
     run, hf = tmp_path / "run", tmp_path / "hf"
     invoke_ok("train", CONFIGS / "small-llama.yaml", "--out", run, *sets(tiny))
-    trained = runs.load_run(run)
+    trained = run_dir.load_run(run)
     assert trained.config.data.tokenizer == "bpe" and trained.config.model.arch == "llama"
 
     invoke_ok("export", run, "--out", hf)
     ids = np.random.default_rng(0).integers(0, trained.config.model.vocab_size, (2, 16))
     ours = logits(trained.params, ids, trained.config.model)
     # the exported tokenizer is the run's BPE, as `tokenizers` reads it
-    bpe = runs.load_tokenizer(run)
+    bpe = run_dir.load_tokenizer(run)
     assert Tokenizer.from_file(str(hf / store.TOKENIZER_FILE)).encode(TEXT).ids == bpe.encode(TEXT).tolist()
     if HAVE_TORCH:
         import transformers
@@ -53,7 +53,7 @@ def test_train_export_import_and_grow_a_small_llama_in_a_pool(tmp_path):
     imported = tmp_path / "imported"
     invoke_ok("import", hf, "--out", imported, *sets([i for i in tiny if i.startswith(("data.", "train."))
                                                       and "bpe_vocab_size" not in i]))
-    back = runs.load_run(imported)
+    back = run_dir.load_run(imported)
     for path in ("embed/tokens", "blocks/attn/w_k", "blocks/mlp/w_down", "head/w"):
         node_a, node_b = trained.params, back.params
         for part in path.split("/"):
@@ -73,7 +73,7 @@ def test_train_export_import_and_grow_a_small_llama_in_a_pool(tmp_path):
     invoke_ok("train-final", out)
     meta = json.loads((out / store.POOL_FILE).read_text())
     assert meta["data_stream"]["start"] == 0
-    data = runs.load_source_dataset(back)
+    data = run_dir.load_source_dataset(back)
     selection = train.evaluate(back.params, back.config.model,
                                data.selection_batches(back.config.data.eval_batches, back.config.data.eval_batch_size))
     init = {r["strategy"]: r["eval_loss"] for r in store.read_jsonl(out / store.CURVES_FILE, "records")
@@ -94,7 +94,7 @@ def test_train_export_import_and_grow_a_small_llama_in_a_pool(tmp_path):
     small.write_text("\n\n".join(["And God said, Let there be light: and there was light."] * 100))
     invoke_ok("import", chosen, "--out", again, "--set", f"data.corpus={small}", "--set", "data.seq_len=32")
     final_test = json.loads((out / store.FINAL_FILE).read_text())["candidates"][0]["test_loss"]
-    model_back = runs.load_run(again)
+    model_back = run_dir.load_run(again)
     test = data.test_batches(1, back.config.data.eval_batch_size)
     assert train.evaluate(model_back.params, model_back.config.model, test) == pytest.approx(final_test, abs=1e-5)
 

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, invoke_ok, one_line_failure, train_records
-from laggrow import attention, model, resources, runs, store, train
+from laggrow import attention, model, resources, run_dir, store, train
 from laggrow.config import ModelConfig, load_run_config, run_config_from_dict
 from laggrow.errors import LaggrowError
 from laggrow.growth.layout import flatten, unflatten
@@ -282,7 +282,7 @@ def test_train_then_resume_equals_one_uninterrupted_run(llama_run, tmp_path):
     assert train_records(out) == train_records(llama_run)
     assert json.loads((out / store.SUMMARY_FILE).read_text())["final_eval_loss"] == \
         json.loads((llama_run / store.SUMMARY_FILE).read_text())["final_eval_loss"]
-    loaded = runs.load_run(llama_run)  # the checkpoint's config fingerprint verifies
+    loaded = run_dir.load_run(llama_run)  # the checkpoint's config fingerprint verifies
     assert loaded.config.model.arch == "llama" and int(loaded.state["step"]) == 12
 
 
@@ -298,7 +298,7 @@ def test_laggrow_grow_keeps_the_loss_of_a_trained_llama(llama_run, tmp_path, str
     record = json.loads((out / store.GROWTH_FILE).read_text())
     assert record["function_preserving"] is True
     assert record["eval_loss_after"] == pytest.approx(record["eval_loss_before"], abs=1e-5)
-    grown = runs.load_run(out)
+    grown = run_dir.load_run(out)
     assert grown.config.model.arch == "llama" and grown.config.model.kv_heads * 2 == grown.config.model.n_heads
 
 
@@ -312,8 +312,8 @@ def test_a_pool_probes_and_trains_a_llama_to_the_end(llama_run, tmp_path):
     invoke_ok("probe", path, "--out", out)
     invoke_ok("train-final", out)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")
-    source = runs.load_run(llama_run)
-    data, cfg = runs.load_source_dataset(source), source.config
+    source = run_dir.load_run(llama_run)
+    data, cfg = run_dir.load_source_dataset(source), source.config
     selection = train.evaluate(source.params, cfg.model, data.selection_batches(cfg.data.eval_batches,
                                                                                  cfg.data.eval_batch_size))
     init = {r["strategy"]: r["eval_loss"] for r in curves if r["step"] == 0}
@@ -344,7 +344,7 @@ def test_a_byte_trained_llama_exports_for_transformers_with_a_tokenizer_of_its_b
     if HAVE_TORCH:
         import transformers
 
-        run = runs.load_run(llama_run)
+        run = run_dir.load_run(llama_run)
         ids = np.random.default_rng(0).integers(0, 256, (2, 16))
         want = np.asarray(jax.jit(model.apply, static_argnums=2)(run.params, jnp.asarray(ids, jnp.int32),
                                                                  run.config.model))
@@ -356,10 +356,10 @@ def test_stacking_candidates_grow_a_llama_train_state(llama_run):
     """`laggrow stack`'s growth of a whole train state (params by plan, AdamW's moments along), on
     the trained run's state: a copied block takes its source layer's weights and moments, the zero
     block is the identity (o_proj and down_proj zero) and keeps the logits."""
-    from laggrow.stack import config as sc
-    from laggrow.stack import probe as sp
+    from laggrow.stack import growth_choice as sp
+    from laggrow.stack import plan as sc
 
-    loaded = runs.load_run(llama_run)
+    loaded = run_dir.load_run(llama_run)
     state, src, tcfg = loaded.state, loaded.config.model, loaded.config.train
     dst = dataclasses.replace(src, n_layers=3)
     tokens = jnp.asarray(np.random.default_rng(0).integers(0, 256, (2, 16)), jnp.int32)

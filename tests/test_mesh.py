@@ -12,7 +12,7 @@ from conftest import CONFIGS
 from laggrow.config import MeshConfig, load_run_config, mesh_config_from_dict, with_mesh_overrides
 from laggrow.errors import LaggrowError
 from laggrow.mesh import Layout, leaf_spec, padded_size, resolve
-from laggrow.pool.config import pool_config_from_dict
+from laggrow.pool.spec import pool_config_from_dict
 
 
 @pytest.mark.parametrize(("cfg", "devices", "batch", "candidates", "want"), [

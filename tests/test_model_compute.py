@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from laggrow import attention, model, runs, store, train
+from laggrow import attention, model, run_dir, store, train
 from laggrow.attention import Runtime, choose_attention
 from laggrow.config import ModelConfig, TrainConfig, load_run_config, run_config_from_dict
 from laggrow.errors import LaggrowError
@@ -126,7 +126,7 @@ def test_defaults_and_a_config_written_before_the_keys_existed(tmp_path):
     run = tmp_path / "old-run"
     run.mkdir()
     (run / store.CONFIG_FILE).write_text(json.dumps(raw))
-    back = runs.read_run_config(run)
+    back = run_dir.read_run_config(run)
     assert back == load_run_config(None, ["train.steps=40"])
     params = model.init_params(ModelConfig(n_layers=1, d_model=8, n_heads=2, d_ff=16), jax.random.key(0))
     inferred = ModelConfig.from_params(params)
@@ -297,5 +297,5 @@ def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fin
 def test_a_trained_run_at_the_defaults_loads_back(tiny_base_run):
     raw = json.loads((tiny_base_run / store.CONFIG_FILE).read_text())
     assert not set(ModelConfig.COMPUTE_KEYS + ModelConfig.ARCH_KEYS) & set(raw["model"])
-    loaded = runs.load_run(tiny_base_run)  # verifies the checkpoint's config fingerprint
+    loaded = run_dir.load_run(tiny_base_run)  # verifies the checkpoint's config fingerprint
     assert loaded.config.model.scan_layers == "auto" and int(loaded.state["step"]) == 10

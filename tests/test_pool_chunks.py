@@ -14,10 +14,10 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import invoke_ok
-from laggrow import resources, runs, store
+from laggrow import resources, run_dir, store
 from laggrow.cli import app
 from laggrow.errors import LaggrowError
-from laggrow.pool.config import pool_config_from_dict
+from laggrow.pool.spec import pool_config_from_dict
 from laggrow.pool.step import chunk_for
 
 POOL = {
@@ -129,7 +129,7 @@ def _probe(directory, source, **changes):
 
 
 def _target(tiny_base_run):
-    source = runs.read_run_config(tiny_base_run, what="pool source")
+    source = run_dir.read_run_config(tiny_base_run, what="pool source")
     return pool_config_from_dict({**POOL, "source": str(tiny_base_run)}).target_run_config(source)
 
 

@@ -21,11 +21,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import finish, invoke_ok, one_line_failure, snapshot, start_laggrow, wait_stopped
-from laggrow import model, runs, store, train
+from laggrow import model, run_dir, store, train
 from laggrow.cli import app
-from laggrow.pool import probe
 from laggrow.pool import step as pool_step
-from laggrow.pool.config import load_pool_config
+from laggrow.pool import trainer
+from laggrow.pool.spec import load_pool_config
 
 POOL = {
     "target": {"n_layers": 3},
@@ -248,14 +248,14 @@ def test_probe_and_train_final_are_one_run_with_several_seeds(probed, finished, 
     """The records of probe + train-final equal one uninterrupted run of the pool from growth
     to T, evaluated at k and at T, for a pool of two seeds."""
     pool = load_pool_config(probed[1])
-    source = runs.load_run(tiny_base_run)
+    source = run_dir.load_run(tiny_base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
-    state = probe.grow_candidates(pool, source, target, candidates)
+    candidates = trainer.check_pool(pool, source.config, target)
+    runner = trainer.runner_for(pool, target, run_dir.load_source_dataset(source), candidates, source.data_position)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     state, _ = runner.advance(state, 0, K)
     at_k = runner.evaluate(state)["selection"].mean(axis=1)
-    state, _ = runner.advance(probe.grow_candidates(pool, source, target, candidates), 0, pool.final_steps)
+    state, _ = runner.advance(trainer.grow_candidates(pool, source, target, candidates), 0, pool.final_steps)
     at_final = runner.evaluate(state)["selection"].mean(axis=1)
     losses = by_key(curve_rows(finished))
     assert {c["seed"] for c in candidates} == {0, 1}

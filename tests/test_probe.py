@@ -9,11 +9,11 @@ import yaml
 from typer.testing import CliRunner
 
 from conftest import invoke_ok
-from laggrow import model, runs, store, train
+from laggrow import model, run_dir, store, train
 from laggrow.cli import app
-from laggrow.pool import probe
 from laggrow.pool import step as pool_train
-from laggrow.pool.config import load_pool_config
+from laggrow.pool import trainer
+from laggrow.pool.spec import load_pool_config
 
 runner = CliRunner()
 POOL = {
@@ -79,18 +79,18 @@ def test_no_pool_batch_is_one_the_source_trained_on(probed, base_run):
     """Item 0 of the little-lag issue: a pool continues the source's batch stream where it stopped
     (seed 0) or reads another seed's stream past that point, and never re-reads a source batch."""
     out, pool_path, _ = probed
-    source = runs.load_run(base_run)
+    source = run_dir.load_run(base_run)
     steps = json.loads((base_run / store.SUMMARY_FILE).read_text())["steps"]
     assert source.data_position == steps > 0
     stream = json.loads((out / store.POOL_FILE).read_text())["data_stream"]
     assert stream["start"] == steps and stream["continues"] == "source"
-    data = runs.load_source_dataset(source)
+    data = run_dir.load_source_dataset(source)
     cfg = source.config.train
     seen = {data.train_batch(p, cfg.batch_size, cfg.seed).tobytes() for p in range(steps)}
     pool = load_pool_config(pool_path, {"seeds": [0, 1, 2]})
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe.runner_for(pool, target, data, candidates, stream["start"])
+    candidates = trainer.check_pool(pool, source.config, target)
+    pool_runner = trainer.runner_for(pool, target, data, candidates, stream["start"])
     for p in range(pool.final_steps):
         batches = pool_runner.batches(p)
         assert not any(b.tobytes() in seen for b in batches), f"pool step {p} replays a source batch"
@@ -128,11 +128,12 @@ def test_every_protocol_keeps_the_probe_the_prefix_of_the_final_run(protocol, ba
     assert recorded["probe_is_prefix"] is True and recorded["warmup_steps"] == 0
     assert recorded["hold_steps"] == (4 if protocol.get("probe_lr") == "peak" else 0)
     pool = load_pool_config(path)
-    source = runs.load_run(base_run)
+    source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    pool_runner = probe.runner_for(pool, target, runs.load_source_dataset(source), candidates, source.data_position)
-    state = probe.grow_candidates(pool, source, target, candidates)
+    candidates = trainer.check_pool(pool, source.config, target)
+    pool_runner = trainer.runner_for(pool, target, run_dir.load_source_dataset(source), candidates,
+                                     source.data_position)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     by_step = {}
     for stop in (4, 8):
         state, _ = pool_runner.advance(state, stop - 4, stop)
@@ -184,7 +185,7 @@ def test_a_run_config_without_warmup_start_keeps_its_fingerprint():
 
 
 def _pool_with(**changes):
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow.pool.spec import pool_config_from_dict
 
     return pool_config_from_dict({**POOL, "source": "unused", **changes})
 
@@ -218,8 +219,8 @@ def test_the_evaluation_grid_holds_the_dense_steps_extra_steps_and_halving_budge
 
 def test_zero_top_starts_at_the_source_loss(probed, base_run):
     out, _, probe_curves = probed
-    source = runs.load_run(base_run)
-    data, cfg = runs.load_source_dataset(source), source.config
+    source = run_dir.load_run(base_run)
+    data, cfg = run_dir.load_source_dataset(source), source.config
     selection = train.evaluate(source.params, cfg.model, data.selection_batches(cfg.data.eval_batches,
                                                                                  cfg.data.eval_batch_size))
     init = {r["strategy"]: r for r in probe_curves if r["step"] == 0}
@@ -234,7 +235,7 @@ def test_choices_read_the_selection_set_and_results_the_test_set(probed, base_ru
     error; the two sets are disjoint halves of the held-out documents, and pool.json says which is
     which. The test set is never read before T, so nothing chosen before T can have read it."""
     out, _, probe_curves = probed
-    data = runs.load_source_dataset(runs.load_run(base_run))
+    data = run_dir.load_source_dataset(run_dir.load_run(base_run))
     evaluation = json.loads((out / store.POOL_FILE).read_text())["evaluation"]
     assert (evaluation["selection_windows"], evaluation["test_windows"]) == (16, 8 * 8)
     assert evaluation["fields"]["eval_loss"].startswith("selection")
@@ -248,7 +249,7 @@ def test_choices_read_the_selection_set_and_results_the_test_set(probed, base_ru
         assert ("test_loss" in r) == (r["step"] == 12)  # T only
     at_t = [r for r in records if r["step"] == 12]
     assert len(at_t) == 4 and all(len(r["test_windows"]) == 64 for r in at_t)
-    source = runs.load_run(base_run)
+    source = run_dir.load_run(base_run)
     test_windows = data.test_batches(8, source.config.data.eval_batch_size)
     assert at_t[0]["test_loss"] != at_t[0]["eval_loss"] and test_windows.shape == (8, 8, 33)
     at_k = {r["candidate"]: r for r in probe_curves if r["step"] == 4}
@@ -264,12 +265,12 @@ def test_choices_read_the_selection_set_and_results_the_test_set(probed, base_ru
 def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, base_run):
     out, pool_path, _ = probed
     pool = load_pool_config(pool_path)
-    source = runs.load_run(base_run)
+    source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
-    state = probe.grow_candidates(pool, source, target, candidates)
-    data = runs.load_source_dataset(source)
-    pool_runner = probe.runner_for(pool, target, data, candidates, source.data_position)
+    candidates = trainer.check_pool(pool, source.config, target)
+    state = trainer.grow_candidates(pool, source, target, candidates)
+    data = run_dir.load_source_dataset(source)
+    pool_runner = trainer.runner_for(pool, target, data, candidates, source.data_position)
     state, _ = pool_runner.advance(state, 0, pool.final_steps)
     uninterrupted = pool_runner.evaluate(state)["selection"].mean(axis=1)
     curves = store.read_jsonl(out / store.CURVES_FILE, "records")
@@ -283,7 +284,7 @@ def test_probe_then_resumed_train_final_equals_one_uninterrupted_run(probed, bas
 
 def test_the_pool_compiles_once(probed, base_run):
     out, pool_path, _ = probed
-    target = runs.read_run_config(out)
+    target = run_dir.read_run_config(out)
     # Probe, paused train-final and resumed train-final all ran in this process on one program.
     assert pool_train.pool_step(target.model, target.train)._cache_size() == 1
 
@@ -371,11 +372,11 @@ def test_recipes_in_a_pool_yaml_grow_their_layers(tmp_path, base_run):
         "strategies: null",
         "strategies: [{name: slices, ranges: [[0, 2], [1, 2, zero]]}, {name: block_expansion, every: 2}]"))
     pool = load_pool_config(path)
-    source = runs.load_run(base_run)
+    source = run_dir.load_run(base_run)
     target = pool.target_run_config(source.config)
-    candidates = probe.check_pool(pool, source.config, target)
+    candidates = trainer.check_pool(pool, source.config, target)
     assert [c["function_preserving"] for c in candidates] == [False, True]  # slices is flagged "no"
-    state = probe.grow_candidates(pool, source, target, candidates)
+    state = trainer.grow_candidates(pool, source, target, candidates)
     w_out = np.asarray(state["params"]["blocks"]["mlp"]["w_out"])  # (candidates, layers, F, D)
     assert w_out.shape[:2] == (2, 3) and not w_out[:, 2].any()
     for a in jax.tree.leaves(state["params"]):
@@ -403,7 +404,7 @@ def test_the_default_protocol_carries_the_moments_and_has_no_post_growth_warmup(
     """docs/study.md's recommendation is the default: a pool that says nothing gets no warmup
     after growth (not the source's 10 steps) and AdamW's moments carried."""
     from laggrow.config import RunConfig
-    from laggrow.pool.config import pool_config_from_dict
+    from laggrow.pool.spec import pool_config_from_dict
 
     pool = pool_config_from_dict({"source": "unused", "strategies": ["stack", "zero_top", "scratch"],
                                   "lag_steps": 4, "final_steps": 32})

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from conftest import invoke_ok, one_line_failure
-from laggrow import decode, model, runs, store
+from laggrow import decode, model, run_dir, store
 from laggrow.config import ModelConfig
 from laggrow.growth.layout import flatten, unflatten
 
@@ -81,10 +81,10 @@ def test_greedy_with_the_cache_is_the_full_forward_pass_at_every_step(random_cas
 
 
 def test_greedy_on_a_trained_gpt_run_with_learned_positions(tiny_base_run):
-    run = runs.load_run(tiny_base_run)
+    run = run_dir.load_run(tiny_base_run)
     cfg = run.config.model
     assert cfg.pos_emb == "learned" and cfg.max_seq_len == 32
-    prompt = runs.load_tokenizer(tiny_base_run).encode("And God said, Let").tolist()
+    prompt = run_dir.load_tokenizer(tiny_base_run).encode("And God said, Let").tolist()
     n = cfg.max_seq_len - len(prompt)  # the context filled exactly
     assert decode.greedy(run.params, cfg, prompt, n).tolist() == naive_greedy(run.params, cfg, prompt, n)
 
@@ -135,7 +135,7 @@ def test_laggrow_sample_prints_the_runs_greedy_continuation(tiny_base_run):
     prompt = list(b"In the beginning")
     assert record["prompt_ids"] == prompt
     assert len(record["ids"]) == 32 - len(prompt)  # the default: as many as fit the learned positions
-    run = runs.load_run(tiny_base_run)
+    run = run_dir.load_run(tiny_base_run)
     assert record["ids"] == decode.greedy(run.params, run.config.model, prompt, len(record["ids"])).tolist()
     text = bytes(prompt + record["ids"]).decode("utf-8", errors="replace")
     assert record["text"] == text and record["completion"] == text[len("In the beginning"):]

@@ -15,8 +15,8 @@ import pytest
 from laggrow import growth, model, train
 from laggrow.config import ModelConfig, TrainConfig
 from laggrow.errors import LaggrowError
-from laggrow.stack import config as sc
-from laggrow.stack import probe as sp
+from laggrow.stack import growth_choice as sp
+from laggrow.stack import plan as sc
 
 # ---- PROP-alpha ---------------------------------------------------------------------------------
 

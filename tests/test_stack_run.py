@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import CONFIGS, finish, invoke_ok, one_line_failure, snapshot, start_laggrow
-from laggrow import runs, store
+from laggrow import run_dir, store
 
 TINY = CONFIGS / "stack-tiny.yaml"
 
@@ -37,7 +37,7 @@ def _curves(out: Path) -> list[dict]:
 
 def _plan(record: dict):
     """The plan the record was run under (with the tokenizer's vocabulary, as run)."""
-    from laggrow.stack.config import plan_from_dict
+    from laggrow.stack.plan import plan_from_dict
 
     return plan_from_dict({**record["config"]["run"], "stack": record["config"]["stack"]})
 
@@ -164,11 +164,11 @@ def test_every_method_is_charged_its_plan_and_all_are_at_adaptives_flops(stacked
 
 def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, tmp_path):
     from laggrow import train
-    from laggrow.grow_run import grow_run
+    from laggrow.jobs.growing import grow_run
 
     test = None
     for run in _record(stacked)["runs"]:
-        loaded = runs.load_run(stacked / run["model_dir"], what="stacked model")
+        loaded = run_dir.load_run(stacked / run["model_dir"], what="stacked model")
         assert loaded.config.model.n_layers == 3 and int(loaded.state["step"]) == run["steps"]
         assert loaded.config.train.steps == run["steps"]  # its own budget, one schedule over it
         assert loaded.data_position == run["steps"]  # a grown run continues the stream from here
@@ -177,7 +177,7 @@ def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, 
         assert summary["final_eval_loss"] == run["final_test_loss"]
         if test is None:
             d = loaded.config.data
-            test = runs.load_source_dataset(loaded).test_batches(d.eval_batches, d.eval_batch_size)
+            test = run_dir.load_source_dataset(loaded).test_batches(d.eval_batches, d.eval_batch_size)
         windows = train.evaluate_windows(loaded.params, loaded.config.model, test)
         np.testing.assert_allclose(windows, run["final_test_windows"], rtol=1e-5)
     record = grow_run(stacked / "models" / "adaptive-seed0", "stack_top", tmp_path / "grown", ["model.n_layers=4"])
@@ -209,8 +209,8 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
     assert not (out / store.STACK_FILE).is_file()
     # the stage checkpoint holds the 2-layer model and its AdamW state of the same shapes
     from laggrow.checkpoint import Checkpointer
-    from laggrow.stack.config import load_stack_plan
-    from laggrow.stack.runner import abstract_state
+    from laggrow.stack.method import abstract_state
+    from laggrow.stack.plan import load_stack_plan
 
     plan = load_stack_plan(TINY)
     with Checkpointer(manifest.parent.parent.parent, read_only=True) as ckpt:
@@ -229,8 +229,8 @@ def test_a_killed_stacking_run_resumes_from_its_last_stage_and_ends_with_the_sam
 def test_adaptive_chooses_on_the_selection_set_whatever_the_test_set_holds(stacked, tmp_path):
     """The same adaptive run with other test windows: every choice, with every selection loss and
     score, is the same; only what is measured on the test set differs."""
-    from laggrow.stack.run import prepare_stack
-    from laggrow.stack.runner import MethodRun
+    from laggrow.stack.driver import prepare_stack
+    from laggrow.stack.method import MethodRun
 
     prepared = prepare_stack(TINY, tmp_path / "other-test")
     d = prepared.plan.run.data

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from conftest import CONFIGS, invoke_ok, one_line_failure, snapshot
-from laggrow import runs, store, train
+from laggrow import run_dir, store, train
 from laggrow.config import ModelConfig
 
 HF_LLAMA = Path(__file__).resolve().parent / "fixtures" / "hf" / "llama" / "model"
@@ -79,8 +79,8 @@ def test_the_first_models_are_the_source_and_the_source_grown(from_run):
     loss, and adaptive's growth row is the loss of the candidate it chose."""
     from laggrow import growth
 
-    source = runs.load_run(from_run["source"])
-    data = runs.load_source_dataset(source)
+    source = run_dir.load_run(from_run["source"])
+    data = run_dir.load_source_dataset(source)
     test, selection = data.test_batches(2, 8), data.selection_batches(2, 8)
     src_cfg = source.config.model
     dst_cfg = ModelConfig(**{**src_cfg.to_dict(), "n_layers": 3})
@@ -127,7 +127,7 @@ def test_stack_json_and_the_report_record_the_source(from_run):
     report = (from_run["out"] / store.REPORT_FILE).read_text()
     assert "| source |" in report and "the source, not trained here" in report
     # the final models continue the stream where the source stopped (its position 10)
-    adaptive = runs.load_run(from_run["out"] / "models" / "adaptive-seed0")
+    adaptive = run_dir.load_run(from_run["out"] / "models" / "adaptive-seed0")
     assert adaptive.data_position == 10 + 20 and adaptive.config.model.n_layers == 3
 
 
@@ -175,16 +175,16 @@ def test_a_stack_from_an_imported_llama(tmp_path):
     assert (model_cfg["arch"], model_cfg["n_kv_heads"], model_cfg["vocab_size"], model_cfg["n_layers"]) == (
         "llama", 2, 320, 3)  # the import's model (its padded vocabulary kept), one layer deeper
     assert record["config"]["run"]["data"]["tokenizer"] == "hf"
-    run = runs.load_run(imported)
-    test = runs.load_source_dataset(run).test_batches(2, 8)
+    run = run_dir.load_run(imported)
+    test = run_dir.load_source_dataset(run).test_batches(2, 8)
     init = next(r for r in _curves(out) if (r["method"], r["point"]) == ("adaptive", "init"))
     assert init["test_loss"] == pytest.approx(_loss(run.params, run.config.model, test), rel=1e-6)
     assert [r["method"] for r in record["runs"]] == ["adaptive"]
     assert record["runs"][0]["compute"]["total_flops"] == record["budget"]["flops"]
     model_dir = out / "models" / "adaptive-seed0"
     assert (model_dir / store.TOKENIZER_CONFIG_FILE).is_file()
-    assert runs.load_tokenizer(model_dir).encode("In the beginning").tolist() == \
-        runs.load_tokenizer(imported).encode("In the beginning").tolist()
+    assert run_dir.load_tokenizer(model_dir).encode("In the beginning").tolist() == \
+        run_dir.load_tokenizer(imported).encode("In the beginning").tolist()
 
 
 @pytest.mark.parametrize(("sets", "expected"), [
@@ -212,7 +212,7 @@ def test_bad_input_with_a_source_is_one_line_exit_2_and_nothing_written(tmp_path
 
 
 def test_the_schedule_from_a_source_splits_t_over_the_growths_alone():
-    from laggrow.stack.config import stages_over
+    from laggrow.stack.plan import stages_over
 
     stages = stages_over(60, 2, 4, 1, 1.0, from_source=True)
     assert [(s.stage, s.depth, s.start, s.end) for s in stages] == [(1, 2, 0, 0), (2, 3, 0, 20), (3, 4, 20, 60)]
@@ -221,7 +221,7 @@ def test_the_schedule_from_a_source_splits_t_over_the_growths_alone():
 
 
 def test_the_stack_demo_configs_are_unchanged_by_the_source_key():
-    from laggrow.stack.config import load_stack_plan
+    from laggrow.stack.plan import load_stack_plan
 
     plan = load_stack_plan(CONFIGS / "stack-tiny.yaml")
     assert plan.stack.source is None and not plan.from_source and plan.stages[0].steps == 10

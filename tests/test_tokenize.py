@@ -23,7 +23,7 @@ from laggrow.cli import app
 from laggrow.config import DataConfig
 from laggrow.data import BPETokenizer, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.tokenize_corpus import tokenize_corpus
+from laggrow.jobs.tokenizing import tokenize_corpus
 
 runner = CliRunner()
 WORDS = "the lord said unto moses and aaron café naïve — light darkness, waters; 42 1611".split()

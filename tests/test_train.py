@@ -9,7 +9,7 @@ import optax
 import pytest
 
 from conftest import invoke_ok
-from laggrow import checkpoint, model, runs, store, train
+from laggrow import checkpoint, model, run_dir, store, train
 from laggrow.config import TrainConfig, load_run_config
 
 
@@ -81,7 +81,7 @@ def test_interrupted_then_resumed_run_reproduces_uninterrupted(tmp_path, tiny_ru
 
 
 def test_load_run_restores_params_and_config(tiny_run, tiny_config_path):
-    loaded = runs.load_run(tiny_run)
+    loaded = run_dir.load_run(tiny_run)
     assert loaded.config.model == load_run_config(tiny_config_path).model
     assert int(loaded.state["step"]) == 40 and loaded.data_position == 40
     tokens = jnp.zeros((1, 8), jnp.int32)

@@ -26,7 +26,7 @@ import pytest
 from typer.testing import CliRunner
 
 from conftest import CONFIGS, finish, invoke_ok, start_laggrow, train_records, wait_stopped
-from laggrow import checkpoint, runs, store, train
+from laggrow import checkpoint, run_dir, store, train
 from laggrow.cli import app
 from laggrow.config import TrainConfig
 from laggrow.errors import LaggrowError
@@ -177,7 +177,7 @@ def test_the_train_step_compiles_once_across_a_pause_and_resume(tmp_path):
     out = tmp_path / "run"
     invoke_ok("train", TINY, "--out", out, *SETS, "--until", 10)
     invoke_ok("train", TINY, "--out", out, *SETS, "--resume")
-    cfg = runs.read_run_config(out)
+    cfg = run_dir.read_run_config(out)
     assert train.jit_train_step(cfg.model, cfg.train)._cache_size() == 1
     assert train.jit_eval(cfg.model)._cache_size() == 1
 
@@ -220,7 +220,7 @@ def test_a_diverging_run_stops_at_once_naming_the_last_good_checkpoint(tmp_path)
     bad, good = int(match.group(3)), int(match.group(4))
     assert good == bad - 1
     assert [r["step"] for r in store.read_jsonl(out / store.METRICS_FILE, "records")] == list(range(1, bad))
-    loaded = runs.load_run(out, require_finished=False)  # the kept state is the good one, finite
+    loaded = run_dir.load_run(out, require_finished=False)  # the kept state is the good one, finite
     assert int(loaded.state["step"]) == good
     assert all(bool(jnp.isfinite(x).all()) for x in jax.tree.leaves(loaded.state))
 
@@ -247,8 +247,8 @@ def test_unfinished_or_damaged_runs_are_refused_as_sources(tmp_path, reference):
     invoke_ok("train", TINY, "--out", paused, *SETS, "--until", 5)
     with pytest.raises(LaggrowError, match=r"--from .*paused: is unfinished \(no summary.json; expected a finished "
                                            r"laggrow train run; continue it with laggrow train .* --resume\)"):
-        runs.load_run(paused, "--from")
-    assert int(runs.load_run(paused, require_finished=False).state["step"]) == 5
+        run_dir.load_run(paused, "--from")
+    assert int(run_dir.load_run(paused, require_finished=False).state["step"]) == 5
 
     damaged = tmp_path / "damaged"
     shutil.copytree(reference, damaged)
@@ -256,13 +256,13 @@ def test_unfinished_or_damaged_runs_are_refused_as_sources(tmp_path, reference):
                            ('{"complete": false, "steps": 7}', "is unfinished (summary.json says step 7")]:
         (damaged / store.SUMMARY_FILE).write_text(text)
         with pytest.raises(LaggrowError, match=re.escape(expected)):
-            runs.load_run(damaged, "fusion partner")
+            run_dir.load_run(damaged, "fusion partner")
     config = json.loads((reference / store.CONFIG_FILE).read_text())
     for text, expected in [("[1, 2]", "expected the run's run config (a JSON dict)"),
                            (json.dumps({**config, "model": 5}), "section 'model' is a int")]:
         (damaged / store.CONFIG_FILE).write_text(text)
         with pytest.raises(LaggrowError, match=re.escape(expected)):
-            runs.read_run_config(damaged)
+            run_dir.read_run_config(damaged)
 
 
 SHORT = ["--set", "train.steps=4", "--set", "train.warmup_steps=1"]
@@ -291,7 +291,7 @@ def test_a_corpus_changed_since_the_run_started_is_refused(tmp_path):
     assert f"corpus {corpus} changed since the run started in {out}" in line and "expected the same data" in line
     assert (out / store.METRICS_FILE).read_bytes() == before
     with pytest.raises(LaggrowError, match="changed since the run started"):
-        runs.load_source_dataset(out)
+        run_dir.load_source_dataset(out)
 
     # a run made before data.json existed is accepted, and records its data from then on
     (out / store.DATA_FILE).unlink()

@@ -28,7 +28,7 @@ IDENTITY = ("llama-pro", "slices-zero-top")
 
 
 def test_both_pools_pass_every_check_laggrow_run_makes_before_training():
-    from laggrow.experiment import load_experiment
+    from laggrow.jobs.experiment import load_experiment
 
     experiment = load_experiment(CONFIG)
     assert {pool.name: pool.config.target["n_layers"] for pool in experiment.pools} == {"x1.5": 12, "x2": 16}

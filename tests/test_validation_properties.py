@@ -21,16 +21,10 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from laggrow.cli import app
-from laggrow.config import (
-    SECTIONS,
-    apply_overrides,
-    load_run_config,
-    parse_yaml,
-    read_yaml,
-    run_config_from_dict,
-)
+from laggrow.config import SECTIONS, load_run_config, run_config_from_dict
 from laggrow.errors import LaggrowError
-from laggrow.pool.config import PoolConfig, pool_config_from_dict
+from laggrow.pool.spec import PoolConfig, pool_config_from_dict
+from laggrow.schema import apply_overrides, parse_yaml, read_yaml
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 FIELDS = {name: {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}

@@ -28,9 +28,9 @@ OUT = ROOT / "docs" / "configuration.md"
 def sections() -> list[tuple[str, type, str]]:
     """(YAML path, dataclass, where it is read) for every section of every config file."""
     from laggrow.config import DataConfig, MeshConfig, ModelConfig, TrainConfig
-    from laggrow.experiment import CorrelateOptions, ExperimentConfig
-    from laggrow.pool.config import PoolConfig
-    from laggrow.stack.config import StackConfig
+    from laggrow.jobs.experiment import CorrelateOptions, ExperimentConfig
+    from laggrow.pool.spec import PoolConfig
+    from laggrow.stack.plan import StackConfig
 
     return [
         ("model", ModelConfig, "a run config (`laggrow train`), and a pool's `target` over its source's"),

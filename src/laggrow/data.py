@@ -525,7 +525,7 @@ class Dataset:
 
 def load_dataset(cfg: DataConfig, run_dir: Path | None = None, tokenizer=None) -> Dataset:
     """Read, split and tokenize the corpus; errors for anything too short to train on. The
-    tokenizer is `tokenizer` when given (a run's, `runs.load_tokenizer`: its model reads no other;
+    tokenizer is `tokenizer` when given (a run's, `run_dir.load_tokenizer`: its model reads no other;
     or `laggrow import`'s, before its run exists), else made by `make_tokenizer` (`cfg.tokenizer`,
     a BPE cached in `run_dir` or trained here). Documents are joined as the tokenizer separates
     them (`encode_documents`). A token directory (`data.corpus: DATA_DIR`) is opened instead."""

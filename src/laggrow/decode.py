@@ -234,18 +234,18 @@ def _forward_cached(params: model.Params, tokens: jax.Array, start, cache: dict,
 def sample_run(run_dir, prompt: str, max_tokens: int | None = None, temperature: float = 1.0, top_k: int = 0,
                seed: int = 0) -> dict:
     """Continue `prompt` with the model of the finished run in `run_dir`, the prompt encoded with
-    the run's own tokenizer (`runs.load_tokenizer`). `max_tokens` None: DEFAULT_NEW_TOKENS, or as
+    the run's own tokenizer (`run_dir.load_tokenizer`). `max_tokens` None: DEFAULT_NEW_TOKENS, or as
     many as fit the context with learned positions. Everything the user gave is checked, in one
     line each, before the checkpoint is read. Returns the prompt's ids, the new ids, the
     continuation's text and the whole text (prompt and continuation decoded together)."""
     from pathlib import Path
 
-    from laggrow import runs
+    from laggrow.run_dir import load_run, load_tokenizer, read_run_config, require_finished
 
     run_dir = Path(run_dir)
-    cfg = runs.read_run_config(run_dir)
-    runs.require_finished(run_dir)
-    tokenizer = runs.load_tokenizer(run_dir, cfg)
+    cfg = read_run_config(run_dir)
+    require_finished(run_dir)
+    tokenizer = load_tokenizer(run_dir, cfg)
     ids = np.asarray(tokenizer.encode(prompt), np.int64).reshape(-1)
     m = cfg.model
     if max_tokens is None:
@@ -254,7 +254,7 @@ def sample_run(run_dir, prompt: str, max_tokens: int | None = None, temperature:
                                f"(model.max_seq_len = {m.max_seq_len}); expected at most {m.max_seq_len - 1}")
         max_tokens = default_new_tokens(m, len(ids))
     check_request(m, len(ids), max_tokens, temperature, top_k, seed)
-    run = runs.load_run(run_dir)
+    run = load_run(run_dir)
     new = generate(run.params, m, ids, max_tokens, temperature=temperature, top_k=top_k, seed=seed)
     text = tokenizer.decode([*ids.tolist(), *new.tolist()])
     head = tokenizer.decode(ids.tolist())

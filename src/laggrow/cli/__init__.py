@@ -113,8 +113,8 @@ class _ProblemsOnly(io.TextIOBase):
 
 
 # Order is the order of `laggrow --help`.
-COMMAND_MODULES = ["tokenize", "train", "grow", "strategies", "probe", "correlate", "run", "stack", "hf", "sample",
-                   "evaluate"]
+COMMAND_MODULES = ["tokenize", "train", "grow", "strategies", "pool", "correlate", "experiment", "stack", "hf",
+                   "sample", "evaluate"]
 
 for _name in COMMAND_MODULES:
     importlib.import_module(f"laggrow.cli.{_name}").register(app)

@@ -1,5 +1,5 @@
 """`laggrow eval RUN`: a run's held-out loss on its corpus or another, in nats per token and bits
-per byte (a thin shell over `laggrow.eval_run`)."""
+per byte (a thin shell over `laggrow.jobs.evaluation`)."""
 
 from __future__ import annotations
 
@@ -33,7 +33,7 @@ def eval_command(
     """The held-out loss of the finished run RUN, in nats per token and bits per byte."""
     import json
 
-    from laggrow.eval_run import evaluate_run
+    from laggrow.jobs.evaluation import evaluate_run
 
     result = evaluate_run(run, overrides, on)
     if as_json:

@@ -1,5 +1,5 @@
 """`laggrow grow`: grow a trained run into a larger model and write it as a new run (a thin
-shell over `laggrow.grow_run`)."""
+shell over `laggrow.jobs.growing`)."""
 
 from __future__ import annotations
 
@@ -56,7 +56,7 @@ def grow_command(
     """Grow the trained run FROM with STRATEGY into a larger model, written as a new run in OUT."""
     from rich.console import Console
 
-    from laggrow.grow_run import grow_run
+    from laggrow.jobs.growing import grow_run
     from laggrow.store import GROWTH_FILE
 
     out = out_dir(out)

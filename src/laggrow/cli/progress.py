@@ -20,7 +20,7 @@ from rich.progress import (
 )
 
 if TYPE_CHECKING:
-    from laggrow.experiment import StageResult
+    from laggrow.jobs.experiment import StageResult
 
 
 class TrainProgress:
@@ -65,7 +65,7 @@ def pool_progress(console: Console, total_steps: int):
 
 def experiment_progress(console: Console):
     """A rich display: one progress bar per stage that trains, one status line per stage."""
-    from laggrow.experiment import Observer
+    from laggrow.jobs.experiment import Observer
 
     class RichObserver(Observer):
         def __init__(self) -> None:

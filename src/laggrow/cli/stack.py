@@ -32,7 +32,7 @@ def stack_command(
     from laggrow import store
     from laggrow.analysis.stacking import best_methods, choice_rows, method_summaries
     from laggrow.report import tables
-    from laggrow.stack.run import prepare_stack, run_stack
+    from laggrow.stack.driver import prepare_stack, run_stack
 
     console = Console(stderr=True)
     out = out_dir(out)

@@ -1,5 +1,5 @@
 """`laggrow tokenize CORPUS`: a corpus into a token directory for `data.corpus: DATA_DIR` (a thin
-shell over `laggrow.tokenize_corpus`, with a progress bar)."""
+shell over `laggrow.jobs.tokenizing`, with a progress bar)."""
 
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def tokenize_command(
     from rich.console import Console
 
     from laggrow.cli.progress import TokenizeProgress
-    from laggrow.tokenize_corpus import tokenize_corpus
+    from laggrow.jobs.tokenizing import tokenize_corpus
 
     console = Console(stderr=True)
     target = out_dir(out)

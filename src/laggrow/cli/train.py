@@ -29,7 +29,7 @@ def train_command(
 
     from laggrow.cli.progress import TrainProgress
     from laggrow.config import load_run_config
-    from laggrow.train_run import check_until, execute_run, prepare_run
+    from laggrow.jobs.training import check_until, execute_run, prepare_run
 
     console = Console(stderr=True)
     out = out_dir(out)

@@ -23,8 +23,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow.config import ModelConfig, shown
+from laggrow.config import ModelConfig
 from laggrow.errors import LaggrowError
+from laggrow.schema import shown
 
 Params = dict
 StrategyFn = Callable[[Params, ModelConfig, ModelConfig, "Context"], Params]

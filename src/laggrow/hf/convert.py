@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
-from laggrow.config import ModelConfig, shown
+from laggrow.config import ModelConfig
 from laggrow.errors import LaggrowError
+from laggrow.schema import shown
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 

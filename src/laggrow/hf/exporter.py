@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import hosts, runs, store
+from laggrow import hosts, run_dir, store
 from laggrow.config import RunConfig
 from laggrow.errors import LaggrowError
 from laggrow.hf import convert
@@ -58,14 +58,14 @@ def resolve_source(path: Path, candidate: int | None) -> Source:
     if candidate is not None:
         raise LaggrowError(f"--candidate: {path} is a run, not a pool (expected --candidate only with a pool "
                            "directory)")
-    cfg = runs.read_run_config(path, what="RUN")
-    runs.require_finished(path, what="RUN")
+    cfg = run_dir.read_run_config(path, what="RUN")
+    run_dir.require_finished(path, what="RUN")
     return Source(path=path, config=cfg, tokenizer_dir=path)
 
 
 def _pool_source(path: Path, candidate: int | None) -> Source:
     from laggrow.pool import records
-    from laggrow.pool.probe import read_pool_dir
+    from laggrow.pool.trainer import read_pool_dir
 
     _, meta, target = read_pool_dir(path)
     n = len(meta["candidates"])
@@ -97,11 +97,11 @@ def load_params(source: Source) -> dict:
     from laggrow import mesh
 
     if source.candidate is None:
-        return jax.tree.map(np.asarray, runs.load_run(source.path, what="RUN").params)
+        return jax.tree.map(np.asarray, run_dir.load_run(source.path, what="RUN").params)
     from laggrow.checkpoint import Checkpointer
     from laggrow.pool import records
-    from laggrow.pool.config import pool_config_from_dict
-    from laggrow.pool.probe import abstract_pool_state
+    from laggrow.pool.spec import pool_config_from_dict
+    from laggrow.pool.trainer import abstract_pool_state
 
     meta = records.read_pool_record(source.path)
     pool = pool_config_from_dict(meta["pool"], where=str(source.path / store.POOL_FILE))
@@ -125,7 +125,7 @@ def tokenizer_outputs(source: Source) -> tuple[dict[str, Any], int | None, int |
                 tok.bos_id, tok.eos_id)
     config = store.dumps(fast_tokenizer_config(cfg)) + "\n"
     if kind == "bpe":
-        runs.load_tokenizer(source.tokenizer_dir, cfg)  # one line if it is missing or unreadable
+        run_dir.load_tokenizer(source.tokenizer_dir, cfg)  # one line if it is missing or unreadable
         return {store.TOKENIZER_FILE: source.tokenizer_dir / store.TOKENIZER_FILE,
                 store.TOKENIZER_CONFIG_FILE: config}, None, None
     return {store.TOKENIZER_FILE: byte_tokenizer().to_str(), store.TOKENIZER_CONFIG_FILE: config}, None, None

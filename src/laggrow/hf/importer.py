@@ -16,7 +16,7 @@ What the run holds (names in `laggrow.store`):
   file), the dtype, the tokenizer's document separator, and that laggrow trained nothing.
 
 No summary.json: that file says laggrow trained the run to its end. An imported run is a whole
-model as a freshly grown one is (`runs.is_fresh`): every command takes it as a source, and
+model as a freshly grown one is (`run_dir.is_fresh`): every command takes it as a source, and
 `laggrow train --resume` trains it further.
 
 Every check runs before anything is written, and the run is assembled in a staging directory
@@ -35,12 +35,13 @@ from typing import Any
 import numpy as np
 
 from laggrow import hosts, store
-from laggrow.config import DataConfig, ModelConfig, RunConfig, apply_overrides, run_config_from_dict, shown
+from laggrow.config import DataConfig, ModelConfig, RunConfig, run_config_from_dict
 from laggrow.data import HFTokenizer, data_fingerprint, load_dataset, special_token
 from laggrow.errors import LaggrowError
 from laggrow.growth.layout import unflatten
 from laggrow.hf import convert
 from laggrow.hf.weights import WeightFiles, numpy_dtype
+from laggrow.schema import apply_overrides, shown
 
 DTYPE_CHOICES = ("keep", "float32", "bfloat16")
 SEPARATOR_RULES = {"eos": "every document followed by the EOS token", "bos": "every document after the BOS token",

@@ -1,2 +1,3 @@
-"""A pool of grown candidates: its config (`config`), the vmapped step that trains them together
-(`step`), probe and train-final (`probe`), and the records they write (`records`)."""
+"""A pool of grown candidates: its spec (`spec`), the vmapped step that trains them together
+(`step`), probe and train-final (`trainer`), successive halving trained (`halving_trainer`), and
+the records they write (`records`)."""

@@ -31,7 +31,7 @@ import numpy as np
 from laggrow import mesh, resources, train
 from laggrow.config import ModelConfig, RunConfig, TrainConfig
 from laggrow.mesh import SINGLE, Layout
-from laggrow.pool.config import AUTO
+from laggrow.pool.spec import AUTO
 
 State = dict
 

@@ -17,8 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow.config import shown
 from laggrow.errors import LaggrowError
+from laggrow.schema import shown
 
 
 @dataclass(frozen=True)

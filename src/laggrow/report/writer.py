@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from laggrow import runs, store
+from laggrow import run_dir, store
 from laggrow.errors import LaggrowError
 from laggrow.report import figures, schema
 from laggrow.report.experiment_markdown import PoolInputs, ReportInputs, render
@@ -93,7 +93,7 @@ def read_pool_inputs(out: Path, name: str | None) -> PoolInputs:
         store.read_json(pool_dir / store.CORRELATION_FILE, "correlation (run laggrow run first)"),
         pool_dir / store.CORRELATION_FILE, "correlation written by laggrow correlate")
     return PoolInputs(name=name, directory=relative, meta=meta,
-                      target=runs.read_run_config(pool_dir, what="grown model"), result=result, growth_figure=False)
+                      target=run_dir.read_run_config(pool_dir, what="grown model"), result=result, growth_figure=False)
 
 
 def timed_stages(names: list[str | None]) -> list[str]:
@@ -118,7 +118,7 @@ def read_inputs(out: Path) -> ReportInputs:
     if (out / store.TIMINGS_FILE).is_file():
         raw = store.read_json(out / store.TIMINGS_FILE, "stage timings")
         timings = {s: float(raw[s]) for s in timed_stages(names) if isinstance(raw.get(s), int | float)}
-    return ReportInputs(record=record, base=runs.read_run_config(out / store.BASE_DIR, what="base run"),
+    return ReportInputs(record=record, base=run_dir.read_run_config(out / store.BASE_DIR, what="base run"),
                         base_summary=summary, pools=pools, timings=timings)
 
 

@@ -3,7 +3,7 @@ per byte, with standard errors over windows.
 
 Any finished run (trained, grown by `laggrow grow`, a stacking method's model) is evaluated on the
 held-out split of its own corpus or of another one (`--set data.corpus=...`, and any other
-`data.KEY`), tokenized with the run's own tokenizer (`runs.load_tokenizer`: its model reads no
+`data.KEY`), tokenized with the run's own tokenizer (`run_dir.load_tokenizer`: its model reads no
 other, so `data.tokenizer` and `data.bpe_vocab_size` are the run's and cannot be set), so that
 models of one tokenizer (an imported model and its grown versions) compare on one text.
 
@@ -32,10 +32,11 @@ from pathlib import Path
 
 import numpy as np
 
-from laggrow import runs
-from laggrow.config import apply_overrides, run_config_from_dict
+from laggrow.config import run_config_from_dict
 from laggrow.errors import LaggrowError
 from laggrow.resources import check_eval_fits
+from laggrow.run_dir import load_run, load_tokenizer, read_run_config, require_finished
+from laggrow.schema import apply_overrides
 
 SETS = ("heldout", "selection", "test")
 SET_NAMES = {"heldout": "the whole held-out stream", "selection": "the held-out selection set",
@@ -73,15 +74,15 @@ def evaluate_run(run_dir: Path, overrides: list[str] | None = None, on: str = "h
     if on not in SETS:
         raise LaggrowError(f"--on: expected one of {', '.join(SETS)}, got {on!r}")
     run_dir = Path(run_dir)
-    run_cfg = runs.read_run_config(run_dir)
+    run_cfg = read_run_config(run_dir)
     data_cfg = data_config(run_cfg, overrides)
-    runs.require_finished(run_dir)
-    tokenizer = runs.load_tokenizer(run_dir, run_cfg)
+    require_finished(run_dir)
+    tokenizer = load_tokenizer(run_dir, run_cfg)
     dataset = load_dataset(data_cfg, tokenizer=tokenizer)
     n, b = data_cfg.eval_batches, data_cfg.eval_batch_size
     windows = {"heldout": dataset.eval_batches, "selection": dataset.selection_batches,
                "test": dataset.test_batches}[on](n, b)
-    run = runs.load_run(run_dir)
+    run = load_run(run_dir)
     losses = train.evaluate_windows(run.params, run_cfg.model, windows)
     nbytes = predicted_bytes(tokenizer, windows).reshape(-1).astype(np.float64)
     loss, loss_se = train.mean_and_se(losses)

@@ -28,9 +28,9 @@ def run_command(
     """
     from rich.console import Console
 
-    from laggrow import experiment as exp
     from laggrow import store
     from laggrow.cli.progress import experiment_progress
+    from laggrow.jobs import experiment as exp
     from laggrow.report import tables
 
     console = Console(stderr=True)

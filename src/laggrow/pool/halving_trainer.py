@@ -22,13 +22,14 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import hosts, interrupt, runs, store
+from laggrow import hosts, interrupt, run_dir, store
 from laggrow.analysis.halving import successive_halving
 from laggrow.analysis.predictors import score_curves
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
-from laggrow.pool.config import PoolConfig
-from laggrow.pool.probe import (
+from laggrow.pool.spec import PoolConfig
+from laggrow.pool.step import take
+from laggrow.pool.trainer import (
     OnEval,
     check_pool,
     check_probe_inputs,
@@ -39,7 +40,6 @@ from laggrow.pool.probe import (
     run_segments,
     runner_for,
 )
-from laggrow.pool.step import take
 
 
 def strategy_curve(curves: list[dict], members: list[int], budget: int, final_step: int,
@@ -65,10 +65,10 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
     if not pool.halving:
         raise LaggrowError("pool: no halving key (expected halving: {eta: 2, first: K0} for --halving)")
     check_probe_inputs(pool, out)
-    source = runs.load_run(Path(pool.source), what="pool source")
+    source = run_dir.load_run(Path(pool.source), what="pool source")
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
-    data = runs.load_source_dataset(source)
+    data = run_dir.load_source_dataset(source)
     eta, first, predictor = pool.halving["eta"], pool.halving["first"], pool.halving["predictor"]
     members = {spec.label: [c["candidate"] for c in candidates if c["strategy"] == spec.label]
                for spec in pool.strategies}

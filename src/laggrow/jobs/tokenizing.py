@@ -63,13 +63,13 @@ def resolve_tokenizer(spec: str) -> tuple[Any, list[Path]]:
     """The tokenizer `spec` names, and the files that make it (kept in the token directory):
     'byte'; a laggrow run directory (or a pool: its source's), whatever its `data.tokenizer`; or a
     tokenizer.json file (used as laggrow's BPE is: `data.tokenizer: bpe`)."""
-    from laggrow import runs
+    from laggrow import run_dir
 
     if spec == "byte":
         return ByteTokenizer(), []
     path = Path(spec).expanduser()
     if path.is_dir() and ((path / store.CONFIG_FILE).is_file() or (path / store.POOL_FILE).is_file()):
-        tokenizer = runs.load_tokenizer(path)
+        tokenizer = run_dir.load_tokenizer(path)
         if (path / store.POOL_FILE).is_file():
             path = Path(store.read_json(path / store.POOL_FILE, "pool record")["source"])
         kind = tokenizer_kind(tokenizer)

@@ -6,7 +6,7 @@ turn, then stack.json, report.md and stack.png.
     DIR/data.json           the corpus's fingerprint (a changed corpus is refused on resume)
     DIR/tokenizer.json      the BPE tokenizer, when there is one (without a source)
     DIR/curves.jsonl        every evaluation of every method and seed
-    DIR/stages/, DIR/models/  see stack/runner.py
+    DIR/stages/, DIR/models/  see stack/method.py
     DIR/stack.json          the results, once every run has finished (schema in docs/design.md)
 
 Everything that can be wrong with the input (the config, the corpus and its held-out split, --out)
@@ -27,12 +27,12 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import hosts, interrupt, runs, store
+from laggrow import hosts, interrupt, run_dir, store
 from laggrow.analysis.stacking import RECORD_FORMAT
-from laggrow.config import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.stack.config import StackPlan, load_stack_plan, plan_with_vocab
+from laggrow.schema import differences
+from laggrow.stack.plan import StackPlan, load_stack_plan, plan_with_vocab
 
 
 @dataclass
@@ -42,7 +42,7 @@ class PreparedStack:
     dataset: Dataset
     resume: bool  # DIR already holds this stacking run (finished or not)
     eval_sets: dict[str, np.ndarray]  # evaluation_sets(dataset, plan)
-    source: dict[str, Any] | None = None  # runs.source_record of stack.source, and what it means here
+    source: dict[str, Any] | None = None  # run_dir.source_record of stack.source, and what it means here
 
 
 def evaluation_sets(dataset: Dataset, plan: StackPlan) -> dict[str, np.ndarray]:
@@ -83,7 +83,7 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
                            "directory, or one written by laggrow stack)")
     source = source_record(plan) if plan.from_source else None
     if source is not None:  # the source's model reads its own tokens, as a pool's candidates do
-        tokenizer = runs.load_tokenizer(Path(plan.stack.source), runs.read_run_config(Path(plan.stack.source)))
+        tokenizer = run_dir.load_tokenizer(Path(plan.stack.source), run_dir.read_run_config(Path(plan.stack.source)))
         dataset = load_dataset(plan.run.data, tokenizer=tokenizer)
     else:
         dataset = load_dataset(plan.run.data, out if recorded.is_file() else None)
@@ -97,14 +97,14 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different stacking run ({'; '.join(diffs[:3])}); "
                                "choose another --out")
-        runs.check_data(out, plan.run, dataset)
+        run_dir.check_data(out, plan.run, dataset)
     return PreparedStack(plan, out, dataset, resume=recorded.is_file(), eval_sets=eval_sets, source=source)
 
 
 def source_record(plan: StackPlan) -> dict[str, Any]:
-    """stack.json's `source`: what identifies the source (`runs.source_record`), what its moments
+    """stack.json's `source`: what identifies the source (`run_dir.source_record`), what its moments
     become under the plan's optimizer_state, and that its own compute is sunk."""
-    record = runs.source_record(Path(plan.stack.source), what="stack.source")
+    record = run_dir.source_record(Path(plan.stack.source), what="stack.source")
     carried = plan.stack.optimizer_state == "carry" and record["optimizer_moments"]
     why = ("the source's AdamW moments, grown at the first growth" if carried else
            "fresh AdamW moments: the source has none (an import)" if plan.stack.optimizer_state == "carry"
@@ -137,7 +137,7 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
     """Run (or continue) every method of every seed, write stack.json and the report; returns the
     stack.json record. `command` is what an interruption tells the user to run again."""
     from laggrow.report.writer import write_stack_report
-    from laggrow.stack.runner import MethodRun, SourceModel
+    from laggrow.stack.method import MethodRun, SourceModel
 
     plan, out = prepared.plan, prepared.out
     with interrupt.deferred(), store.DirLock(out, "--out"):

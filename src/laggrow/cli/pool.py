@@ -20,7 +20,7 @@ def _print_ranking(console, rows: list[dict], step: int, title: str) -> None:
 
 def _halving(console, cfg, pool_file: Path, out: Path) -> None:
     from laggrow.cli.progress import pool_progress
-    from laggrow.pool.halving_run import run_halving
+    from laggrow.pool.halving_trainer import run_halving
 
     if not cfg.halving:
         from laggrow.errors import LaggrowError
@@ -70,8 +70,8 @@ def probe_command(
 
     from laggrow.cli.progress import pool_progress
     from laggrow.config import with_mesh_overrides
-    from laggrow.pool import probe
-    from laggrow.pool.config import load_pool_config
+    from laggrow.pool import trainer
+    from laggrow.pool.spec import load_pool_config
 
     console = Console()
     out = out_dir(out)
@@ -91,7 +91,7 @@ def probe_command(
         _halving(console, pool_cfg, pool, out)
         return
     try:
-        rows = probe.probe(pool_cfg, out, pool_file=pool,
+        rows = trainer.probe(pool_cfg, out, pool_file=pool,
                            on_eval=lambda s, r: state["on_eval"](s, r), on_start=on_start)
     finally:
         if "progress" in state:
@@ -114,10 +114,10 @@ def train_final_command(
 
     from laggrow.cli.progress import pool_progress
     from laggrow.config import with_mesh_overrides
-    from laggrow.pool import probe
+    from laggrow.pool import trainer
 
     console = Console()
-    pool, _, _ = probe.read_pool_dir(directory)
+    pool, _, _ = trainer.read_pool_dir(directory)
     stop = pool.final_steps if steps is None else steps
     progress, show = pool_progress(console, stop)
 
@@ -130,7 +130,7 @@ def train_final_command(
         show(step, records)
 
     try:
-        rows = probe.train_final(directory, steps=steps, only=only, on_eval=on_eval,
+        rows = trainer.train_final(directory, steps=steps, only=only, on_eval=on_eval,
                                  mesh_cfg=with_mesh_overrides(pool.mesh, overrides))
     finally:
         if started:

@@ -8,9 +8,9 @@
 Stage i trains the model of depth d_i from the global step its stage starts at to the step it ends
 at, on batch i of the stream seeded `train.seed + s` at global step i (every method of a seed reads
 the same batches in the same order), under the one learning-rate schedule of the method's whole
-budget (T for adaptive, T' for top and middle, scratch's own: see stack/config.py). A growth starts
+budget (T for adaptive, T' for top and middle, scratch's own: see stack/plan.py). A growth starts
 each stage after the first: `top` and `middle` apply their fixed candidate, `adaptive` probes every
-candidate K steps on the selection set (stack/probe.py) and continues the winner, whose probe steps
+candidate K steps on the selection set (stack/growth_choice.py) and continues the winner, whose probe steps
 are the first K steps of its stage.
 
 Every curve row and final loss is the test set's (`test_loss`, `test_loss_se` over its windows),
@@ -39,13 +39,13 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import interrupt, model, runs, store, train
+from laggrow import interrupt, model, run_dir, store, train
 from laggrow.analysis.predictors import get_predictor
 from laggrow.checkpoint import CheckpointDamaged, Checkpointer, warn
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint
 from laggrow.errors import LaggrowError
-from laggrow.stack import probe as probing
-from laggrow.stack.config import StackPlan, Stage, fixed_candidate, middle_block, top_block
+from laggrow.stack import growth_choice
+from laggrow.stack.plan import StackPlan, Stage, fixed_candidate, middle_block, top_block
 
 OnEvent = Callable[[str], None]
 
@@ -68,12 +68,12 @@ class SourceModel:
 
     def __init__(self, plan: StackPlan):
         self.path = Path(plan.stack.source)
-        self._loaded: runs.LoadedRun | None = None
+        self._loaded: run_dir.LoadedRun | None = None
 
     @property
-    def run(self) -> runs.LoadedRun:
+    def run(self) -> run_dir.LoadedRun:
         if self._loaded is None:
-            self._loaded = runs.load_run(self.path, what="stack.source")
+            self._loaded = run_dir.load_run(self.path, what="stack.source")
         return self._loaded
 
     @property
@@ -121,7 +121,7 @@ class MethodRun:
                  eval_sets: dict[str, np.ndarray], on_event: OnEvent | None = None,
                  source: SourceModel | None = None):
         """`eval_sets`: the held-out windows by name, "selection" (what adaptive's probe chooses
-        on) and "test" (every loss recorded), as `stack.run.evaluation_sets` makes them. `source`:
+        on) and "test" (every loss recorded), as `stack.driver.evaluation_sets` makes them. `source`:
         the plan's `stack.source`, loaded (once, when first needed)."""
         self.plan, self.method, self.seed, self.data, self.out = plan, method, seed, data, Path(out)
         self.name = run_name(method, seed)
@@ -310,12 +310,12 @@ class MethodRun:
             candidates = plan.candidates(stage)
         else:
             candidates = [fixed_candidate(self.method, old, block)]
-        grown = [probing.grow_state(state, c, src, dst, self.train_cfg, key, plan.stack.optimizer_state)
+        grown = [growth_choice.grow_state(state, c, src, dst, self.train_cfg, key, plan.stack.optimizer_state)
                  for c in candidates]
         if len(grown) > 1:
             return self._choose(stage, candidates, grown, fixed, progress)
         # nothing to choose: the growth is applied, as top and middle do
-        record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, 0, fixed["top"],
+        record = growth_choice.choice_record(stage.stage, stage.start, old, stage.depth, candidates, 0, fixed["top"],
                                        fixed["middle"], None)
         self._record_choice(stage, record)
         test = self._measure(grown[0]["params"], stage.depth)
@@ -329,7 +329,7 @@ class MethodRun:
         plan, k = self.plan, self.plan.stack.probe_steps
         old = stage.depth - plan.stack.block
         predictor = get_predictor(plan.stack.predictor)
-        result = probing.probe(grown, plan.model_at(stage.depth), self.train_cfg, self._batch, self.selection,
+        result = growth_choice.probe(grown, plan.model_at(stage.depth), self.train_cfg, self._batch, self.selection,
                                plan.probe_eval_steps(), predictor.fn, horizon=stage.steps)
         w = result.winner
         # the choice known, the winner's grown state (before its probe steps) is measured on the test set
@@ -341,7 +341,7 @@ class MethodRun:
             progress.compute[key_name] += value
         test = self._measure(result.state["params"], stage.depth)
         probe_row = self._row(stage, stage.start + k, "probe", test, result.train_loss, progress)
-        record = probing.choice_record(stage.stage, stage.start, old, stage.depth, candidates, w, fixed["top"],
+        record = growth_choice.choice_record(stage.stage, stage.start, old, stage.depth, candidates, w, fixed["top"],
                                        fixed["middle"], plan.stack.predictor, result, k)
         self._record_choice(stage, record)
         store.append_jsonl(self.curves, [growth_row, probe_row])

@@ -19,10 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow import hosts, runs, store
-from laggrow.config import RunConfig, differences
+from laggrow import hosts, run_dir, store
+from laggrow.config import RunConfig
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
+from laggrow.schema import differences
 
 # What a fresh run writes into its directory (removed again if it fails before a checkpoint).
 _RUN_FILES = (store.CONFIG_FILE, store.DATA_FILE, store.TOKENIZER_FILE, store.METRICS_FILE)
@@ -71,17 +72,17 @@ def prepare_run(cfg: RunConfig, out: Path, resume: bool) -> PreparedRun:
 
     finished = False
     if existing.is_file():
-        previous = runs.read_run_config(out, what="--out")
+        previous = run_dir.read_run_config(out, what="--out")
         diffs = differences(cfg.to_dict(), previous.to_dict())
         if diffs:
             raise LaggrowError(f"--out {out}: holds a different run ({'; '.join(diffs[:3])})")
-        summary = runs.read_summary(out, "--out")
+        summary = run_dir.read_summary(out, "--out")
         finished = summary is not None and summary["complete"] is True
         if not resume:
             state = "a finished" if finished else "an unfinished"
             hint = "choose another --out" if finished else "pass --resume to continue it"
             raise LaggrowError(f"--out {out}: already holds {state} run of this config ({hint})")
-        runs.check_data(out, cfg, dataset)
+        run_dir.check_data(out, cfg, dataset)
     return PreparedRun(config=cfg, out=out, dataset=dataset, resume=resume, finished=finished, layout=layout)
 
 
@@ -126,11 +127,11 @@ def execute_run(
         if not run.resume and (out / store.CONFIG_FILE).is_file():
             # another process made the run between prepare_run and this lock
             raise LaggrowError(f"--out {out}: already holds a run (expected a new or empty directory)")
-        summary = runs.read_summary(out, "--out")
+        summary = run_dir.read_summary(out, "--out")
         if run.resume and summary is not None and summary["complete"] is True:
             return {**summary, "already_finished": True}
         try:
-            return _train(run, until, on_record, resume_command or runs.resume_command(out))
+            return _train(run, until, on_record, resume_command or run_dir.resume_command(out))
         except BaseException:
             if not run.resume and not _has_checkpoint(out) and hosts.is_primary():
                 _discard(out, created)

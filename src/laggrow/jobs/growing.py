@@ -21,7 +21,8 @@ from laggrow.errors import LaggrowError
 
 def target_config(source, overrides: list[str] | None):
     """The source's run config with `--set` overrides applied and validated."""
-    from laggrow.config import apply_overrides, run_config_from_dict
+    from laggrow.config import run_config_from_dict
+    from laggrow.schema import apply_overrides
 
     return run_config_from_dict(apply_overrides(source.to_dict(), overrides), where="target")
 
@@ -30,7 +31,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
              optimizer_state: str = "reset", seed: int = 0, options: dict[str, Any] | None = None) -> dict:
     """Grow `source_dir` into a new run at `out`; returns the growth.json record. `options` are the
     strategy's (`ranges` may be YAML text, as `--ranges` gives it)."""
-    from laggrow import runs, store
+    from laggrow import run_dir, store
     from laggrow.resources import SEED_MAX
 
     options = {k: v for k, v in (options or {}).items() if v is not None}
@@ -43,7 +44,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         raise LaggrowError(f"--optimizer-state: expected 'reset' or 'carry', got {optimizer_state!r}")
     if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed <= SEED_MAX:
         raise LaggrowError(f"--seed: expected an integer in [0, 2**32 - 1], got {seed!r}")
-    source_cfg = runs.read_run_config(source_dir, what="--from")
+    source_cfg = run_dir.read_run_config(source_dir, what="--from")
     target = target_config(source_cfg, overrides)  # refuses a target that cannot fit in memory
     from laggrow import growth  # imports jax: only once the cheap checks have passed
     if isinstance(options.get("ranges"), str):  # the command line's --ranges, as YAML text
@@ -55,16 +56,16 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     growth.transform.check_grows(source_cfg.model, target.model, "target (--set)")
     preserving = growth.is_function_preserving(strategy, **checked)
     if partner_dir is not None:
-        runs.read_run_config(Path(partner_dir), what="--partner")
+        run_dir.read_run_config(Path(partner_dir), what="--partner")
 
     import jax
 
     from laggrow import train
     from laggrow.checkpoint import Checkpointer
 
-    source = runs.load_run(Path(source_dir), what="--from")
+    source = run_dir.load_run(Path(source_dir), what="--from")
     if partner_dir is not None:
-        options["partner"] = runs.load_run(Path(partner_dir), what="--partner").params
+        options["partner"] = run_dir.load_run(Path(partner_dir), what="--partner").params
     key = jax.random.key(seed)
     params = growth.grow(source.params, source.config.model, target.model, strategy, key, **options)
     if optimizer_state == "carry":
@@ -73,13 +74,13 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     else:
         opt_state = train.make_optimizer(target.train).init(params)
 
-    data = runs.load_source_dataset(source)  # refuses a corpus changed since the source's data.json
+    data = run_dir.load_source_dataset(source)  # refuses a corpus changed since the source's data.json
     batches = data.eval_batches(source.config.data.eval_batches, source.config.data.eval_batch_size)
     record = {
         "strategy": strategy,
         "source": str(source.path.absolute()),
         "source_step": int(source.state["step"]),
-        # training the grown run continues the source's batch stream here (see train_run)
+        # training the grown run continues the source's batch stream here (see jobs.training)
         "data_position": int(source.data_position),
         "function_preserving": preserving,
         "eval_loss_before": train.evaluate(source.params, source.config.model, batches),

@@ -3,7 +3,7 @@
     # configs/demo.yaml
     base: small.yaml                  # a run config (a relative path: from this file's directory)
     base_set: [train.steps=600]       # optional `section.key=value` overrides of the base config
-    pool:                             # a pool exactly as pool_config.py reads it, without `source`
+    pool:                             # a pool exactly as pool/spec.py reads it, without `source`
       target: {n_layers: 8}
       strategies: [stack, zero_top, copy_zero, scratch]
       lag_steps: 32                   # k
@@ -55,19 +55,13 @@ from typing import Any
 import yaml
 
 from laggrow import hosts, interrupt, store
-from laggrow.config import (
-    RunConfig,
-    apply_overrides,
-    build_dataclass,
-    parse_override,
-    read_yaml,
-    run_config_from_dict,
-)
+from laggrow.config import RunConfig, run_config_from_dict
 from laggrow.errors import LaggrowError
+from laggrow.jobs.training import PreparedRun
 from laggrow.pool import records
-from laggrow.pool.config import PoolConfig, pool_config_from_dict
+from laggrow.pool.spec import PoolConfig, pool_config_from_dict
+from laggrow.schema import apply_overrides, build_dataclass, parse_override, read_yaml
 from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOLS_DIR, REPORT_FILE, TIMINGS_FILE
-from laggrow.train_run import PreparedRun
 
 STAGES = ("base", "probe", "finals", "correlate", "report")
 
@@ -217,7 +211,7 @@ class Observer:
 
 def load_experiment(path: Path, out: Path | None = None, overrides: list[str] | None = None) -> Experiment:
     """Read, resolve and check an experiment; raises LaggrowError (one line) and writes nothing."""
-    from laggrow.train_run import prepare_run
+    from laggrow.jobs.training import prepare_run
 
     # its stages decide what to redo from what is on disk, which the processes would read at
     # different moments of process 0's writes: not spread yet
@@ -275,7 +269,7 @@ def _check_pool(name: str | None, given: Any, base: RunConfig, base_dir: Path, o
                 options: CorrelateOptions, where: str) -> ExperimentPool:
     """One pool checked as far as it can be without training: its keys, its strategies against the
     base, the statistics' needs. Errors name it as the experiment file does (`pools.x2.strategies`)."""
-    from laggrow.pool import probe
+    from laggrow.pool import trainer
 
     key = f"{where} {pool_key(name)}"
     if not isinstance(given, dict) or "source" in given:
@@ -283,7 +277,7 @@ def _check_pool(name: str | None, given: Any, base: RunConfig, base_dir: Path, o
     pool = pool_config_from_dict({**given, "source": str(base_dir)}, where=key)
     options.check_fits(pool, f"{where} correlate" if name is None else f"{key} correlate")
     try:
-        probe.check_pool(pool, base, pool.target_run_config(base))
+        trainer.check_pool(pool, base, pool.target_run_config(base))
     except LaggrowError as err:
         if name is None:
             raise
@@ -419,7 +413,7 @@ def _reused(stage: str, observer: Observer, pool: str | None = None) -> StageRes
 
 
 def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
-    from laggrow.train_run import execute_run
+    from laggrow.jobs.training import execute_run
 
     if (ex.base_dir / store.SUMMARY_FILE).is_file():
         return _reused("base", observer)
@@ -431,7 +425,7 @@ def _stage_base(ex: Experiment, observer: Observer) -> StageResult:
 
 
 def _stage_probe(ex: Experiment, pool: ExperimentPool, observer: Observer) -> StageResult:
-    from laggrow.pool import probe
+    from laggrow.pool import trainer
 
     if (pool.directory / store.PROBE_FILE).is_file():
         return _reused("probe", observer, pool.name)
@@ -442,12 +436,12 @@ def _stage_probe(ex: Experiment, pool: ExperimentPool, observer: Observer) -> St
     observer.stage_started("probe", f"{n} candidates, k={pool.config.lag_steps} of T={pool.config.final_steps}",
                            pool.config.lag_steps, pool=pool.name)
     return _timed("probe", ex.out, observer,
-                  lambda: probe.probe(pool.config, pool.directory, pool_file=pool.yaml, on_eval=observer.pool_eval),
+                  lambda: trainer.probe(pool.config, pool.directory, pool_file=pool.yaml, on_eval=observer.pool_eval),
                   pool.name)
 
 
 def _stage_finals(ex: Experiment, pool: ExperimentPool, observer: Observer) -> StageResult:
-    from laggrow.pool import probe
+    from laggrow.pool import trainer
 
     if (pool.directory / store.FINAL_FILE).is_file():
         return _reused("finals", observer, pool.name)
@@ -455,7 +449,7 @@ def _stage_finals(ex: Experiment, pool: ExperimentPool, observer: Observer) -> S
     observer.stage_started("finals", f"{len(pool.config.candidates())} candidates to T={pool.config.final_steps}",
                            pool.config.final_steps, done_steps=pool.config.lag_steps, pool=pool.name)
     return _timed("finals", ex.out, observer,
-                  lambda: probe.train_final(pool.directory, on_eval=observer.pool_eval), pool.name)
+                  lambda: trainer.train_final(pool.directory, on_eval=observer.pool_eval), pool.name)
 
 
 def correlation_is_current(ex: Experiment, pool: ExperimentPool) -> bool:

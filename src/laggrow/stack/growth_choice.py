@@ -1,6 +1,6 @@
 """One growth of a stacked run: grow the train state by a candidate, and LAG's choice among several.
 
-A candidate (stack.config.Candidate) is a layer plan; the train state (params, AdamW state, the
+A candidate (stack.plan.Candidate) is a layer plan; the train state (params, AdamW state, the
 global step) goes through it whole: the params by `growth.grow_with_plan`, the moments by
 `growth.grow_opt_state_with_plan` (a copied layer takes its source's moments, a new one zeros) or a
 fresh optimizer state (`optimizer_state: reset`), and in both cases the learning-rate schedule stays
@@ -34,7 +34,7 @@ from laggrow.errors import LaggrowError
 from laggrow.growth.depth import Slot
 from laggrow.growth.transform import grow_opt_state_with_plan, grow_with_plan
 from laggrow.pool.step import PoolRunner, candidate_state, stack, take
-from laggrow.stack.config import Candidate
+from laggrow.stack.plan import Candidate
 
 State = dict
 

@@ -62,19 +62,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow.config import (
-    ModelConfig,
-    RunConfig,
-    TrainConfig,
-    apply_overrides,
-    build_dataclass,
-    read_yaml,
-    require,
-    run_config_from_dict,
-    shown,
-)
+from laggrow.config import ModelConfig, RunConfig, TrainConfig, run_config_from_dict
 from laggrow.errors import LaggrowError
 from laggrow.resources import SEED_MAX, check_training_fits
+from laggrow.schema import apply_overrides, build_dataclass, read_yaml, require, shown
 
 METHODS = ("adaptive", "top", "middle", "scratch")
 CANDIDATE_TYPES = ("blocks", "top", "zero", "random")
@@ -458,11 +449,11 @@ COMPUTED_ONLY = ("dtype", *ModelConfig.COMPUTE_KEYS)
 def read_source(source: str) -> RunConfig:
     """The run config of `stack.source`: a whole model (a finished laggrow run, or one made by
     `laggrow grow` or `laggrow import`), as a pool's source is; one line otherwise."""
-    from laggrow import runs
+    from laggrow import run_dir
 
     path = Path(source)
-    cfg = runs.read_run_config(path, what="stack.source")
-    runs.require_finished(path, what="stack.source")
+    cfg = run_dir.read_run_config(path, what="stack.source")
+    run_dir.require_finished(path, what="stack.source")
     return cfg
 
 

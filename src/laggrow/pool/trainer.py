@@ -20,14 +20,14 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, hosts, interrupt, mesh, runs, store, train
+from laggrow import growth, hosts, interrupt, mesh, run_dir, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
 from laggrow.errors import LaggrowError
 from laggrow.pool import records
-from laggrow.pool.config import AUTO, PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.records import make_records, ranking
+from laggrow.pool.spec import AUTO, PoolConfig, load_pool_config, pool_config_from_dict
 from laggrow.pool.step import PoolRunner, candidate_state, chunk_for, stack, take
 
 OnEval = Callable[[int, list[dict]], None]
@@ -41,7 +41,7 @@ def _resolve_options(options: dict[str, Any]) -> dict[str, Any]:
     """A fusion partner is named by the path of another run; growth wants its params."""
     options = dict(options)
     if isinstance(options.get("partner"), str):
-        options["partner"] = runs.load_run(Path(options["partner"]), what="fusion partner").params
+        options["partner"] = run_dir.load_run(Path(options["partner"]), what="fusion partner").params
     return options
 
 
@@ -60,7 +60,7 @@ def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[d
     return candidates
 
 
-def grow_candidates(pool: PoolConfig, source: runs.LoadedRun, target: RunConfig,
+def grow_candidates(pool: PoolConfig, source: run_dir.LoadedRun, target: RunConfig,
                     candidates: list[dict[str, Any]]) -> dict:
     """Grow every candidate and stack their train states on a leading candidate axis."""
     optimizer = train.make_optimizer(target.train)
@@ -130,13 +130,13 @@ def run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start:
     return state, position
 
 
-def data_stream(source: runs.LoadedRun, target: RunConfig) -> dict[str, Any]:
+def data_stream(source: run_dir.LoadedRun, target: RunConfig) -> dict[str, Any]:
     """Where a pool's batches come from, recorded in pool.json: pool step p of seed s reads batch
     `start + p` of the stream seeded `target.train.seed + s`, where `start` is the position the
     source run stopped at. The source trained on positions below `start`, so no (stream, position)
     of the pool is one the source read; for seed 0 of an unchanged train.seed the pool simply
-    continues the source's stream. (Before this, pools started at position 0 and every candidate
-    re-read the batches the source model saw first.)"""
+    continues the source's stream. (From position 0, every candidate would re-read the batches
+    the source model saw first.)"""
     return {"continues": "source", "start": int(source.data_position), "seed": int(target.train.seed),
             "source_seed": int(source.config.train.seed),
             "rule": "pool step p of seed s reads batch start + p of the stream seeded seed + s"}
@@ -236,7 +236,7 @@ def check_probe_inputs(pool: PoolConfig, out: Path) -> None:
     for c in pool.candidates():
         partner = c["options"].get("partner")
         if isinstance(partner, str):
-            runs.read_run_config(Path(partner), what=f"fusion partner of {c['strategy']}")
+            run_dir.read_run_config(Path(partner), what=f"fusion partner of {c['strategy']}")
 
 
 def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: OnEval | None = None,
@@ -245,10 +245,10 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     `pool_file` is the YAML the pool was read from, recorded so that train-final can tell when
     it changed since. Interrupted (Ctrl-C, SIGTERM), it writes nothing."""
     check_probe_inputs(pool, out)
-    source = runs.load_run(Path(pool.source), what="pool source")
+    source = run_dir.load_run(Path(pool.source), what="pool source")
     target = pool.target_run_config(source.config)
     candidates = check_pool(pool, source.config, target)
-    data = runs.load_source_dataset(source)
+    data = run_dir.load_source_dataset(source)
     placement = placement_for(pool, target, len(candidates))  # an impossible mesh is one line, before anything
     if on_start is not None:
         on_start(pool, candidates)
@@ -294,7 +294,7 @@ def read_pool_dir(directory: Path) -> tuple[PoolConfig, dict, RunConfig]:
         if changed:
             raise LaggrowError(f"pool {pool_file}: changed since the probe in {directory} "
                                f"({', '.join(changed)}); probe again into a new --out")
-    return pool, meta, runs.read_run_config(directory, what="pool directory")
+    return pool, meta, run_dir.read_run_config(directory, what="pool directory")
 
 
 def _restore(directory: Path, pool: PoolConfig, target: RunConfig, n: int, selected: list[int],
@@ -369,8 +369,8 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
                            "choices and results on the same held-out windows, or damaged); probe again into a new "
                            "--out")
     source = Path(meta["source"])
-    source_cfg = runs.read_run_config(source, what="pool source")
-    data = runs.load_source_dataset(source, source_cfg)
+    source_cfg = run_dir.read_run_config(source, what="pool source")
+    data = run_dir.load_source_dataset(source, source_cfg)
     placement = placement_for(pool, target, len(chosen), mesh_cfg)
     with interrupt.deferred():
         state, start = _restore(directory, pool, target, len(candidates), selected, placement.layout)
