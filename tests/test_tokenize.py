@@ -77,7 +77,7 @@ def test_a_token_dir_gives_the_in_memory_batches(corpora, tmp_path, corpus, kind
 
 def test_an_imported_models_tokenizer_gives_the_in_memory_batches(corpora, tmp_path):
     """SPEC an imported Hugging Face model's run: its own tokenizer, documents separated by its EOS."""
-    from laggrow import runs
+    from laggrow import run_dir
 
     run = tmp_path / "imported"
     invoke_ok("import", REPO / "tests" / "fixtures" / "hf" / "llama" / "model", "--out", run,
@@ -86,7 +86,7 @@ def test_an_imported_models_tokenizer_gives_the_in_memory_batches(corpora, tmp_p
     tokenize_corpus(str(corpora["jsonl"]), str(run), out, text_field="body", heldout_fraction=0.05, chunk_docs=30,
                     workers=2)
     common = {"text_field": "body", "heldout_fraction": 0.05, "tokenizer": "hf", "seq_len": 16}
-    tokenizer = runs.load_tokenizer(run)  # what a run of the imported model reads its data with
+    tokenizer = run_dir.load_tokenizer(run)  # what a run of the imported model reads its data with
     memory = load_dataset(DataConfig(corpus=str(corpora["jsonl"]), **common), tokenizer=tokenizer)
     mapped = load_dataset(DataConfig(corpus=str(out), **common), tokenizer=tokenizer)
     assert json.loads((out / "tokens.json").read_text())["tokenizer"]["separator"] == "eos"
