@@ -198,6 +198,13 @@ class ModelConfig:
         attention = L * 2 * seq_len * d  # QK^T and AV, 2 FLOPs each, per token (causal not halved)
         return 6 * matmul_weights + 6 * attention
 
+    def train_step_compute(self, batch_size: int, seq_len: int) -> tuple[int, int]:
+        """(tokens, FLOPs) of one training step of `batch_size` windows of `seq_len` tokens: what
+        every record of compute (a run's summary, a pool's curves, halving's charges, stacking's
+        budget) counts a step as."""
+        tokens = batch_size * seq_len
+        return tokens, self.train_flops_per_token(seq_len) * tokens
+
 
 @dataclass(frozen=True)
 class DataConfig:

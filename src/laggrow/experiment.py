@@ -490,16 +490,11 @@ def _stage_correlate(ex: Experiment, pool: ExperimentPool, observer: Observer) -
         return _reused("correlate", observer, pool.name)
 
     def work() -> None:
-        from laggrow import analysis
-        from laggrow.report.writer import write_correlation
+        from laggrow.pool_correlation import correlate_pool
 
-        with store.DirLock(pool.directory, "pool directory"):  # as laggrow correlate holds it
-            curves = analysis.load_curves(pool.directory)
-            o = ex.correlate
-            result = analysis.full_correlation(curves, threshold=o.threshold, regret_tol=o.regret_tol,
-                                               n_boot=o.bootstrap, seed=o.seed, predictor=o.predictor,
-                                               halving=o.halving or None)
-            write_correlation(curves, result, pool.directory)
+        o = ex.correlate
+        correlate_pool(pool.directory, threshold=o.threshold, regret_tol=o.regret_tol, n_boot=o.bootstrap,
+                       seed=o.seed, predictor=o.predictor, halving=o.halving or None)
 
     observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None, pool=pool.name)
     return _timed("correlate", ex.out, observer, work, pool.name)

@@ -66,12 +66,8 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     if partner_dir is not None:
         options["partner"] = runs.load_run(Path(partner_dir), what="--partner").params
     key = jax.random.key(seed)
-    params = growth.grow(source.params, source.config.model, target.model, strategy, key, **options)
-    if optimizer_state == "carry":
-        opt_state = train.restart_schedule(growth.grow_opt_state(
-            source.state["opt_state"], source.config.model, target.model, strategy, key, **options))
-    else:
-        opt_state = train.make_optimizer(target.train).init(params)
+    params, opt_state = train.grown_state(source.params, source.state["opt_state"], source.config.model,
+                                          target.model, strategy, key, optimizer_state, target.train, **options)
 
     data = runs.load_source_dataset(source)  # refuses a corpus changed since the source's data.json
     batches = data.eval_batches(source.config.data.eval_batches, source.config.data.eval_batch_size)

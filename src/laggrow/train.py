@@ -75,6 +75,21 @@ def restart_schedule(opt_state: Any) -> Any:
     return schedule_at(opt_state, 0)
 
 
+def grown_state(params: Any, opt_state: Any, src: ModelConfig, dst: ModelConfig, strategy: str, key: jax.Array,
+                optimizer_state: str, train_cfg: TrainConfig, **options: Any) -> tuple[Any, Any]:
+    """A trained model's params and optimizer state grown by `strategy` into a new model that
+    starts training at step 0 (`laggrow grow`, a pool's candidates): the params by `growth.grow`,
+    and the optimizer state either carried through the same growth (`carry`: Adam's moments go
+    where their units went, the schedule restarts) or fresh (`reset`). Stacking, which stays on one
+    schedule over its growths, grows by layer plans instead (stack/probe.py)."""
+    from laggrow import growth
+
+    grown = growth.grow(params, src, dst, strategy, key, **options)
+    if optimizer_state == "carry":
+        return grown, restart_schedule(growth.grow_opt_state(opt_state, src, dst, strategy, key, **options))
+    return grown, make_optimizer(train_cfg).init(grown)
+
+
 def schedule_at(opt_state: Any, step: int) -> Any:
     """The optimizer state with its learning-rate schedule's count set to `step`, the rest kept:
     a fresh state for a model grown mid-run (stacking with `optimizer_state: reset`) restarts
@@ -321,8 +336,7 @@ def train_loop(
     state = mesh.place_state(state, layout, stacked=False)
     held_out = mesh.place_eval(eval_batches, layout)
     seq_len = eval_batches.shape[-1] - 1
-    tokens_per_step = train_cfg.batch_size * seq_len
-    flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
+    tokens_per_step, flops_per_step = model_cfg.train_step_compute(train_cfg.batch_size, seq_len)
     history = History()
     start = int(state["step"])
     t_start = time.perf_counter()

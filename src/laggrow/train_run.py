@@ -252,7 +252,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     hosts.barrier(f"train {out} records")  # process 0 has written them
     records = store.read_jsonl(metrics_path, "training records")
     evals = [r for r in records if "eval_loss" in r]
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    tokens_per_step, flops_per_step = cfg.model.train_step_compute(cfg.train.batch_size, cfg.data.seq_len)
     steps = int(state["step"])
     seconds = seconds_before + history.seconds
     # The steady rate of this process (its first step's compile left out); a process that ran
@@ -266,7 +266,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "params": cfg.model.n_params(),
         "tokens": steps * tokens_per_step,
-        "flops": float(steps * tokens_per_step * cfg.model.train_flops_per_token(cfg.data.seq_len)),
+        "flops": float(steps * flops_per_step),
         "seconds": seconds,
         "tokens_per_second": rate,
         "heldout_unigram_entropy": data.unigram_entropy(),

@@ -233,7 +233,7 @@ class StackPlan:
         return self.run.train.batch_size * self.run.data.seq_len
 
     def step_flops(self, depth: int) -> int:
-        return self.model_at(depth).train_flops_per_token(self.run.data.seq_len) * self.tokens_per_step
+        return self.model_at(depth).train_step_compute(self.run.train.batch_size, self.run.data.seq_len)[1]
 
     def eval_flops(self, depth: int) -> int:
         """One evaluation of one model on the selection set's windows (`data.eval_batches` x
