@@ -271,7 +271,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
         with Checkpointer(tmp / store.PROBE_STATE) as ckpt:
             ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
         hosts.barrier(f"probe {out} curves")  # process 0 has written them
-        rows = ranking(candidates, store.read_jsonl(curves, "pool records"), pool.lag_steps)
+        rows = ranking(candidates, records.read_pool_curves(curves), pool.lag_steps)
         store.write_json(tmp / store.PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                      "candidates": rows})
     return rows
@@ -403,7 +403,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     if stop < pool.final_steps:
         return None
     hosts.barrier(f"train-final {directory} curves")  # process 0 has written them
-    rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps, by="test_loss")
+    rows = ranking(chosen, records.read_pool_curves(curves), pool.final_steps, by="test_loss")
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows, **placement.record()})
     return rows

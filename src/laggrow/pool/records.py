@@ -161,9 +161,10 @@ def read_selection(path: Path, n_candidates: int) -> list[int]:
 
 
 def read_pool_curves(path: Path) -> list[dict]:
-    """curves.jsonl as records, each with an integer candidate and step (a torn last line, left
-    by a killed writer, is skipped)."""
-    records = store.read_jsonl(path, "pool records")
+    """curves.jsonl as records, each with an integer candidate and step, read by `store`'s one
+    JSONL reader as `analysis.curves` reads them: a torn last line, left by a killed writer, is
+    skipped, and NaN is a loss (a divergence, as null), not damage."""
+    records = store.read_jsonl(path, "pool records", allow_nan=True)
     for number, r in enumerate(records, start=1):
         if not (_is_int(r.get("candidate")) and _is_int(r.get("step"))):
             raise LaggrowError(f"{path} record {number}: expected integer 'candidate' and 'step' "
