@@ -21,6 +21,7 @@ from typing import Any
 
 import yaml
 
+from laggrow import formats
 from laggrow.errors import KeyValueError, LaggrowError
 from laggrow.resources import INT32_MAX, MAX_VOCAB, SEED_MAX, check_training_fits
 
@@ -128,20 +129,14 @@ class ModelConfig:
         require(self.n_kv_heads <= self.n_heads and self.n_heads % self.kv_heads == 0, "model.n_kv_heads",
                 f"a divisor of model.n_heads ({self.n_heads}), or 0 for one per query head", self.n_kv_heads)
 
-    # Keys added after runs were first saved: written to a run's config (and so to its checkpoint
-    # fingerprint) only when they differ from their defaults, so a run saved before they existed
-    # has the very config, and fingerprint, of the same run saved now and still resumes and loads.
+    # how the model is computed, never what (the keys importers and stacking let a user set)
     COMPUTE_KEYS = ("attention", "scan_layers", "loss_chunk")
     ARCH_KEYS = ("arch", "n_kv_heads", "rope_theta", "qkv_bias")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, the keys added later (`COMPUTE_KEYS`, `ARCH_KEYS`) only where not
-        at their defaults."""
-        out = dataclasses.asdict(self)
-        for key in self.COMPUTE_KEYS + self.ARCH_KEYS:
-            if out[key] == getattr(ModelConfig, key) and type(out[key]) is type(getattr(ModelConfig, key)):
-                del out[key]
-        return out
+        """The fields as a dict, the keys added after runs were first saved (`formats.ADDED_KEYS`)
+        only where not at their defaults: a run's identity and its checkpoints' fingerprint."""
+        return formats.without_added_defaults("model", dataclasses.asdict(self), ModelConfig)
 
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
@@ -261,16 +256,10 @@ class TrainConfig:
     log_every: int = 10  # steps between training-loss records in metrics.jsonl
     checkpoint_every: int = 0  # 0: only at the end
 
-    # Keys added after runs were recorded, written to config.json only where not at their default,
-    # so a run saved before them has the very config (and fingerprint) it had.
-    OPTIONAL_KEYS = ("warmup_start",)
-
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in self.OPTIONAL_KEYS:
-            if out[key] == getattr(TrainConfig, key):
-                del out[key]
-        return out
+        """The fields, the keys added after runs were first saved (`formats.ADDED_KEYS`) only where
+        not at their defaults."""
+        return formats.without_added_defaults("train", dataclasses.asdict(self), TrainConfig)
 
     def validate(self) -> None:
         _require_finite(self, "train")
@@ -370,7 +359,8 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """What the run is (written to config.json, compared on resume): every section but `mesh`."""
+        """What the run is (written to config.json with `formats.with_version`, compared on resume,
+        its checkpoints' fingerprint): every section but `mesh`, no `format_version`."""
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
                 "train": self.train.to_dict()}
 
@@ -605,6 +595,7 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     `check_fits=False` skips the memory estimate, for a run that is only read back."""
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train), got {shown(raw)}")
+    raw = formats.migrate(raw, where, "run config")  # a config.json of any laggrow, as one of today
     for key in raw:
         if key not in SECTIONS and key != "mesh":
             raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train, mesh)")

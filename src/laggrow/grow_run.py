@@ -16,6 +16,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from laggrow import formats
 from laggrow.errors import LaggrowError
 
 
@@ -89,7 +90,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         "eval_batches": [int(n) for n in batches.shape],
     }
     with store.staged_dir(out) as tmp:
-        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
+        store.write_json(tmp / store.CONFIG_FILE, formats.with_version(target.to_dict()))
         # the grown run trains on the source's data: its tokenizer and its data fingerprint go along
         for name in (store.TOKENIZER_FILE, store.TOKENIZER_CONFIG_FILE, store.DATA_FILE):
             if (source.path / name).is_file():

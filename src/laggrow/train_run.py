@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow import hosts, runs, store
+from laggrow import formats, hosts, runs, store
 from laggrow.config import RunConfig, differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
@@ -185,7 +185,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     cfg, out, data = run.config, run.out, run.dataset
     layout = run.layout
     if not (out / store.CONFIG_FILE).is_file():  # a resumed run's was checked equal by prepare_run
-        store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
+        store.write_json(out / store.CONFIG_FILE, formats.with_version(cfg.to_dict()))
     if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
         store.write_json(out / store.DATA_FILE, data_fingerprint(data, cfg.data))
     if isinstance(data.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():

@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, hosts, interrupt, mesh, runs, store, train
+from laggrow import formats, growth, hosts, interrupt, mesh, runs, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
@@ -222,13 +222,13 @@ def write_pool_records(directory: Path, pool: PoolConfig, pool_file: Path | None
     """pool.json (the resolved pool, its fingerprint, where it came from, its candidates, batch
     stream, protocol, evaluation sets and placement, plus `extra`) and config.json (the grown
     model's run config) of a new pool directory: what a probe and a trained halving both write."""
-    store.write_json(directory / store.POOL_FILE, {
+    store.write_json(directory / store.POOL_FILE, formats.with_version({
         "pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
         "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
         "source": str(source.path.absolute()), "candidates": candidates,
         "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
-        "evaluation": evaluation_record(pool, data, target), **placement.record(), **extra})
-    store.write_json(directory / store.CONFIG_FILE, target.to_dict())
+        "evaluation": evaluation_record(pool, data, target), **placement.record(), **extra}))
+    store.write_json(directory / store.CONFIG_FILE, formats.with_version(target.to_dict()))
 
 
 # ---------------------------------------------------------------------------------------------

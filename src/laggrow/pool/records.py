@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import store
+from laggrow import formats, store
 from laggrow.errors import LaggrowError
 
 # Per-window losses are written to this many significant digits: far below any difference a
@@ -116,7 +116,8 @@ def read_pool_record(directory: Path) -> dict:
     """pool.json: the resolved pool, its fingerprint, its source and its candidates."""
     path = Path(directory) / store.POOL_FILE
     what = "pool record written by laggrow probe"
-    meta = store.require_keys(store.read_json(path, what), ("pool", "candidates", "source"), path, what)
+    meta = formats.migrate(store.read_json(path, what), path, what)
+    store.require_keys(meta, ("pool", "candidates", "source"), path, what)
     if not isinstance(meta["pool"], dict):
         raise LaggrowError(f"{path}: 'pool' must be a mapping (the resolved pool), got {type(meta['pool']).__name__}")
     if not isinstance(meta["source"], str) or not meta["source"]:
