@@ -83,11 +83,18 @@ def test_a_stacking_directory_is_not_a_pool(tmp_path):
 
 
 @pytest.mark.parametrize("line, message", [
-    ("{not json", "curves.jsonl line 2: not valid JSON"),
-    ("[1, 2]", "curves.jsonl line 2: expected a JSON object with candidate"),
+    ("{not json", "curves.jsonl line 2: malformed"),
+    ("[1, 2]", "curves.jsonl line 2: expected a JSON object"),
     ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 0}', "line 2: missing eval_loss"),
-    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": -1, "eval_loss": 1}', "'step' must be a non-negative"),
-    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 1, "eval_loss": "low"}', "'eval_loss' must be a number"),
+    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": -1, "eval_loss": 1}',
+     "line 2: step: expected a non-negative integer, got -1"),
+    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 1, "eval_loss": "low"}',
+     "line 2: eval_loss: expected a number, got .low."),
+    ('{"candidate": 5, "strategy": "", "seed": 0, "step": 1, "eval_loss": 1}', "strategy: expected a non-empty"),
+    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 1, "eval_loss": 1, "eval_windows": []}',
+     "eval_windows: expected a non-empty list"),
+    ('{"candidate": 5, "strategy": "E", "seed": 0, "step": 1, "eval_loss": 1, "diverged": 1}',
+     "diverged: expected true or false"),
     ('{"candidate": 0, "strategy": "B", "seed": 0, "step": 1, "eval_loss": 1}', "candidate 0 is strategy 'B'"),
     ('{"candidate": 9, "strategy": "A", "seed": 0, "step": 1, "eval_loss": 1}', "one candidate index per"),
     ('{"candidate": 0, "strategy": "A", "seed": 0, "step": 1, "eval_loss": 1' + "0" * 5000 + "}",
@@ -98,6 +105,34 @@ def test_malformed_records_name_the_line(tmp_path, line, message):
     (tmp_path / "curves.jsonl").write_text(json.dumps(good) + "\n" + line + "\n")
     with pytest.raises(LaggrowError, match=message):
         load_curves(tmp_path)
+
+
+def _pool_readers():
+    """Every reader of a pool's curves.jsonl, as (name, read the directory's records' (candidate, step))."""
+    from laggrow.pool import records
+
+    return [("analysis.load_curves", lambda d: [(c.candidate, int(s)) for c in load_curves(d).candidates
+                                                for s in load_curves(d).steps]),
+            ("pool.records.read_pool_curves",
+             lambda d: [(r["candidate"], r["step"]) for r in records.read_pool_curves(d / "curves.jsonl")])]
+
+
+@pytest.mark.parametrize("reader", range(2), ids=[n for n, _ in _pool_readers()])
+def test_every_curves_reader_skips_a_torn_last_line_and_refuses_a_damaged_middle_one(tmp_path, reader):
+    # one rule: a last line without its newline is a killed (or still running) writer's, skipped by
+    # every reader and cut by the next writer; a damaged complete line is one line naming it
+    _, read = _pool_readers()[reader]
+    good = [{"candidate": 0, "strategy": "A", "seed": 0, "step": s, "eval_loss": 3.0 - s / 100} for s in (0, 10)]
+    text = "".join(json.dumps(r) + "\n" for r in good)
+    (tmp_path / "curves.jsonl").write_text(text + '{"candidate": 0, "strategy": "A", "seed": 0, "st')
+    assert read(tmp_path) == [(0, 0), (0, 10)]
+    # a torn line that happens to parse is still torn: it has no newline
+    (tmp_path / "curves.jsonl").write_text(text + json.dumps({**good[0], "step": 100}))
+    assert read(tmp_path) == [(0, 0), (0, 10)]
+    (tmp_path / "curves.jsonl").write_text(json.dumps(good[0]) + "\n" + '{"candidate": 0, "st\n'
+                                           + json.dumps(good[1]) + "\n")
+    with pytest.raises(LaggrowError, match=r"curves.jsonl line 2: malformed"):
+        read(tmp_path)
 
 
 def test_missing_or_empty_curves(tmp_path):

@@ -55,7 +55,7 @@ def test_library_code_never_imports_the_cli():
 # The layers, lowest first: a module imports only from its own layer or the ones below it. A
 # package is placed whole; every top-level module is foundation.
 LAYERS = [
-    # config, schema, store, model, data, train, checkpoint, run_dir, mesh, ...: know nothing above
+    # config, config_engine, store, model, data, train, checkpoint, run_dir, mesh, ...: know nothing above
     ("foundation", ()),
     # growth strategies on parameters; statistics on records (no jax)
     ("growth, analysis", ("laggrow.growth", "laggrow.analysis")),

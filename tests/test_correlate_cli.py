@@ -136,7 +136,7 @@ def _stacking_dir(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("make, args, message", [
     (lambda p: p / "nowhere", [], "nowhere: not found; expected a pool directory"),
     (lambda p: p, [], "curves.jsonl: not found; expected the per-step records"),
-    (_malformed, [], "curves.jsonl line 7: not valid JSON"),
+    (_malformed, [], "curves.jsonl line 7: malformed"),
     (lambda p: write(p, pool_records(strategies="AB")), [], "2 strategies with a loss at step 128"),
     (lambda p: write(p, pool_records()), ["--final-step", "100"], "final step 100: no candidate"),
     (lambda p: write(p, pool_records()), ["--threshold", "2"], "threshold 2.0: expected a correlation"),

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 import yaml
 
-from laggrow import attention, model, run_dir, store, train
+from laggrow import attention, formats, model, run_dir, store, train
 from laggrow.attention import Runtime, choose_attention
 from laggrow.config import ModelConfig, TrainConfig, load_run_config, run_config_from_dict
 from laggrow.errors import LaggrowError
@@ -281,10 +281,10 @@ def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fin
     cfg = load_run_config(tiny_config_path)
     before = dataclasses.asdict(cfg)  # what RunConfig.to_dict wrote before the keys existed
     del before["mesh"]  # the device layout, later still, is never written
-    for key in ModelConfig.COMPUTE_KEYS + ModelConfig.ARCH_KEYS:  # the architecture's keys came later still
-        del before["model"][key]
-    for key in TrainConfig.OPTIONAL_KEYS:
-        del before["train"][key]
+    assert set(formats.ADDED_KEYS["model"]) == {*ModelConfig.COMPUTE_KEYS, *ModelConfig.ARCH_KEYS}
+    for section, keys in formats.ADDED_KEYS.items():  # the architecture's keys came later still
+        for key in keys:
+            del before[section][key]
     assert cfg.to_dict() == before and store.fingerprint(cfg.to_dict()) == store.fingerprint(before)
     assert run_config_from_dict(json.loads(json.dumps(before))) == cfg
     # a value that is set is written, and read back as set
@@ -297,5 +297,6 @@ def test_a_run_saved_before_the_compute_keys_keeps_its_config_and_checkpoint_fin
 def test_a_trained_run_at_the_defaults_loads_back(tiny_base_run):
     raw = json.loads((tiny_base_run / store.CONFIG_FILE).read_text())
     assert not set(ModelConfig.COMPUTE_KEYS + ModelConfig.ARCH_KEYS) & set(raw["model"])
+    assert raw[formats.KEY] == formats.FORMAT_VERSION  # beside the run's dict, never in its fingerprint
     loaded = run_dir.load_run(tiny_base_run)  # verifies the checkpoint's config fingerprint
     assert loaded.config.model.scan_layers == "auto" and int(loaded.state["step"]) == 10

@@ -434,7 +434,7 @@ def test_a_key_given_twice_in_a_yaml_mapping_is_one_line_naming_it(tmp_path):
     merged = tmp_path / "m.yaml"
     merged.write_text("shared: &base {lr: 0.003, steps: 10}\ntrain:\n  <<: *base\n  lr: 0.01\n")
     raw = yaml.safe_load(merged.read_text())
-    from laggrow.schema import read_yaml
+    from laggrow.config_engine import read_yaml
 
     assert read_yaml(merged)["train"] == {**raw["train"], "lr": 0.01}
 

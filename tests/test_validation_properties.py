@@ -22,9 +22,9 @@ from typer.testing import CliRunner
 
 from laggrow.cli import app
 from laggrow.config import SECTIONS, load_run_config, run_config_from_dict
+from laggrow.config_engine import apply_overrides, parse_yaml, read_yaml
 from laggrow.errors import LaggrowError
 from laggrow.pool.spec import PoolConfig, pool_config_from_dict
-from laggrow.schema import apply_overrides, parse_yaml, read_yaml
 
 TINY = Path(__file__).resolve().parent.parent / "configs" / "tiny.yaml"
 FIELDS = {name: {f.name: typing.get_type_hints(cls)[f.name] for f in dataclasses.fields(cls)}

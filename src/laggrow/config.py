@@ -1,5 +1,5 @@
 """A run's configuration: the frozen dataclasses of its sections, each value checked (read from
-YAML with `--set` overrides through `laggrow.schema`).
+YAML with `--set` overrides through `laggrow.config_engine`).
 
 A run is described by three sections, `model`, `data` and `train`. Every key is checked: an
 unknown key, a value of the wrong type or out of range raises `LaggrowError` naming the key
@@ -17,9 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from laggrow import formats
+from laggrow.config_engine import apply_overrides, build_dataclass, check_known_keys, read_yaml, require, shown
 from laggrow.errors import LaggrowError
 from laggrow.resources import INT32_MAX, MAX_VOCAB, SEED_MAX, check_training_fits
-from laggrow.schema import apply_overrides, build_dataclass, check_known_keys, read_yaml, require, shown
 
 ARCHS = ("gpt", "llama")
 
@@ -125,20 +126,14 @@ class ModelConfig:
         require(self.n_kv_heads <= self.n_heads and self.n_heads % self.kv_heads == 0, "model.n_kv_heads",
                 f"a divisor of model.n_heads ({self.n_heads}), or 0 for one per query head", self.n_kv_heads)
 
-    # Keys added after runs were first saved: written to a run's config (and so to its checkpoint
-    # fingerprint) only when they differ from their defaults, so a run saved before they existed
-    # has the very config, and fingerprint, of the same run saved now and still resumes and loads.
+    # how the model is computed, never what (the keys importers and stacking let a user set)
     COMPUTE_KEYS = ("attention", "scan_layers", "loss_chunk")
     ARCH_KEYS = ("arch", "n_kv_heads", "rope_theta", "qkv_bias")
 
     def to_dict(self) -> dict[str, Any]:
-        """The fields as a dict, the keys added later (`COMPUTE_KEYS`, `ARCH_KEYS`) only where not
-        at their defaults."""
-        out = dataclasses.asdict(self)
-        for key in self.COMPUTE_KEYS + self.ARCH_KEYS:
-            if out[key] == getattr(ModelConfig, key) and type(out[key]) is type(getattr(ModelConfig, key)):
-                del out[key]
-        return out
+        """The fields as a dict, the keys added after runs were first saved (`formats.ADDED_KEYS`)
+        only where not at their defaults: a run's identity and its checkpoints' fingerprint."""
+        return formats.without_added_defaults("model", dataclasses.asdict(self), ModelConfig)
 
     @classmethod
     def from_params(cls, params: dict, **defaults: Any) -> ModelConfig:
@@ -194,6 +189,13 @@ class ModelConfig:
         matmul_weights = L * (self._attention_width() * d + mlp) + d * v
         attention = L * 2 * seq_len * d  # QK^T and AV, 2 FLOPs each, per token (causal not halved)
         return 6 * matmul_weights + 6 * attention
+
+    def train_step_compute(self, batch_size: int, seq_len: int) -> tuple[int, int]:
+        """(tokens, FLOPs) of one training step of `batch_size` windows of `seq_len` tokens: what
+        every record of compute (a run's summary, a pool's curves, halving's charges, stacking's
+        budget) counts a step as."""
+        tokens = batch_size * seq_len
+        return tokens, self.train_flops_per_token(seq_len) * tokens
 
 
 @dataclass(frozen=True)
@@ -251,16 +253,10 @@ class TrainConfig:
     log_every: int = 10  # steps between training-loss records in metrics.jsonl
     checkpoint_every: int = 0  # 0: only at the end
 
-    # Keys added after runs were recorded, written to config.json only where not at their default,
-    # so a run saved before them has the very config (and fingerprint) it had.
-    OPTIONAL_KEYS = ("warmup_start",)
-
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
-        for key in self.OPTIONAL_KEYS:
-            if out[key] == getattr(TrainConfig, key):
-                del out[key]
-        return out
+        """The fields, the keys added after runs were first saved (`formats.ADDED_KEYS`) only where
+        not at their defaults."""
+        return formats.without_added_defaults("train", dataclasses.asdict(self), TrainConfig)
 
     def validate(self) -> None:
         _require_finite(self, "train")
@@ -360,7 +356,8 @@ class RunConfig:
         return self
 
     def to_dict(self) -> dict[str, Any]:
-        """What the run is (written to config.json, compared on resume): every section but `mesh`."""
+        """What the run is (written to config.json with `formats.with_version`, compared on resume,
+        its checkpoints' fingerprint): every section but `mesh`, no `format_version`."""
         return {"model": self.model.to_dict(), "data": dataclasses.asdict(self.data),
                 "train": self.train.to_dict()}
 
@@ -390,6 +387,7 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     `check_fits=False` skips the memory estimate, for a run that is only read back."""
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train), got {shown(raw)}")
+    raw = formats.migrate(raw, where, "run config")  # a config.json of any laggrow, as one of today
     for key in raw:
         if key not in SECTIONS and key != "mesh":
             raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train, mesh)")

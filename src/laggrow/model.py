@@ -1,7 +1,15 @@
-"""Decoder-only pre-norm Transformer LMs in Flax NNX (`gpt` and `llama`, `model.arch`), and a
-functional façade over them.
+"""Decoder-only pre-norm Transformer LMs (`gpt` and `llama`, `model.arch`) as plain functions over
+a pytree of parameters: `init_params`, `apply` and the pieces decoding reuses.
 
-Outside this module parameters are plain nested dicts of arrays. Per-layer parameters are
+Why plain functions and no module library (Flax NNX, which laggrow once wrapped around `forward`):
+the parameters *are* the interface. Growth manipulates the stacked tree directly (depth growth is
+array surgery along the layer axis, every op a `jax.tree.map`), checkpoints, the pool's vmap over a
+leading candidate axis, FSDP shardings and Hugging Face import / export all read and write the
+same nested dict; a module object would have to be flattened to that dict at every one of those
+boundaries and would own nothing they need. So this module owns the tree's layout and the math,
+and nothing here holds state. (Flax is then imported nowhere in laggrow.)
+
+Parameters are plain nested dicts of arrays everywhere. Per-layer parameters are
 stacked on a leading layer axis, so growing in depth is array surgery along axis 0. gpt:
 
     embed/tokens        (V, D)
@@ -45,7 +53,6 @@ import math
 
 import jax
 import jax.numpy as jnp
-from flax import nnx
 
 from laggrow import attention
 from laggrow.config import ModelConfig
@@ -55,137 +62,59 @@ Params = dict
 _STD = 0.02
 
 
-def _normal(rngs: nnx.Rngs, shape: tuple[int, ...], std: float) -> nnx.Param:
-    return nnx.Param(std * jax.random.normal(rngs.params(), shape, jnp.float32))
-
-
-class LayerNorms(nnx.Module):
-    """`n` stacked LayerNorms (or one when `n` is None)."""
-
-    def __init__(self, d: int, n: int | None = None):
-        lead = () if n is None else (n,)
-        self.scale = nnx.Param(jnp.ones(lead + (d,), jnp.float32))
-        self.bias = nnx.Param(jnp.zeros(lead + (d,), jnp.float32))
-
-
-class Attention(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        L, D, H, Dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim
-        self.w_qkv = _normal(rngs, (L, D, 3, H, Dh), _STD)
-        # GPT-2's residual scaling: output projections shrink with depth so the stream stays O(1).
-        self.w_out = _normal(rngs, (L, H, Dh, D), _STD / math.sqrt(2 * L))
-
-
-class MLP(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_ff
-        self.w_in = _normal(rngs, (L, D, F), _STD)
-        self.w_out = _normal(rngs, (L, F, D), _STD / math.sqrt(2 * L))
-
-
-class Blocks(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.ln1 = LayerNorms(cfg.d_model, cfg.n_layers)
-        self.attn = Attention(cfg, rngs)
-        self.ln2 = LayerNorms(cfg.d_model, cfg.n_layers)
-        self.mlp = MLP(cfg, rngs)
-
-
-class RMSNorms(nnx.Module):
-    """`n` stacked RMSNorm scales (or one when `n` is None): no bias, as in Llama."""
-
-    def __init__(self, d: int, n: int | None = None):
-        lead = () if n is None else (n,)
-        self.scale = nnx.Param(jnp.ones(lead + (d,), jnp.float32))
-
-
-class LlamaAttention(nnx.Module):
-    """Separate q, k, v, o projections (Hugging Face's tensors), k and v with `kv_heads` heads."""
-
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        L, D, H, K, Dh = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.kv_heads, cfg.head_dim
-        self.w_q = _normal(rngs, (L, D, H, Dh), _STD)
-        self.w_k = _normal(rngs, (L, D, K, Dh), _STD)
-        self.w_v = _normal(rngs, (L, D, K, Dh), _STD)
-        # the residual scaling of GPT-2, as the gpt blocks have it (Hugging Face inits o_proj at 0.02)
-        self.w_o = _normal(rngs, (L, H, Dh, D), _STD / math.sqrt(2 * L))
-        if cfg.qkv_bias:
-            self.b_q = nnx.Param(jnp.zeros((L, H, Dh), jnp.float32))
-            self.b_k = nnx.Param(jnp.zeros((L, K, Dh), jnp.float32))
-            self.b_v = nnx.Param(jnp.zeros((L, K, Dh), jnp.float32))
-
-
-class SwiGLU(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        L, D, F = cfg.n_layers, cfg.d_model, cfg.d_ff
-        self.w_gate = _normal(rngs, (L, D, F), _STD)
-        self.w_up = _normal(rngs, (L, D, F), _STD)
-        self.w_down = _normal(rngs, (L, F, D), _STD / math.sqrt(2 * L))
-
-
-class LlamaBlocks(nnx.Module):
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.norm1 = RMSNorms(cfg.d_model, cfg.n_layers)
-        self.attn = LlamaAttention(cfg, rngs)
-        self.norm2 = RMSNorms(cfg.d_model, cfg.n_layers)
-        self.mlp = SwiGLU(cfg, rngs)
-
-
-class Embedding(nnx.Module):
-    def __init__(self, rows: int, d: int, rngs: nnx.Rngs, name: str):
-        setattr(self, name, _normal(rngs, (rows, d), _STD))
-
-
-class Head(nnx.Module):
-    def __init__(self, d: int, v: int, rngs: nnx.Rngs):
-        self.w = _normal(rngs, (d, v), _STD)
-
-
-class TransformerLM(nnx.Module):
-    """The NNX module. Its call runs the same pure `forward` the façade uses."""
-
-    def __init__(self, cfg: ModelConfig, rngs: nnx.Rngs):
-        self.cfg = cfg
-        self.embed = Embedding(cfg.vocab_size, cfg.d_model, rngs, "tokens")
-        if cfg.pos_emb == "learned":
-            self.pos = Embedding(cfg.max_seq_len, cfg.d_model, rngs, "embedding")
-        if cfg.arch == "llama":
-            self.blocks = LlamaBlocks(cfg, rngs)
-            self.norm_f = RMSNorms(cfg.d_model)
-        else:
-            self.blocks = Blocks(cfg, rngs)
-            self.ln_f = LayerNorms(cfg.d_model)
-        if not cfg.tie_embeddings:
-            self.head = Head(cfg.d_model, cfg.vocab_size, rngs)
-
-    def __call__(self, tokens: jax.Array) -> jax.Array:
-        return forward(nnx.to_pure_dict(nnx.state(self, nnx.Param)), tokens, self.cfg)
-
-
-# ---------------------------------------------------------------------------------------------
-# Functional façade
-
-
-@functools.partial(jax.jit, static_argnums=0)
 def _init(cfg: ModelConfig, key: jax.Array) -> Params:
-    return nnx.to_pure_dict(nnx.state(TransformerLM(cfg, nnx.Rngs(params=key)), nnx.Param))
+    """Fresh parameters: weights N(0, 0.02) (output projections 0.02 / sqrt(2 L), GPT-2's residual
+    scaling, which keeps the stream O(1)), norms' scales one and biases zero. The i-th weight drawn
+    reads `fold_in(key, i)`, in the order embedding, positions, blocks (attention, then MLP), head:
+    a seed's init is part of a run's identity, so this order is fixed (tests/test_model.py pins its
+    values)."""
+    draws = iter(range(1 << 30))
+    L, D, H, Dh, F, V = cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.head_dim, cfg.d_ff, cfg.vocab_size
+    residual = _STD / math.sqrt(2 * L)
+
+    def normal(shape: tuple[int, ...], std: float = _STD) -> jax.Array:
+        return std * jax.random.normal(jax.random.fold_in(key, next(draws)), shape, jnp.float32)
+
+    def ones(*shape: int) -> jax.Array:
+        return jnp.ones(shape, jnp.float32)
+
+    def zeros(*shape: int) -> jax.Array:
+        return jnp.zeros(shape, jnp.float32)
+
+    params: Params = {"embed": {"tokens": normal((V, D))}}
+    if cfg.pos_emb == "learned":
+        params["pos"] = {"embedding": normal((cfg.max_seq_len, D))}
+    if cfg.arch == "llama":
+        K = cfg.kv_heads
+        attn = {"w_q": normal((L, D, H, Dh)), "w_k": normal((L, D, K, Dh)), "w_v": normal((L, D, K, Dh)),
+                "w_o": normal((L, H, Dh, D), residual)}
+        if cfg.qkv_bias:
+            attn.update(b_q=zeros(L, H, Dh), b_k=zeros(L, K, Dh), b_v=zeros(L, K, Dh))
+        mlp = {"w_gate": normal((L, D, F)), "w_up": normal((L, D, F)), "w_down": normal((L, F, D), residual)}
+        params["blocks"] = {"norm1": {"scale": ones(L, D)}, "attn": attn, "norm2": {"scale": ones(L, D)}, "mlp": mlp}
+        params["norm_f"] = {"scale": ones(D)}
+    else:
+        attn = {"w_qkv": normal((L, D, 3, H, Dh)), "w_out": normal((L, H, Dh, D), residual)}
+        mlp = {"w_in": normal((L, D, F)), "w_out": normal((L, F, D), residual)}
+        params["blocks"] = {"ln1": {"scale": ones(L, D), "bias": zeros(L, D)}, "attn": attn,
+                            "ln2": {"scale": ones(L, D), "bias": zeros(L, D)}, "mlp": mlp}
+        params["ln_f"] = {"scale": ones(D), "bias": zeros(D)}
+    if not cfg.tie_embeddings:
+        params["head"] = {"w": normal((D, V))}
+    return params
+
+
+_init_jit = jax.jit(_init, static_argnums=0)
 
 
 def init_params(cfg: ModelConfig, key: jax.Array) -> Params:
     """Fresh parameters of `cfg` as a plain nested dict of float32 arrays."""
-    return _plain(_init(cfg, key))
+    return _init_jit(cfg, key)
 
 
 def param_shapes(cfg: ModelConfig) -> Params:
     """The tree of `jax.ShapeDtypeStruct` that `init_params(cfg, ...)` returns, with no FLOPs."""
-    return _plain(jax.eval_shape(_init, cfg, jax.random.key(0)))
-
-
-def _plain(tree) -> Params:
-    """NNX's pure dicts may be State-like mappings; growth and checkpoints want builtin dicts."""
-    if hasattr(tree, "items"):
-        return {str(k): _plain(v) for k, v in tree.items()}
-    return tree
+    return jax.eval_shape(functools.partial(_init, cfg), jax.random.key(0))
 
 
 def apply(params: Params, tokens: jax.Array, cfg: ModelConfig, *, dropout: float = 0.0,

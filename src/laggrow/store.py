@@ -401,10 +401,21 @@ def _truncate_torn_tail(path: Path) -> None:
         os.fsync(fh.fileno())
 
 
-def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
+def read_jsonl(path: Path, what: str, *, repair: bool = False, allow_nan: bool = False) -> list[dict]:
     """The records of a JSONL file (none if it does not exist). A last line without its newline
     was torn by a killed writer: it is skipped, and with `repair` cut from the file (do this
-    only holding the directory's lock). A malformed complete line is damage: one line names it."""
+    only holding the directory's lock). A malformed complete line is damage: one line names it.
+    `allow_nan`: NaN is a value (a pool's curves: a divergence), not damage."""
+    return [record for _, record in read_jsonl_lines(path, what, repair=repair, allow_nan=allow_nan)]
+
+
+def read_jsonl_lines(path: Path, what: str, *, repair: bool = False, allow_nan: bool = False) -> list[tuple[int, dict]]:
+    """`read_jsonl`'s records with their line numbers (1-based, blank lines counted): the one
+    reader of laggrow's JSONL files, for callers whose own checks name a record's line.
+
+    The rule for a torn last line, the same for every reader: it is skipped (a reader cannot tell
+    a writer killed mid-line from one still writing it, as `laggrow correlate` may read a pool
+    train-final is appending to), and the next writer cuts it off (`append_jsonl`, `repair`)."""
     path = Path(path)
     if not path.is_file():
         return []
@@ -421,7 +432,7 @@ def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
         if not line.strip():
             continue
         try:
-            record = loads(line.decode("utf-8"))
+            record = loads(line.decode("utf-8"), allow_nan=allow_nan)
         except (UnicodeDecodeError, json.JSONDecodeError):
             raise LaggrowError(f"{path} line {number}: malformed (expected the {what}, one JSON object a line; "
                                "the file is damaged)") from None
@@ -430,7 +441,7 @@ def read_jsonl(path: Path, what: str, *, repair: bool = False) -> list[dict]:
         if not isinstance(record, dict):
             raise LaggrowError(f"{path} line {number}: expected a JSON object (the {what}), "
                                f"got {type(record).__name__}")
-        records.append(record)
+        records.append((number, record))
     return records
 
 

@@ -321,8 +321,7 @@ def train_loop(
     state = mesh.place_state(state, layout, stacked=False)
     held_out = mesh.place_eval(eval_batches, layout)
     seq_len = eval_batches.shape[-1] - 1
-    tokens_per_step = train_cfg.batch_size * seq_len
-    flops_per_step = model_cfg.train_flops_per_token(seq_len) * tokens_per_step
+    tokens_per_step, flops_per_step = model_cfg.train_step_compute(train_cfg.batch_size, seq_len)
     history = History()
     start = int(state["step"])
     t_start = time.perf_counter()

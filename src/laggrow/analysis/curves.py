@@ -21,7 +21,6 @@ The final step is then the largest step with a finite loss, unless one is asked 
 
 from __future__ import annotations
 
-import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,11 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from laggrow import record_schema as schema
 from laggrow import store
 from laggrow.errors import LaggrowError
 from laggrow.store import CURVES_FILE
-
-REQUIRED_KEYS = ("candidate", "strategy", "seed", "step", "eval_loss")
 
 # ---- records ---------------------------------------------------------------------------------
 
@@ -75,33 +73,18 @@ def _loss_or_nan(value: Any) -> float:
     return math.nan if value is None else float(value)
 
 
-def _parse_record(line: str, where: str) -> dict:
-    expected = f"expected a JSON object with {', '.join(REQUIRED_KEYS)}"
-    try:
-        obj = store.loads(line, allow_nan=True)  # a NaN loss marks a divergence, as null does
-    except json.JSONDecodeError as err:
-        raise LaggrowError(f"{where}: not valid JSON ({err.msg}, column {err.colno}); {expected}") from None
-    except store.UnexpectedJson as err:
-        raise LaggrowError(f"{where}: {err}; {expected}") from None
-    if not isinstance(obj, dict):
-        raise LaggrowError(f"{where}: {expected}, got {json.dumps(obj)[:60]}")
-    missing = [k for k in REQUIRED_KEYS if k not in obj]
-    if missing:
-        raise LaggrowError(f"{where}: missing {', '.join(missing)}; {expected}")
-    for key in ("candidate", "seed", "step"):
-        if not isinstance(obj[key], int) or isinstance(obj[key], bool) or (key != "seed" and obj[key] < 0):
-            raise LaggrowError(f"{where}: '{key}' must be a non-negative integer, got {obj[key]!r}")
-    if not isinstance(obj["strategy"], str) or not obj["strategy"]:
-        raise LaggrowError(f"{where}: 'strategy' must be a non-empty string, got {obj['strategy']!r}")
-    for key in ("eval_loss", "test_loss", "flops", "tokens"):
-        if obj.get(key) is not None and not _number(obj[key]):
-            raise LaggrowError(f"{where}: '{key}' must be a number or null, got {obj[key]!r}")
-    for key in ("eval_windows", "test_windows"):
-        value = obj.get(key)
-        if value is not None and not (isinstance(value, list) and value and all(_number(v) for v in value)):
-            raise LaggrowError(f"{where}: '{key}' must be a non-empty list of numbers or null, got {value!r:.60}")
-    if obj.get("diverged") not in (None, True, False):
-        raise LaggrowError(f"{where}: 'diverged' must be true or false, got {obj['diverged']!r}")
+# a record's shape (record_schema.py, the one checker of records): what a ranking reads, and the
+# optional parts, checked when present
+RECORD = {"candidate": schema.COUNT, "strategy": schema.NAME, "seed": schema.INT, "step": schema.COUNT,
+          "eval_loss": schema.opt(schema.NUM)}
+OPTIONAL = {"test_loss": schema.opt(schema.NUM), "flops": schema.opt(schema.NUM), "tokens": schema.opt(schema.NUM),
+            "eval_windows": schema.opt(schema.list_of(schema.NUM, nonempty=True)),
+            "test_windows": schema.opt(schema.list_of(schema.NUM, nonempty=True)),
+            "diverged": schema.opt(schema.BOOL)}
+
+
+def _parse_record(obj: dict, where: str) -> dict:
+    schema.check(obj, RECORD, where, "per-step record written by laggrow probe", OPTIONAL)
     loss = math.nan if obj["eval_loss"] is None else float(obj["eval_loss"])
     return {"candidate": obj["candidate"], "strategy": obj["strategy"], "seed": obj["seed"],
             "step": obj["step"], "loss": loss,
@@ -148,24 +131,22 @@ def load_curves(path: str | Path) -> Curves:
     line_of: dict[tuple[int, int], int] = {}
     identity: dict[int, tuple[str, int, int]] = {}
     owner: dict[tuple[str, int], int] = {}
-    with file.open(encoding="utf-8", errors="replace") as lines:
-        for lineno, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            where = f"{file.name} line {lineno}"
-            rec = _parse_record(line, where)
-            cand, key = rec["candidate"], (rec["strategy"], rec["seed"])
-            first = identity.setdefault(cand, (*key, lineno))
-            if first[:2] != key or owner.setdefault(key, cand) != cand:
-                raise LaggrowError(f"{where}: candidate {cand} is strategy {key[0]!r} seed {key[1]}, but "
-                                   f"line {first[2]} says {first[0]!r} seed {first[1]}; expected one "
-                                   "candidate index per (strategy, seed)")
-            at = (cand, rec["step"])
-            if at in latest:
-                raise LaggrowError(f"{where}: candidate {cand} ({key[0]!r} seed {key[1]}) at step {rec['step']} "
-                                   f"again (first at line {line_of[at]}); expected one record per candidate and "
-                                   "step (is the file damaged?)")
-            latest[at], line_of[at] = rec, lineno
+    # the one reader of laggrow's JSONL files: its rule for a torn last line (skipped) is every reader's
+    for lineno, obj in store.read_jsonl_lines(file, "per-step records written by laggrow probe", allow_nan=True):
+        where = f"{file.name} line {lineno}"
+        rec = _parse_record(obj, where)
+        cand, key = rec["candidate"], (rec["strategy"], rec["seed"])
+        first = identity.setdefault(cand, (*key, lineno))
+        if first[:2] != key or owner.setdefault(key, cand) != cand:
+            raise LaggrowError(f"{where}: candidate {cand} is strategy {key[0]!r} seed {key[1]}, but "
+                               f"line {first[2]} says {first[0]!r} seed {first[1]}; expected one "
+                               "candidate index per (strategy, seed)")
+        at = (cand, rec["step"])
+        if at in latest:
+            raise LaggrowError(f"{where}: candidate {cand} ({key[0]!r} seed {key[1]}) at step {rec['step']} "
+                               f"again (first at line {line_of[at]}); expected one record per candidate and "
+                               "step (is the file damaged?)")
+        latest[at], line_of[at] = rec, lineno
     if not latest:
         raise LaggrowError(f"{file}: no records; expected one JSON object per candidate per evaluated step")
     lag, final, preserving = _read_meta(file.parent)

@@ -27,8 +27,8 @@ from typing import Any
 import numpy as np
 
 from laggrow.analysis.predictors import get_predictor
+from laggrow.config_engine import require
 from laggrow.errors import LaggrowError
-from laggrow.schema import require
 
 CurveOracle = Callable[[str, int], tuple[np.ndarray, np.ndarray]]
 

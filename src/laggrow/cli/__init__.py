@@ -2,7 +2,7 @@
 
 The verbs live in `laggrow.cli.<verb>`, each a thin shell over library code that registers itself
 on the app; `laggrow.cli.errors` is the one error boundary and `laggrow.cli.progress` the display. Heavy imports
-(jax, flax, orbax, matplotlib) happen inside the commands, so `--help` is instant.
+(jax, orbax, matplotlib) happen inside the commands, so `--help` is instant.
 """
 
 from __future__ import annotations

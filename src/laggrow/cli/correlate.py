@@ -11,7 +11,6 @@ output behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 from pathlib import Path
 from typing import Annotated
@@ -57,7 +56,6 @@ def correlate_command(
     """
     from rich.console import Console
 
-    from laggrow import analysis, store
     from laggrow.analysis.predictors import get_predictor
 
     get_predictor(predictor)  # an unknown name is one line before anything is read
@@ -66,58 +64,43 @@ def correlate_command(
                            "the first round, to replay successive halving)")
     if halving_eta is not None and halving_eta < 2:
         raise LaggrowError(f"--halving-eta: expected an integer >= 2, got {halving_eta}")
+    from laggrow.jobs.correlating import correlate_pool
     from laggrow.report import tables
-    from laggrow.report.writer import write_correlation, write_stability
 
-    # The pool directory's lock, as train-final holds it: one writer at a time; taking it also
-    # removes the temporaries of a writer killed mid-write. Not on a missing path: it would create it.
-    pool_dir = directory if directory.is_dir() else directory.parent
-    with contextlib.ExitStack() as held:
-        if pool_dir.is_dir():
-            held.enter_context(store.DirLock(pool_dir, "pool directory"))
-        curves = analysis.load_curves(directory)
-        out_dir = Path(curves.source).parent
-        console = Console()
-        if final_step is None and not analysis.has_finals(curves):
-            if halving_first is not None:  # it replays halving on curves to T: a probe has none
-                raise LaggrowError(f"--halving-first: {directory} holds no finals to replay successive halving on "
-                                   f"(expected curves to T; run laggrow train-final {directory} first)")
-            stability = analysis.ranking_stability(curves).to_dict()
-            written = write_stability(curves, stability, out_dir)
-            if as_json:
-                typer.echo(json.dumps(stability, indent=2, allow_nan=False))
-                return
-            console.print(tables.stability_table(stability))
-            for note in stability["notes"]:
-                console.print(note, highlight=False)
-            console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
-            return
-
-        halving = {"eta": halving_eta or 2, "first": halving_first} if halving_first is not None else None
-        try:
-            result = analysis.full_correlation(curves, final_step=final_step, threshold=threshold,
-                                               regret_tol=regret_tol, n_boot=n_boot, seed=seed,
-                                               predictor=predictor, halving=halving)
-        except KeyValueError as err:  # the halving checks name its keys; here they are options
-            if err.key in HALVING_OPTIONS:
-                raise err.renamed(HALVING_OPTIONS[err.key]) from None
-            raise
-        written = write_correlation(curves, result, out_dir)
+    halving = {"eta": halving_eta or 2, "first": halving_first} if halving_first is not None else None
+    try:
+        made = correlate_pool(directory, final_step=final_step, threshold=threshold, regret_tol=regret_tol,
+                              n_boot=n_boot, seed=seed, predictor=predictor, halving=halving)
+    except KeyValueError as err:  # the halving checks name its keys; here they are options
+        if err.key in HALVING_OPTIONS:
+            raise err.renamed(HALVING_OPTIONS[err.key]) from None
+        raise
+    result, written = made.result, made.written
+    console = Console()
+    if made.stability:
         if as_json:
             typer.echo(json.dumps(result, indent=2, allow_nan=False))
             return
-        console.print(tables.correlation_table(result))
-        console.print(tables.best_set_table(result))
-        for line in (tables.best_set_summary(result), tables.init_summary(result), tables.little_lag_summary(result),
-                     *result["notes"]):
-            if line:
-                console.print(line, highlight=False)
-        console.print(tables.predictor_table(result["predictors"]))
-        for note in tables.fallback_notes(result["predictors"]):
+        console.print(tables.stability_table(result))
+        for note in result["notes"]:
             console.print(note, highlight=False)
-        if "halving" in result:
-            console.print(tables.halving_summary(result["halving"]), highlight=False)
         console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
+        return
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, allow_nan=False))
+        return
+    console.print(tables.correlation_table(result))
+    console.print(tables.best_set_table(result))
+    for line in (tables.best_set_summary(result), tables.init_summary(result), tables.little_lag_summary(result),
+                 *result["notes"]):
+        if line:
+            console.print(line, highlight=False)
+    console.print(tables.predictor_table(result["predictors"]))
+    for note in tables.fallback_notes(result["predictors"]):
+        console.print(note, highlight=False)
+    if "halving" in result:
+        console.print(tables.halving_summary(result["halving"]), highlight=False)
+    console.print(f"wrote {', '.join(str(p) for p in written)}", highlight=False)
 
 
 def register(app: typer.Typer) -> None:

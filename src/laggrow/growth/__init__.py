@@ -25,6 +25,7 @@ from laggrow.growth.transform import (
     check_request,
     grow,
     grow_opt_state,
+    grown_state,
     is_function_preserving,
     plan_stages,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "get_strategy",
     "grow",
     "grow_opt_state",
+    "grown_state",
     "is_function_preserving",
     "parse_strategy",
     "plan_stages",

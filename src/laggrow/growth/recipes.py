@@ -24,10 +24,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from laggrow.config import ModelConfig
+from laggrow.config_engine import parse_yaml, shown
 from laggrow.errors import LaggrowError
 from laggrow.growth.depth import Slot, register_plan
 from laggrow.growth.registry import Option, positive_int_or_none
-from laggrow.schema import parse_yaml, shown
 
 ZERO = "zero"
 RANGES_FORMAT = "a list of [start, stop] or [start, stop, zero] source layer ranges, e.g. [[0, 4], [2, 4, zero]]"

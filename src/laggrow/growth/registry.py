@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from laggrow.config import ModelConfig
+from laggrow.config_engine import shown
 from laggrow.errors import LaggrowError
-from laggrow.schema import shown
 
 Params = dict
 StrategyFn = Callable[[Params, ModelConfig, ModelConfig, "Context"], Params]

@@ -15,8 +15,8 @@ from typing import Any
 
 import jax
 
-from laggrow import model
-from laggrow.config import ModelConfig
+from laggrow import model, train
+from laggrow.config import ModelConfig, TrainConfig
 from laggrow.errors import LaggrowError
 from laggrow.growth.depth import Slot, apply_plan
 from laggrow.growth.layout import check_shapes, to_jax, to_numpy
@@ -225,3 +225,16 @@ def grow_opt_state_with_plan(opt_state: Any, src_cfg: ModelConfig, dst_cfg: Mode
     ctx_key = jax.random.key(0)  # moments take no randomness from a plan: copies and zeros only
     return _carry_moments(opt_state, src_cfg, dst_cfg, "layer plan",
                           lambda tree: apply_plan(tree, list(slots), dst_cfg, Context(ctx_key, {}, moments=True)))
+
+
+def grown_state(params: Any, opt_state: Any, src: ModelConfig, dst: ModelConfig, strategy: str, key: jax.Array,
+                optimizer_state: str, train_cfg: TrainConfig, **options: Any) -> tuple[Any, Any]:
+    """A trained model's params and optimizer state grown by `strategy` into a new model that
+    starts training at step 0 (`laggrow grow`, a pool's candidates): the params by `grow`, and the
+    optimizer state either carried through the same growth (`carry`: Adam's moments go where their
+    units went, the schedule restarts) or fresh (`reset`). Stacking, which stays on one schedule
+    over its growths, grows by layer plans instead (stack/growth_choice.py)."""
+    grown = grow(params, src, dst, strategy, key, **options)
+    if optimizer_state == "carry":
+        return grown, train.restart_schedule(grow_opt_state(opt_state, src, dst, strategy, key, **options))
+    return grown, train.make_optimizer(train_cfg).init(grown)

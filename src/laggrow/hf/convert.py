@@ -17,8 +17,8 @@ from typing import Any
 import numpy as np
 
 from laggrow.config import ModelConfig
+from laggrow.config_engine import shown
 from laggrow.errors import LaggrowError
-from laggrow.schema import shown
 
 SUPPORTED = ("llama", "mistral", "qwen2")
 

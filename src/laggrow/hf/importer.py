@@ -34,14 +34,14 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import hosts, store
+from laggrow import formats, hosts, store
 from laggrow.config import DataConfig, ModelConfig, RunConfig, run_config_from_dict
+from laggrow.config_engine import apply_overrides, shown
 from laggrow.data import HFTokenizer, data_fingerprint, load_dataset, special_token
 from laggrow.errors import LaggrowError
 from laggrow.growth.layout import unflatten
 from laggrow.hf import convert
 from laggrow.hf.weights import WeightFiles, numpy_dtype
-from laggrow.schema import apply_overrides, shown
 
 DTYPE_CHOICES = ("keep", "float32", "bfloat16")
 SEPARATOR_RULES = {"eos": "every document followed by the EOS token", "bos": "every document after the BOS token",
@@ -168,7 +168,7 @@ def import_model(hf_dir: Path, out: Path, dtype: str = "keep", overrides: list[s
                 "laggrow train --resume trains it)",
     }
     with store.staged_dir(out) as tmp:
-        store.write_json(tmp / store.CONFIG_FILE, cfg.to_dict())
+        store.write_json(tmp / store.CONFIG_FILE, formats.with_version(cfg.to_dict()))
         store.copy_file(hf_dir / store.TOKENIZER_FILE, tmp / store.TOKENIZER_FILE)
         if filled or not (hf_dir / store.TOKENIZER_CONFIG_FILE).is_file():
             store.write_json(tmp / store.TOKENIZER_CONFIG_FILE, tok_config)

@@ -33,10 +33,10 @@ from pathlib import Path
 import numpy as np
 
 from laggrow.config import run_config_from_dict
+from laggrow.config_engine import apply_overrides
 from laggrow.errors import LaggrowError
 from laggrow.resources import check_eval_fits
 from laggrow.run_dir import load_run, load_tokenizer, read_run_config, require_finished
-from laggrow.schema import apply_overrides
 
 SETS = ("heldout", "selection", "test")
 SET_NAMES = {"heldout": "the whole held-out stream", "selection": "the held-out selection set",

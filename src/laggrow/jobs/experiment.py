@@ -56,11 +56,11 @@ import yaml
 
 from laggrow import hosts, interrupt, store
 from laggrow.config import RunConfig, run_config_from_dict
+from laggrow.config_engine import apply_overrides, build_dataclass, parse_override, read_yaml
 from laggrow.errors import LaggrowError
 from laggrow.jobs.training import PreparedRun
 from laggrow.pool import records
 from laggrow.pool.spec import PoolConfig, pool_config_from_dict
-from laggrow.schema import apply_overrides, build_dataclass, parse_override, read_yaml
 from laggrow.store import BASE_DIR, CORRELATION_FILE, EXPERIMENT_FILE, POOL_DIR, POOLS_DIR, REPORT_FILE, TIMINGS_FILE
 
 STAGES = ("base", "probe", "finals", "correlate", "report")
@@ -484,16 +484,11 @@ def _stage_correlate(ex: Experiment, pool: ExperimentPool, observer: Observer) -
         return _reused("correlate", observer, pool.name)
 
     def work() -> None:
-        from laggrow import analysis
-        from laggrow.report.writer import write_correlation
+        from laggrow.jobs.correlating import correlate_pool
 
-        with store.DirLock(pool.directory, "pool directory"):  # as laggrow correlate holds it
-            curves = analysis.load_curves(pool.directory)
-            o = ex.correlate
-            result = analysis.full_correlation(curves, threshold=o.threshold, regret_tol=o.regret_tol,
-                                               n_boot=o.bootstrap, seed=o.seed, predictor=o.predictor,
-                                               halving=o.halving or None)
-            write_correlation(curves, result, pool.directory)
+        o = ex.correlate
+        correlate_pool(pool.directory, threshold=o.threshold, regret_tol=o.regret_tol, n_boot=o.bootstrap,
+                       seed=o.seed, predictor=o.predictor, halving=o.halving or None)
 
     observer.stage_started("correlate", f"bootstrap {ex.correlate.bootstrap}", None, pool=pool.name)
     return _timed("correlate", ex.out, observer, work, pool.name)

@@ -16,13 +16,14 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from laggrow import formats
 from laggrow.errors import LaggrowError
 
 
 def target_config(source, overrides: list[str] | None):
     """The source's run config with `--set` overrides applied and validated."""
     from laggrow.config import run_config_from_dict
-    from laggrow.schema import apply_overrides
+    from laggrow.config_engine import apply_overrides
 
     return run_config_from_dict(apply_overrides(source.to_dict(), overrides), where="target")
 
@@ -67,12 +68,8 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
     if partner_dir is not None:
         options["partner"] = run_dir.load_run(Path(partner_dir), what="--partner").params
     key = jax.random.key(seed)
-    params = growth.grow(source.params, source.config.model, target.model, strategy, key, **options)
-    if optimizer_state == "carry":
-        opt_state = train.restart_schedule(growth.grow_opt_state(
-            source.state["opt_state"], source.config.model, target.model, strategy, key, **options))
-    else:
-        opt_state = train.make_optimizer(target.train).init(params)
+    params, opt_state = growth.grown_state(source.params, source.state["opt_state"], source.config.model,
+                                          target.model, strategy, key, optimizer_state, target.train, **options)
 
     data = run_dir.load_source_dataset(source)  # refuses a corpus changed since the source's data.json
     batches = data.eval_batches(source.config.data.eval_batches, source.config.data.eval_batch_size)
@@ -94,7 +91,7 @@ def grow_run(source_dir: Path, strategy: str, out: Path, overrides: list[str] | 
         "eval_batches": [int(n) for n in batches.shape],
     }
     with store.staged_dir(out) as tmp:
-        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
+        store.write_json(tmp / store.CONFIG_FILE, formats.with_version(target.to_dict()))
         # the grown run trains on the source's data: its tokenizer and its data fingerprint go along
         for name in (store.TOKENIZER_FILE, store.TOKENIZER_CONFIG_FILE, store.DATA_FILE):
             if (source.path / name).is_file():

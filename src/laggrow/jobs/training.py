@@ -19,11 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from laggrow import hosts, run_dir, store
+from laggrow import formats, hosts, run_dir, store
 from laggrow.config import RunConfig
+from laggrow.config_engine import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.schema import differences
 
 # What a fresh run writes into its directory (removed again if it fails before a checkpoint).
 _RUN_FILES = (store.CONFIG_FILE, store.DATA_FILE, store.TOKENIZER_FILE, store.METRICS_FILE)
@@ -186,7 +186,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     cfg, out, data = run.config, run.out, run.dataset
     layout = run.layout
     if not (out / store.CONFIG_FILE).is_file():  # a resumed run's was checked equal by prepare_run
-        store.write_json(out / store.CONFIG_FILE, cfg.to_dict())
+        store.write_json(out / store.CONFIG_FILE, formats.with_version(cfg.to_dict()))
     if not (out / store.DATA_FILE).is_file():  # a run made before data.json existed gets one now
         store.write_json(out / store.DATA_FILE, data_fingerprint(data, cfg.data))
     if isinstance(data.tokenizer, BPETokenizer) and not (out / store.TOKENIZER_FILE).is_file():
@@ -253,7 +253,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
     hosts.barrier(f"train {out} records")  # process 0 has written them
     records = store.read_jsonl(metrics_path, "training records")
     evals = [r for r in records if "eval_loss" in r]
-    tokens_per_step = cfg.train.batch_size * cfg.data.seq_len
+    tokens_per_step, flops_per_step = cfg.model.train_step_compute(cfg.train.batch_size, cfg.data.seq_len)
     steps = int(state["step"])
     seconds = seconds_before + history.seconds
     # The steady rate of this process (its first step's compile left out); a process that ran
@@ -267,7 +267,7 @@ def _train(run: PreparedRun, until: int | None, on_record: Callable[[dict], None
         "final_eval_loss": evals[-1]["eval_loss"] if evals else None,
         "params": cfg.model.n_params(),
         "tokens": steps * tokens_per_step,
-        "flops": float(steps * tokens_per_step * cfg.model.train_flops_per_token(cfg.data.seq_len)),
+        "flops": float(steps * flops_per_step),
         "seconds": seconds,
         "tokens_per_second": rate,
         "heldout_unigram_entropy": data.unigram_entropy(),

@@ -33,12 +33,11 @@ from laggrow.pool.trainer import (
     OnEval,
     check_pool,
     check_probe_inputs,
-    data_stream,
-    evaluation_record,
     grow_candidates,
     placement_for,
     run_segments,
     runner_for,
+    write_pool_records,
 )
 
 
@@ -74,18 +73,11 @@ def run_halving(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_e
                for spec in pool.strategies}
     if on_start is not None:
         on_start(pool, candidates)
-    seq = target.data.seq_len
-    tokens_per_step = target.train.batch_size * seq
-    flops_per_step = float(target.model.train_flops_per_token(seq) * tokens_per_step)
+    tokens_per_step, flops = target.model.train_step_compute(target.train.batch_size, target.data.seq_len)
+    flops_per_step = float(flops)
     with interrupt.deferred(), store.staged_dir(out) as tmp:
-        store.write_json(tmp / store.POOL_FILE, {
-            "pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
-            "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
-            "source": str(source.path.absolute()), "candidates": candidates,
-            "data_stream": data_stream(source, target), "protocol": pool.protocol(target), "halving": True,
-            "evaluation": evaluation_record(pool, data, target),
-            **placement_for(pool, target, len(candidates)).record()})
-        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
+        write_pool_records(tmp, pool, pool_file, source, target, candidates, data,
+                           placement_for(pool, target, len(candidates)), halving=True)
         curves_path = tmp / store.CURVES_FILE
         eval_steps = pool.eval_steps()
         trained = {"state": grow_candidates(pool, source, target, candidates),

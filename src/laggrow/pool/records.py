@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import store
+from laggrow import formats, store
 from laggrow.errors import LaggrowError
 
 # Per-window losses are written to this many significant digits: far below any difference a
@@ -116,7 +116,8 @@ def read_pool_record(directory: Path) -> dict:
     """pool.json: the resolved pool, its fingerprint, its source and its candidates."""
     path = Path(directory) / store.POOL_FILE
     what = "pool record written by laggrow probe"
-    meta = store.require_keys(store.read_json(path, what), ("pool", "candidates", "source"), path, what)
+    meta = formats.migrate(store.read_json(path, what), path, what)
+    store.require_keys(meta, ("pool", "candidates", "source"), path, what)
     if not isinstance(meta["pool"], dict):
         raise LaggrowError(f"{path}: 'pool' must be a mapping (the resolved pool), got {type(meta['pool']).__name__}")
     if not isinstance(meta["source"], str) or not meta["source"]:
@@ -161,9 +162,10 @@ def read_selection(path: Path, n_candidates: int) -> list[int]:
 
 
 def read_pool_curves(path: Path) -> list[dict]:
-    """curves.jsonl as records, each with an integer candidate and step (a torn last line, left
-    by a killed writer, is skipped)."""
-    records = store.read_jsonl(path, "pool records")
+    """curves.jsonl as records, each with an integer candidate and step, read by `store`'s one
+    JSONL reader as `analysis.curves` reads them: a torn last line, left by a killed writer, is
+    skipped, and NaN is a loss (a divergence, as null), not damage."""
+    records = store.read_jsonl(path, "pool records", allow_nan=True)
     for number, r in enumerate(records, start=1):
         if not (_is_int(r.get("candidate")) and _is_int(r.get("step"))):
             raise LaggrowError(f"{path} record {number}: expected integer 'candidate' and 'step' "

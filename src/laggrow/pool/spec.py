@@ -63,9 +63,9 @@ from laggrow.config import (
     mesh_config_from_dict,
     run_config_from_dict,
 )
+from laggrow.config_engine import build_dataclass, coerce, read_yaml, require, shown
 from laggrow.errors import LaggrowError
 from laggrow.resources import INT32_MAX, MAX_EVAL_POINTS, SEED_MAX, check_training_fits
-from laggrow.schema import build_dataclass, coerce, read_yaml, require, shown
 
 # The default probe protocol (docs/study.md): no warmup after growth, AdamW's moments carried
 # (PoolConfig.optimizer_state); it gave the best final loss and the highest rho at k on both corpora.

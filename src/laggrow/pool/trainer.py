@@ -20,7 +20,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import growth, hosts, interrupt, mesh, run_dir, store, train
+from laggrow import formats, growth, hosts, interrupt, mesh, run_dir, store, train
 from laggrow.checkpoint import Checkpointer
 from laggrow.config import MeshConfig, RunConfig
 from laggrow.data import Dataset
@@ -63,18 +63,11 @@ def check_pool(pool: PoolConfig, source: RunConfig, target: RunConfig) -> list[d
 def grow_candidates(pool: PoolConfig, source: run_dir.LoadedRun, target: RunConfig,
                     candidates: list[dict[str, Any]]) -> dict:
     """Grow every candidate and stack their train states on a leading candidate axis."""
-    optimizer = train.make_optimizer(target.train)
-    src, dst = source.config.model, target.model
     states = []
     for c in candidates:
-        key = jax.random.key(c["seed"])
-        options = _resolve_options(c["options"])
-        params = growth.grow(source.params, src, dst, c["name"], key, **options)
-        if pool.optimizer_state == "carry":
-            opt_state = train.restart_schedule(
-                growth.grow_opt_state(source.state["opt_state"], src, dst, c["name"], key, **options))
-        else:
-            opt_state = optimizer.init(params)
+        params, opt_state = growth.grown_state(source.params, source.state["opt_state"], source.config.model,
+                                              target.model, c["name"], jax.random.key(c["seed"]),
+                                              pool.optimizer_state, target.train, **_resolve_options(c["options"]))
         states.append(candidate_state(params, opt_state, c["lr_scale"]))
     return stack(states)
 
@@ -103,9 +96,8 @@ def run_segments(runner: PoolRunner, state: dict, candidates: list[dict], start:
     """Advance from `start` to `stop`, evaluating at `eval_steps` and appending to curves.jsonl.
     Returns the state and the step it is at: `stop`, or earlier when `should_stop()` said so
     (asked between steps; nothing is recorded for a step short of an evaluation)."""
-    seq = target.data.seq_len
-    tokens_per_step = target.train.batch_size * seq
-    flops_per_step = float(target.model.train_flops_per_token(seq) * tokens_per_step)
+    tokens_per_step, flops = target.model.train_step_compute(target.train.batch_size, target.data.seq_len)
+    flops_per_step = float(flops)
     saves = {stop} | (set(range(checkpoint_every, stop, checkpoint_every)) if checkpoint_every else set())
     saves = {s for s in saves if s > start}
     # Step 0 (the loss right after growth) is evaluated before any training; a continuation
@@ -224,6 +216,21 @@ def evaluation_record(pool: PoolConfig, data: Dataset, target: RunConfig) -> dic
                        "test_loss": "test set, at final_steps (what results are reported on)"}}
 
 
+def write_pool_records(directory: Path, pool: PoolConfig, pool_file: Path | None, source: run_dir.LoadedRun,
+                       target: RunConfig, candidates: list[dict], data: Dataset, placement: Placement,
+                       **extra: Any) -> None:
+    """pool.json (the resolved pool, its fingerprint, where it came from, its candidates, batch
+    stream, protocol, evaluation sets and placement, plus `extra`) and config.json (the grown
+    model's run config) of a new pool directory: what a probe and a trained halving both write."""
+    store.write_json(directory / store.POOL_FILE, formats.with_version({
+        "pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
+        "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
+        "source": str(source.path.absolute()), "candidates": candidates,
+        "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
+        "evaluation": evaluation_record(pool, data, target), **placement.record(), **extra}))
+    store.write_json(directory / store.CONFIG_FILE, formats.with_version(target.to_dict()))
+
+
 # ---------------------------------------------------------------------------------------------
 # probe and train-final
 
@@ -253,13 +260,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
     if on_start is not None:
         on_start(pool, candidates)
     with interrupt.deferred(), store.staged_dir(out) as tmp:
-        store.write_json(tmp / store.POOL_FILE, {"pool": pool.to_dict(), "fingerprint": pool.fingerprint(),
-                                    "pool_file": str(Path(pool_file).absolute()) if pool_file else None,
-                                    "source": str(source.path.absolute()), "candidates": candidates,
-                                    "data_stream": data_stream(source, target), "protocol": pool.protocol(target),
-                                    "evaluation": evaluation_record(pool, data, target),
-                                    **placement.record()})
-        store.write_json(tmp / store.CONFIG_FILE, target.to_dict())
+        write_pool_records(tmp, pool, pool_file, source, target, candidates, data, placement)
         state = grow_candidates(pool, source, target, candidates)
         runner = runner_for(pool, target, data, candidates, int(source.data_position), placement)
         curves = tmp / store.CURVES_FILE
@@ -270,7 +271,7 @@ def probe(pool: PoolConfig, out: Path, pool_file: Path | None = None, on_eval: O
         with Checkpointer(tmp / store.PROBE_STATE) as ckpt:
             ckpt.save(state, data_position=pool.lag_steps, step=pool.lag_steps)
         hosts.barrier(f"probe {out} curves")  # process 0 has written them
-        rows = ranking(candidates, store.read_jsonl(curves, "pool records"), pool.lag_steps)
+        rows = ranking(candidates, records.read_pool_curves(curves), pool.lag_steps)
         store.write_json(tmp / store.PROBE_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                      "candidates": rows})
     return rows
@@ -402,7 +403,7 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     if stop < pool.final_steps:
         return None
     hosts.barrier(f"train-final {directory} curves")  # process 0 has written them
-    rows = ranking(chosen, store.read_jsonl(curves, "pool records"), pool.final_steps, by="test_loss")
+    rows = ranking(chosen, records.read_pool_curves(curves), pool.final_steps, by="test_loss")
     store.write_json(directory / store.FINAL_FILE, {"lag_steps": pool.lag_steps, "final_steps": pool.final_steps,
                                        "candidates": rows, **placement.record()})
     return rows

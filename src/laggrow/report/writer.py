@@ -1,7 +1,7 @@
 """The files presentation writes: correlation.{json,csv} with the figures, and report.md (of an
 experiment directory, or with stack.png of a stacking directory).
 
-Every record is checked when it is read (`report.schema`): a damaged one is one line naming the
+Every record is checked when it is read (`record_schema.py`): a damaged one is one line naming the
 file and the key. What is raised while rendering is then a bug, and keeps its traceback. Every
 group of outputs is written all or nothing through `store.write_outputs`, so a failure (a full
 disk) leaves the previous files or none, never a mix.
@@ -16,9 +16,10 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from laggrow import record_schema as schema
 from laggrow import run_dir, store
 from laggrow.errors import LaggrowError
-from laggrow.report import figures, schema
+from laggrow.report import figures
 from laggrow.report.experiment_markdown import PoolInputs, ReportInputs, render
 from laggrow.report.stack_markdown import render_stack
 

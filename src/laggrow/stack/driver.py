@@ -29,9 +29,9 @@ import numpy as np
 
 from laggrow import hosts, interrupt, run_dir, store
 from laggrow.analysis.stacking import RECORD_FORMAT
+from laggrow.config_engine import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
-from laggrow.schema import differences
 from laggrow.stack.plan import StackPlan, load_stack_plan, plan_with_vocab
 
 

@@ -39,7 +39,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from laggrow import interrupt, model, run_dir, store, train
+from laggrow import formats, interrupt, model, run_dir, store, train
 from laggrow.analysis.predictors import get_predictor
 from laggrow.checkpoint import CheckpointDamaged, Checkpointer, warn
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint
@@ -425,7 +425,7 @@ class MethodRun:
                    "heldout_unigram_entropy": self.data.unigram_entropy(), "stacked": entry}
         store.ensure_dir(self.model_dir.parent, "stacking directory")
         with store.staged_dir(self.model_dir, "stacking directory") as tmp:
-            store.write_json(tmp / store.CONFIG_FILE, run.to_dict())
+            store.write_json(tmp / store.CONFIG_FILE, formats.with_version(run.to_dict()))
             store.write_json(tmp / store.DATA_FILE, data_fingerprint(self.data, run.data))
             if self.source is not None:  # the source's tokenizer (an imported model's own, its BPE)
                 for name in (store.TOKENIZER_FILE, store.TOKENIZER_CONFIG_FILE):

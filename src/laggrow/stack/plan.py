@@ -63,9 +63,9 @@ from pathlib import Path
 from typing import Any
 
 from laggrow.config import ModelConfig, RunConfig, TrainConfig, run_config_from_dict
+from laggrow.config_engine import apply_overrides, build_dataclass, read_yaml, require, shown
 from laggrow.errors import LaggrowError
 from laggrow.resources import SEED_MAX, check_training_fits
-from laggrow.schema import apply_overrides, build_dataclass, read_yaml, require, shown
 
 METHODS = ("adaptive", "top", "middle", "scratch")
 CANDIDATE_TYPES = ("blocks", "top", "zero", "random")
@@ -224,7 +224,7 @@ class StackPlan:
         return self.run.train.batch_size * self.run.data.seq_len
 
     def step_flops(self, depth: int) -> int:
-        return self.model_at(depth).train_flops_per_token(self.run.data.seq_len) * self.tokens_per_step
+        return self.model_at(depth).train_step_compute(self.run.train.batch_size, self.run.data.seq_len)[1]
 
     def eval_flops(self, depth: int) -> int:
         """One evaluation of one model on the selection set's windows (`data.eval_batches` x

@@ -9,6 +9,7 @@ for the user's damaged file.
 A spec is a kind (`NUM`, `INT`, `STR`, `BOOL`), `opt(spec)` (null allowed), `list_of(spec)`,
 `map_of(spec)` (any keys, every value of `spec`), or a dict of the keys required (others allowed).
 Only what the renderers read is required: records of older laggrows with extra keys still render.
+`analysis.curves` checks a pool's curves.jsonl records here too: one checker of a record's shape.
 """
 
 from __future__ import annotations
@@ -17,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from laggrow.config_engine import shown
 from laggrow.errors import LaggrowError
-from laggrow.schema import shown
 
 
 @dataclass(frozen=True)
@@ -30,12 +31,17 @@ class _Kind:
             return isinstance(value, int | float) and not isinstance(value, bool)
         if self.name == "an integer":
             return isinstance(value, int) and not isinstance(value, bool)
+        if self.name == "a non-negative integer":
+            return isinstance(value, int) and not isinstance(value, bool) and value >= 0
         if self.name == "a string":
             return isinstance(value, str)
+        if self.name == "a non-empty string":
+            return isinstance(value, str) and bool(value)
         return isinstance(value, bool)
 
 
 NUM, INT, STR, BOOL = _Kind("a number"), _Kind("an integer"), _Kind("a string"), _Kind("true or false")
+COUNT, NAME = _Kind("a non-negative integer"), _Kind("a non-empty string")
 
 
 @dataclass(frozen=True)
@@ -47,6 +53,7 @@ class _Optional:
 class _ListOf:
     spec: Any
     length: int | None = None
+    nonempty: bool = False
 
 
 @dataclass(frozen=True)
@@ -58,8 +65,8 @@ def opt(spec: Any) -> _Optional:
     return _Optional(spec)
 
 
-def list_of(spec: Any, length: int | None = None) -> _ListOf:
-    return _ListOf(spec, length)
+def list_of(spec: Any, length: int | None = None, nonempty: bool = False) -> _ListOf:
+    return _ListOf(spec, length, nonempty)
 
 
 def map_of(spec: Any) -> _MapOf:
@@ -81,7 +88,8 @@ def _describe(spec: Any) -> str:
     if isinstance(spec, _Optional):
         return f"{_describe(spec.spec)} or null"
     if isinstance(spec, _ListOf):
-        return f"a list of {spec.length} items" if spec.length is not None else "a list"
+        return f"a list of {spec.length} items" if spec.length is not None else \
+            "a non-empty list" if spec.nonempty else "a list"
     return "a mapping"
 
 
@@ -95,7 +103,8 @@ def _check(value: Any, spec: Any, where: str) -> None:
             raise _Mismatch(where, spec.name, value)
         return
     if isinstance(spec, _ListOf):
-        if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length):
+        if not isinstance(value, list) or (spec.length is not None and len(value) != spec.length) \
+                or (spec.nonempty and not value):
             raise _Mismatch(where, _describe(spec), value)
         for i, item in enumerate(value):
             _check(item, spec.spec, f"{where}[{i}]")
@@ -112,11 +121,15 @@ def _check(value: Any, spec: Any, where: str) -> None:
         _check(value[key], inner, f"{where}.{key}" if where else key)
 
 
-def check(value: Any, spec: Any, path: Path | str, what: str) -> Any:
+def check(value: Any, spec: Any, path: Path | str, what: str, optional: dict[str, Any] | None = None) -> Any:
     """`value` if it has the shape of `spec`, else one line naming `path`, the key and what was
-    expected."""
+    expected. `optional` (for a mapping): keys that may be absent, checked when present. This is
+    laggrow's one checker of a record's shape: every reader of a JSON record it did not just make
+    (report.md's records, a pool's curves) checks it here."""
     try:
         _check(value, spec, "")
+        if optional:
+            _check(value, {k: s for k, s in optional.items() if k in value}, "")
     except _Mismatch as err:
         if err.got is _MISSING:
             raise LaggrowError(f"{path}: missing {err.where} (expected the {what}; is it damaged?)") from None
