@@ -42,7 +42,7 @@ def corpora(tmp_path_factory) -> dict[str, Path]:
     (root / "c.txt").write_text("\n\n".join(docs), encoding="utf-8")
     lines = "".join(json.dumps({"body": d}) + "\n" for d in docs)
     (root / "c.jsonl").write_text(lines, encoding="utf-8")
-    (root / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode("utf-8")))
+    (root / "c.jsonl.gz").write_bytes(gzip.compress(lines.encode("utf-8"), mtime=0))
     BPETokenizer.train(docs, 300).save(root / "tokenizer.json")
     return {"root": root, "txt": root / "c.txt", "jsonl": root / "c.jsonl", "gz": root / "c.jsonl.gz",
             "bpe": root / "tokenizer.json"}
@@ -208,12 +208,13 @@ BAD_CORPORA = [
     ("c.jsonl", b'{"text": "a"}\n{"body": "b"}\n', [], f"c.jsonl line 2: {FIELD} 'text'"),
     ("c.jsonl", b'{"body": "a"}\n{"body": "b"}\n', ["--text-field", "title"], f"line 1: {FIELD} 'title'"),
     ("c.jsonl", b'{"text": "a"}\n\n{"text": "b"\n', [], "c.jsonl line 3: expected a JSON object, got malformed JSON"),
-    ("c.jsonl.gz", gzip.compress(b'{"text": "a"}\n{"text": "\xff"}\n'), [],
+    ("c.jsonl.gz", gzip.compress(b'{"text": "a"}\n{"text": "\xff"}\n', mtime=0), [],
      "not UTF-8 text (invalid byte at offset 24 of its decompressed"),
 ]
 
 
-@pytest.mark.parametrize("name, content, option, expected", BAD_CORPORA)
+@pytest.mark.parametrize("name, content, option, expected", BAD_CORPORA,
+                         ids=[f"{case[0]}-{i}" for i, case in enumerate(BAD_CORPORA)])
 def test_a_bad_corpus_is_one_line(tmp_path, name, content, option, expected):
     corpus = _bad_corpus(tmp_path, name, content)
     out = tmp_path / "tokens"
