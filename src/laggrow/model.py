@@ -1,13 +1,13 @@
 """Decoder-only pre-norm Transformer LMs (`gpt` and `llama`, `model.arch`) as plain functions over
 a pytree of parameters: `init_params`, `apply` and the pieces decoding reuses.
 
-Why plain functions and no module library (Flax NNX, which laggrow once wrapped around `forward`):
+Why plain functions and no module library (such as Flax NNX):
 the parameters *are* the interface. Growth manipulates the stacked tree directly (depth growth is
-array surgery along the layer axis, every op a `jax.tree.map`), checkpoints, the pool's vmap over a
+array surgery along the layer axis, in numpy on the host), checkpoints, the pool's vmap over a
 leading candidate axis, FSDP shardings and Hugging Face import / export all read and write the
 same nested dict; a module object would have to be flattened to that dict at every one of those
 boundaries and would own nothing they need. So this module owns the tree's layout and the math,
-and nothing here holds state. (Flax is then imported nowhere in laggrow.)
+and nothing here holds state; Flax is not a dependency.
 
 Parameters are plain nested dicts of arrays everywhere. Per-layer parameters are
 stacked on a leading layer axis, so growing in depth is array surgery along axis 0. gpt:
