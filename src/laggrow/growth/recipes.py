@@ -125,12 +125,18 @@ def dus_depths(n: int) -> dict[int, int]:
     return {2 * n - 2 * m: m for m in range(n) if 2 * n - 2 * m > n}
 
 
-def check_dus_depth(n: int, n_target: int) -> None:
-    depths = dus_depths(n)
+def check_reachable(strategy: str, rule: str, option: str, depths: dict[int, int], n: int, n_target: int) -> int:
+    """The option value that grows n layers to n_target (`depths`: {target depth: option value}),
+    or one line listing the depths the recipe can reach from n."""
     if n_target not in depths:
-        possible = ", ".join(f"{d} (drop {m})" for d, m in depths.items())
-        raise LaggrowError(f"strategy dus: makes 2L - 2*drop layers, so from {n} layers possible n_layers: "
-                           f"{possible}; got {n_target}")
+        possible = ", ".join(f"{d} ({option} {v})" for d, v in depths.items())
+        raise LaggrowError(f"strategy {strategy}: {rule}, so from {n} layers possible n_layers: {possible}; "
+                           f"got {n_target}")
+    return depths[n_target]
+
+
+def check_dus_depth(n: int, n_target: int) -> int:
+    return check_reachable("dus", "makes 2L - 2*drop layers", "drop", dus_depths(n), n, n_target)
 
 
 def check_dus(src: ModelConfig, dst: ModelConfig) -> None:
@@ -140,9 +146,7 @@ def check_dus(src: ModelConfig, dst: ModelConfig) -> None:
 def plan_dus(n: int, n_target: int, options: Mapping[str, Any]) -> list[Slot]:
     drop = non_negative_int_or_none("drop", options.get("drop"))
     if drop is None:
-        drop = dus_depths(n).get(n_target)
-        if drop is None:
-            check_dus_depth(n, n_target)
+        drop = check_dus_depth(n, n_target)
     if drop >= n:
         raise LaggrowError(f"option drop: {drop} leaves no layer of the source's {n} (expected drop < {n})")
     if 2 * n - 2 * drop != n_target:
@@ -161,12 +165,9 @@ def expansion_depths(n: int) -> dict[int, int]:
     return {n + n // every: every for every in range(n, 0, -1) if n % every == 0}
 
 
-def check_expansion_depth(n: int, n_target: int) -> None:
-    depths = expansion_depths(n)
-    if n_target not in depths:
-        possible = ", ".join(f"{d} (every {e})" for d, e in depths.items())
-        raise LaggrowError(f"strategy block_expansion: adds one identity layer per group of `every` layers "
-                           f"(every divides L), so from {n} layers possible n_layers: {possible}; got {n_target}")
+def check_expansion_depth(n: int, n_target: int) -> int:
+    return check_reachable("block_expansion", "adds one identity layer per group of `every` layers (every divides L)",
+                           "every", expansion_depths(n), n, n_target)
 
 
 def check_block_expansion(src: ModelConfig, dst: ModelConfig) -> None:
@@ -176,9 +177,7 @@ def check_block_expansion(src: ModelConfig, dst: ModelConfig) -> None:
 def plan_block_expansion(n: int, n_target: int, options: Mapping[str, Any]) -> list[Slot]:
     every = positive_int_or_none("every", options.get("every"))
     if every is None:
-        every = expansion_depths(n).get(n_target)
-        if every is None:
-            check_expansion_depth(n, n_target)
+        every = check_expansion_depth(n, n_target)
     if n % every:
         divisors = ", ".join(str(e) for e in range(1, n + 1) if n % e == 0)
         raise LaggrowError(f"option every: {every} does not divide the source's {n} layers (LLaMA Pro's groups "
