@@ -15,13 +15,17 @@ from pathlib import Path
 # share the persistent compilation cache with the test process instead of compiling afresh.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parent.parent / ".jax_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
-# The suite's time is mostly XLA compiling tiny programs it then runs for a few steps, and most of
-# compiling is LLVM's optimisation of the CPU code: without it, the suite ran 5 min 48 s cold from a
-# fresh clone instead of 7 min 18 s (the many-device layouts' commands: 39 s instead of about 70).
-# Tests compare runs with each other, never with figures of an optimised build; benchmarks and
-# laggrow itself keep XLA's default. The persistent cache is keyed on these flags, so the two kinds
-# of program never mix. Appended, not set: a worker re-appending them changes nothing.
-TEST_XLA_FLAGS = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# The suite's time is mostly XLA compiling tiny programs it then runs for a few steps. Two things
+# make compiling slow and neither matters for programs that run a few steps: LLVM's optimisation of
+# the CPU code (turned down) and the newer fusion emitters, which generate a kernel per fusion
+# (turned off: XLA's older emitters). `benchmarks/bench_compile_flags.py` on configs/tiny.yaml's
+# train step: 2.7 s to compile with XLA's defaults, 1.6 s with LLVM's optimisation off, 0.8 s with
+# both; the step then runs in 2.7, 6.3 and 9.0 ms. Tests compare runs with each other, never with
+# figures of an optimised build; benchmarks and laggrow itself keep XLA's default. The persistent
+# cache is keyed on these flags, so the two kinds of program never mix. Appended, not set: a worker
+# re-appending them changes nothing.
+TEST_XLA_FLAGS = ("--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true "
+                  "--xla_cpu_use_fusion_emitters=false")
 os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {TEST_XLA_FLAGS}".strip()
 
 import jax  # noqa: E402  (after the environment it reads)
@@ -163,11 +167,14 @@ def snapshot(directory: Path) -> dict[str, bytes]:
 # ---- scheduling: the longest files first ---------------------------------------------------------
 
 # `make test` runs two workers that take files in collection order (`--dist loadfile`). A long file
-# taken last leaves one worker busy while the other idles, so the files that take a minute or more
-# (measured with --durations, cold cache) are collected first. Order within a file is kept.
-LONGEST_FIRST = ("test_mesh_layouts.py", "test_multihost.py", "test_stack_run.py", "test_train_resilience.py",
-                 "test_pool_resilience.py", "test_probe.py", "test_model_compute.py", "test_experiment_resilience.py",
-                 "test_compile_cache.py", "test_benchmarks.py", "test_hf.py", "test_stack.py")
+# taken last leaves one worker busy while the other idles, so the files that take 15 s or more
+# (measured with --durations=0 from an empty compilation cache), longest first, are collected first.
+# Order within a file is kept.
+LONGEST_FIRST = ("test_mesh_layouts.py", "test_multihost.py", "test_stack_run.py", "test_pool_resilience.py",
+                 "test_upscale.py", "test_train_resilience.py", "test_experiment_pools.py",
+                 "test_experiment_resilience.py", "test_probe.py", "test_growth.py", "test_model_compute.py",
+                 "test_hf.py", "test_growth_opt_state.py", "test_stack_source.py", "test_llama.py",
+                 "test_compile_cache.py")
 
 
 def pytest_collection_modifyitems(config, items):
