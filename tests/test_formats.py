@@ -66,3 +66,13 @@ def test_a_pool_record_of_either_version_reads_back(tmp_path):
     store.write_json(tmp_path / store.POOL_FILE, {**old, formats.KEY: 99})
     with pytest.raises(LaggrowError, match="format_version 99 is newer"):
         records.read_pool_record(tmp_path)
+
+
+def test_a_stacking_record_of_format_2_is_todays_and_format_1_is_refused(tmp_path):
+    path = tmp_path / store.STACK_FILE
+    assert formats.migrate({"format": 2, "runs": []}, path, "stacking record", formats.STACK) == {"runs": []}
+    assert formats.migrate({formats.KEY: 1, "runs": []}, path, "stacking record", formats.STACK) == {"runs": []}
+    for old in ({"format": 1, "runs": []}, {"runs": []}):
+        with pytest.raises(LaggrowError, match=r"written by another version of laggrow stack \(record format 1, "
+                                               r"expected 2: losses on a test set apart"):
+            formats.migrate(old, path, "stacking record", formats.STACK)

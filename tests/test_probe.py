@@ -8,7 +8,7 @@ import pytest
 import yaml
 from typer.testing import CliRunner
 
-from conftest import invoke_ok
+from conftest import invoke_ok, one_line_failure, snapshot
 from laggrow import model, run_dir, store, train
 from laggrow.cli import app
 from laggrow.pool import step as pool_train
@@ -98,18 +98,20 @@ def test_no_pool_batch_is_one_the_source_trained_on(probed, base_run):
         np.testing.assert_array_equal(batches[0], data.train_batch(steps + p, cfg.batch_size, cfg.seed))
 
 
-def test_a_pool_recorded_without_its_data_stream_is_refused(probed, tmp_path):
+@pytest.mark.parametrize("key", ["data_stream", "evaluation"])
+def test_a_pool_recorded_without_its_data_stream_or_evaluation_is_refused_by_train_final(probed, tmp_path, key):
+    """An older laggrow's pool (formats.require_continuable_pool): train-final cannot continue it."""
     import shutil
 
     out, _, _ = probed
     copy = tmp_path / "old"
     shutil.copytree(out, copy)
     meta = json.loads((copy / store.POOL_FILE).read_text())
-    del meta["data_stream"]
+    del meta[key]
     (copy / store.POOL_FILE).write_text(json.dumps(meta))
-    result = runner.invoke(app, ["train-final", str(copy)])
-    assert result.exit_code == 2 and "no data_stream record" in result.output
-    assert len(result.output.strip().splitlines()) == 1
+    before = snapshot(copy)
+    one_line_failure(runner.invoke(app, ["train-final", str(copy)]), f"no {key} record (probed by a laggrow that")
+    assert snapshot(copy) == before
 
 
 @pytest.mark.parametrize("protocol", [

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from conftest import invoke_ok, one_line_failure, snapshot
-from laggrow import store
+from laggrow import formats, store
 from laggrow.analysis.stacking import best_methods, choice_rows, flops_to_reach, method_summaries
 
 SEEDS = (0, 1)
@@ -140,8 +140,9 @@ def make_record(methods: tuple[str, ...] = METHODS) -> dict:
     evaluation = {"rule": "by characters", "selection_documents": 3, "test_documents": 4, "selection_tokens": 5000,
                   "test_tokens": 5100, "windows": 4, "window_tokens": 16, "selection": "choices",
                   "test": "results"}
-    return {"format": 2, "config": {"run": {"model": model, "data": data, "train": train}, "stack": stack},
-            "final_steps": 60, "stages": STAGES, "budget": budget, "evaluation": evaluation, "seeds": list(SEEDS),
+    return {formats.KEY: formats.FORMAT_VERSION,
+            "config": {"run": {"model": model, "data": data, "train": train}, "stack": stack}, "final_steps": 60,
+            "stages": STAGES, "budget": budget, "evaluation": evaluation, "seeds": list(SEEDS),
             "methods": list(methods), "runs": [_run(m, s) for m in methods for s in SEEDS]}
 
 
@@ -446,6 +447,7 @@ def _old_format(directory: Path) -> None:
     """stack.json as laggrow stack wrote it before the test set and equal budgets: format 1, one
     `final_eval_loss`, no windows, no budget, no evaluation record."""
     record = make_record()
+    del record[formats.KEY]
     record["format"] = 1
     del record["budget"], record["evaluation"]
     for run in record["runs"]:

@@ -14,7 +14,7 @@ import optax
 import pytest
 
 from conftest import CONFIGS, finish, invoke_ok, one_line_failure, snapshot, start_laggrow
-from laggrow import run_dir, store
+from laggrow import formats, run_dir, store
 
 TINY = CONFIGS / "stack-tiny.yaml"
 
@@ -44,7 +44,7 @@ def _plan(record: dict):
 
 def test_the_whole_comparison_runs_and_writes_its_records(stacked):
     record = _record(stacked)
-    assert record["format"] == 2
+    assert record[formats.KEY] == formats.FORMAT_VERSION and "format" not in record
     assert record["methods"] == ["adaptive", "top", "middle", "scratch"] and record["seeds"] == [0]
     assert [(s["depth"], s["start"], s["end"]) for s in record["stages"]] == [(1, 0, 10), (2, 10, 30), (3, 30, 60)]
     assert [(r["method"], r["seed"]) for r in record["runs"]] == [
@@ -192,6 +192,28 @@ def test_a_second_run_on_a_finished_directory_redoes_nothing(stacked):
     assert changed == [], changed
 
 
+def test_a_directory_written_before_format_version_is_continued_and_reported(stacked, tmp_path):
+    """stack-config.json and stack.json as laggrow stack wrote them before format_version (their own
+    `format: 2`, today's shape): a rerun redoes nothing and writes both with format_version; report
+    renders them."""
+    import shutil
+
+    old = tmp_path / "before-format-version"
+    shutil.copytree(stacked, old)
+    for name in (store.STACK_CONFIG_FILE, store.STACK_FILE):
+        record = json.loads((old / name).read_text())
+        del record[formats.KEY]
+        (old / name).write_text(json.dumps({**record, "format": 2}))
+    invoke_ok("report", old)
+    before = snapshot(old)
+    invoke_ok("stack", TINY, "--out", old)
+    after = snapshot(old)
+    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    assert changed == [store.STACK_CONFIG_FILE, store.STACK_FILE], changed
+    for name in changed:
+        assert json.loads(after[name]) == json.loads((stacked / name).read_text()), name
+
+
 def _without_seconds(record: dict) -> dict:
     for run in record["runs"]:
         run.pop("seconds")
@@ -248,8 +270,9 @@ def test_adaptive_chooses_on_the_selection_set_whatever_the_test_set_holds(stack
 
 
 def test_an_old_stacking_directory_is_one_line_when_resumed_or_reported(stacked, tmp_path):
-    """A directory written before the test set and equal budgets (record format 1: its config file
-    without a format, stack.json of format 1) is refused, not continued or rendered."""
+    """A directory written before the test set and equal budgets (before format_version, record
+    format 1: its config file without a format, stack.json of format 1) is refused, not continued
+    or rendered."""
     import shutil
 
     from typer.testing import CliRunner
@@ -259,9 +282,10 @@ def test_an_old_stacking_directory_is_one_line_when_resumed_or_reported(stacked,
     old = tmp_path / "old"
     shutil.copytree(stacked, old)
     config = json.loads((old / store.STACK_CONFIG_FILE).read_text())
-    del config["format"]
+    del config[formats.KEY]
     (old / store.STACK_CONFIG_FILE).write_text(json.dumps(config))
     record = _record(old)
+    del record[formats.KEY]
     record["format"] = 1
     (old / store.STACK_FILE).write_text(json.dumps(record))
     before = snapshot(old)

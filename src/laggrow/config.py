@@ -387,7 +387,7 @@ def run_config_from_dict(raw: dict[str, Any], where: str = "config", check_fits:
     `check_fits=False` skips the memory estimate, for a run that is only read back."""
     if not isinstance(raw, dict):
         raise LaggrowError(f"{where}: expected a mapping of sections (model, data, train), got {shown(raw)}")
-    raw = formats.migrate(raw, where, "run config")  # a config.json of any laggrow, as one of today
+    raw = formats.migrate(raw, where, "run config", formats.RUN)  # a config.json of any laggrow, as one of today
     for key in raw:
         if key not in SECTIONS and key != "mesh":
             raise LaggrowError(f"{where}: unknown section {shown(key)} (expected model, data, train, mesh)")

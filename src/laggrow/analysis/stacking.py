@@ -44,11 +44,6 @@ SCRATCH = "scratch"
 ADAPTIVE = "adaptive"
 TOP = "top"
 
-# stack.json's and stack-config.json's format: 2 reads losses on a test set apart from adaptive's
-# selection set and trains every method to adaptive's FLOPs (1 did neither)
-RECORD_FORMAT = 2
-
-
 def _number(value: Any, what: str) -> float:
     """A record's number as a float; a string, a bool or a list where a number belongs is damage
     (TypeError, which the writer turns into one line)."""

@@ -116,7 +116,7 @@ def read_pool_record(directory: Path) -> dict:
     """pool.json: the resolved pool, its fingerprint, its source and its candidates."""
     path = Path(directory) / store.POOL_FILE
     what = "pool record written by laggrow probe"
-    meta = formats.migrate(store.read_json(path, what), path, what)
+    meta = formats.migrate(store.read_json(path, what), path, what, formats.POOL)
     store.require_keys(meta, ("pool", "candidates", "source"), path, what)
     if not isinstance(meta["pool"], dict):
         raise LaggrowError(f"{path}: 'pool' must be a mapping (the resolved pool), got {type(meta['pool']).__name__}")

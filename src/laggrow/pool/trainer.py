@@ -135,12 +135,10 @@ def data_stream(source: run_dir.LoadedRun, target: RunConfig) -> dict[str, Any]:
 
 
 def read_data_stream(meta: dict, path: Path) -> int:
-    """The recorded start position of a pool's batch stream (see `data_stream`)."""
-    stream = meta.get("data_stream")
-    if not isinstance(stream, dict) or not isinstance(stream.get("start"), int) or stream["start"] < 0:
-        raise LaggrowError(f"{path}: no data_stream record (probed by a laggrow that replayed the source's "
-                           "batches, or damaged); probe again into a new --out")
-    return stream["start"]
+    """The recorded start position of a pool's batch stream (see `data_stream`); one line for a pool
+    that cannot be continued (`formats.require_continuable_pool`)."""
+    formats.require_continuable_pool(meta, path)
+    return meta["data_stream"]["start"]
 
 
 @dataclass(frozen=True)
@@ -365,10 +363,6 @@ def _train_final(directory: Path, steps: int | None, only: int | None, on_eval: 
     curves = directory / store.CURVES_FILE
     existing = records.read_pool_curves(curves)
     start_position = read_data_stream(meta, directory / store.POOL_FILE)
-    if not isinstance(meta.get("evaluation"), dict):
-        raise LaggrowError(f"{directory / store.POOL_FILE}: no evaluation record (probed by a laggrow that read "
-                           "choices and results on the same held-out windows, or damaged); probe again into a new "
-                           "--out")
     source = Path(meta["source"])
     source_cfg = run_dir.read_run_config(source, what="pool source")
     data = run_dir.load_source_dataset(source, source_cfg)

@@ -16,8 +16,8 @@ import re
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from laggrow import formats, run_dir, store
 from laggrow import record_schema as schema
-from laggrow import run_dir, store
 from laggrow.errors import LaggrowError
 from laggrow.report import figures
 from laggrow.report.experiment_markdown import PoolInputs, ReportInputs, render
@@ -162,8 +162,6 @@ STACK_KEYS = ("config", "final_steps", "stages", "budget", "evaluation", "seeds"
 def read_stack_record(directory: Path) -> dict:
     """stack.json, checked: its keys, and its format (a directory written by another version of
     laggrow stack is one line saying so, not a KeyError on a field it lacks)."""
-    from laggrow.analysis.stacking import RECORD_FORMAT
-
     path = directory / store.STACK_FILE
     if not path.is_file() and (directory / store.STACK_CONFIG_FILE).is_file():
         raise LaggrowError(f"{directory}: a stacking run not finished yet (no {store.STACK_FILE}, which laggrow stack "
@@ -171,12 +169,7 @@ def read_stack_record(directory: Path) -> dict:
                            "it, then report")
     if not path.is_file():
         raise LaggrowError(f"{directory}: holds no stacking run (expected a directory written by laggrow stack)")
-    record = store.read_json(path, STACK_WHAT)
-    found = record.get("format") if isinstance(record, dict) else None
-    if found != RECORD_FORMAT:
-        raise LaggrowError(f"{path}: written by another version of laggrow stack (record format {found}, expected "
-                           f"{RECORD_FORMAT}: losses on a test set apart from adaptive's selection set, every method "
-                           "at adaptive's FLOPs); run laggrow stack again into a new --out")
+    record = formats.migrate(store.read_json(path, STACK_WHAT), path, STACK_WHAT, formats.STACK)
     return store.require_keys(record, STACK_KEYS, path, STACK_WHAT)
 
 

@@ -1,8 +1,8 @@
 """A stacking directory (`laggrow stack CONFIG --out DIR`): the checks, every method of every seed in
 turn, then stack.json, report.md and stack.png.
 
-    DIR/stack-config.json   the resolved run and stack sections and the record format (a second run
-                            must match them)
+    DIR/stack-config.json   the resolved run and stack sections (a second run must match them) and
+                            the format_version
     DIR/data.json           the corpus's fingerprint (a changed corpus is refused on resume)
     DIR/tokenizer.json      the BPE tokenizer, when there is one (without a source)
     DIR/curves.jsonl        every evaluation of every method and seed
@@ -13,7 +13,7 @@ Everything that can be wrong with the input (the config, the corpus and its held
 is found by `prepare_stack` before anything is written. Run again on the same DIR, the same command
 continues each unfinished run from its last completed stage and redoes nothing that has finished;
 a DIR of an earlier record format (losses read on the whole held-out stream, budgets unequal) is
-refused in one line rather than continued with records of two meanings. A stack from a source
+refused in one line (`formats.migrate`) rather than continued with records of two meanings. A stack from a source
 (`stack.source`) records what identifies the source in stack-config.json; a rerun whose source has
 changed since (another checkpoint, other weights) is refused in one line.
 """
@@ -27,8 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from laggrow import hosts, interrupt, run_dir, store
-from laggrow.analysis.stacking import RECORD_FORMAT
+from laggrow import formats, hosts, interrupt, run_dir, store
 from laggrow.config_engine import differences
 from laggrow.data import BPETokenizer, Dataset, data_fingerprint, load_dataset
 from laggrow.errors import LaggrowError
@@ -60,15 +59,6 @@ def evaluation_record(dataset: Dataset, plan: StackPlan) -> dict[str, Any]:
             "test": "every curves.jsonl row and every final loss: measurement every method gets, charged to none"}
 
 
-def _check_format(out: Path, recorded: dict) -> None:
-    """A stacking directory of another record format is refused: its records mean other things."""
-    found = recorded.get("format", 1) if isinstance(recorded, dict) else None
-    if found != RECORD_FORMAT:
-        raise LaggrowError(f"--out {out}: written by another version of laggrow stack (record format {found}, "
-                           f"expected {RECORD_FORMAT}: losses on a test set apart from adaptive's selection set, "
-                           "every method at adaptive's FLOPs); choose another --out")
-
-
 def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -> PreparedStack:
     """Check the config, --out and the corpus; nothing is written."""
     hosts.require_one_process("laggrow stack")  # its runs train on one device of one process
@@ -90,8 +80,8 @@ def prepare_stack(config: Path, out: Path, overrides: list[str] | None = None) -
     plan = plan_with_vocab(plan, dataset.vocab_size)
     eval_sets = evaluation_sets(dataset, plan)  # a held-out split too small for either set is refused here
     if recorded.is_file():
-        then = store.read_json(recorded, "stacking config written by laggrow stack")
-        _check_format(out, then)
+        what = "stacking config written by laggrow stack"
+        then = formats.migrate(store.read_json(recorded, what), recorded, what, formats.STACK)
         _check_same_source(out, source, then)
         diffs = differences(config_record(plan, source), then)
         if diffs:
@@ -127,9 +117,9 @@ def _check_same_source(out: Path, source: dict[str, Any] | None, recorded: dict[
 
 
 def config_record(plan: StackPlan, source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """stack-config.json: the plan's sections, the record format the directory is written in, and
-    (from a source) what identifies the source."""
-    return {**plan.to_dict(), "format": RECORD_FORMAT, **({"source": source} if source is not None else {})}
+    """stack-config.json (written with `formats.with_version`): the plan's sections and (from a
+    source) what identifies the source."""
+    return {**plan.to_dict(), **({"source": source} if source is not None else {})}
 
 
 def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = None,
@@ -143,7 +133,8 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
     with interrupt.deferred(), store.DirLock(out, "--out"):
         # The config first: it marks the directory as this stacking run's, and what follows is
         # written again (if missing) by the next attempt when this one is killed in between.
-        store.write_json(out / store.STACK_CONFIG_FILE, config_record(plan, prepared.source), if_changed=True)
+        store.write_json(out / store.STACK_CONFIG_FILE, formats.with_version(config_record(plan, prepared.source)),
+                         if_changed=True)
         if (isinstance(prepared.dataset.tokenizer, BPETokenizer) and not plan.from_source
                 and not (out / store.TOKENIZER_FILE).is_file()):
             store.write_file(out / store.TOKENIZER_FILE, prepared.dataset.tokenizer.save)
@@ -160,19 +151,19 @@ def run_stack(prepared: PreparedStack, on_event: Callable[[str], None] | None = 
                     raise interrupt.Interrupted(f"{err}; the completed stages are kept in {out}; continue with: "
                                                 f"{command}") from None
         record = stack_record(plan, results, evaluation_record(prepared.dataset, plan), prepared.source)
-        store.write_json(out / store.STACK_FILE, record)
+        store.write_json(out / store.STACK_FILE, formats.with_version(record))
         write_stack_report(out)
     return record
 
 
 def stack_record(plan: StackPlan, results: list[dict[str, Any]], evaluation: dict[str, Any],
                  source: dict[str, Any] | None = None) -> dict[str, Any]:
-    """stack.json: the config, the stage schedule, the equal-FLOPs budget and every method's steps
-    and FLOPs under it, the held-out split and which set does what, the source (`source_record`,
-    or null), and one entry per method and seed."""
+    """stack.json (written with `formats.with_version`): the config, the stage schedule, the
+    equal-FLOPs budget and every method's steps and FLOPs under it, the held-out split and which
+    set does what, the source (`source_record`, or null), and one entry per method and seed."""
     basis = ("adaptive's total: its training, the other candidates' probe steps and the probe's selection-set "
              "evaluations" if "adaptive" in plan.stack.methods else "the stacking schedule's training over T")
-    return {"format": RECORD_FORMAT, "config": plan.to_dict(), "final_steps": plan.final_steps,
+    return {"config": plan.to_dict(), "final_steps": plan.final_steps,
             "stages": [s.to_dict() for s in plan.stages],
             "budget": {"flops": plan.budget_flops(), "basis": basis, "methods": plan.budgets(),
                        "target_step_flops": plan.step_flops(plan.run.model.n_layers)},
