@@ -205,6 +205,9 @@ def test_checkpointer_api_verifies_refuses_and_keeps_meta(tmp_path):
         assert ckpt.verify(3) is None
 
 
+# Orbax's read coroutines, collected after the failed restore, hold its error ("Exception ignored"; at
+# times "Event loop is closed"); the command line's hook drops them (test_the_command_line_hides_...)
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")
 def test_a_verified_checkpoint_that_cannot_be_restored_is_neither_marked_damaged_nor_removed(tmp_path, capsys):
     # Step 2 verifies (its bytes are what was saved) but cannot be restored into the target at hand,
     # as one cannot be without the memory or the devices it needs: it was once marked damaged, and
@@ -244,3 +247,57 @@ def test_a_save_on_a_full_disk_is_one_line_and_closing_adds_no_second_error(tmp_
         ckpt.close()  # the failure is reported once: closing raises nothing
     finally:
         subprocess.run(["umount", "-l", str(disk)], capture_output=True)
+
+
+def _an_orbax_coroutine():
+    """A coroutine object of one of Orbax's own coroutine functions (its arguments bound to None,
+    never run): what the command line's unraisable hook meets when a failed restore's reads are
+    collected."""
+    import inspect
+    import sys
+
+    import orbax.checkpoint  # noqa: F401  (its modules, in sys.modules)
+
+    for name, module in sorted(sys.modules.items()):
+        if not name.startswith("orbax.checkpoint"):
+            continue
+        for fn in vars(module).values():
+            if inspect.iscoroutinefunction(fn) and fn.__module__ == name:
+                params = inspect.signature(fn).parameters.values()
+                args = [None for p in params if p.default is p.empty and p.kind == p.POSITIONAL_OR_KEYWORD]
+                kwargs = {p.name: None for p in params if p.default is p.empty and p.kind == p.KEYWORD_ONLY}
+                return fn(*args, **kwargs)
+    raise AssertionError("no coroutine function in orbax.checkpoint")
+
+
+def test_the_command_line_hides_only_orbaxs_leftovers_after_a_failure():
+    """After a failed restore, Orbax's read coroutines are collected holding their exception and
+    Python prints each as "Exception ignored in: <coroutine ...>" with a long traceback (seen from
+    Checkpointer.restore in a plain process); the command line's unraisable hook drops those and the
+    closed-loop errors of a failed save, and passes everything else on."""
+    import types
+
+    from laggrow.cli import _quiet_orbax_leftovers
+
+    passed = []
+    hook = _quiet_orbax_leftovers(passed.append)
+
+    async def ours():
+        pass
+
+    orbax_read, our_coroutine = _an_orbax_coroutine(), ours()
+    try:
+        def unraisable(err, obj):
+            return types.SimpleNamespace(exc_type=type(err), exc_value=err, exc_traceback=None, err_msg=None,
+                                         object=obj)
+
+        hook(unraisable(Exception("Encountered error while reading array index"), orbax_read))
+        hook(unraisable(RuntimeError("Event loop is closed"), None))
+        assert passed == []
+        others = [unraisable(Exception("a bug of ours"), our_coroutine), unraisable(RuntimeError("other"), None)]
+        for other in others:
+            hook(other)
+        assert passed == others
+    finally:
+        orbax_read.close()
+        our_coroutine.close()

@@ -8,7 +8,9 @@ on the app; `laggrow.cli.errors` is the one error boundary and `laggrow.cli.prog
 from __future__ import annotations
 
 import importlib
+import inspect
 import io
+import os
 import sys
 from typing import Annotated
 
@@ -120,12 +122,16 @@ for _name in COMMAND_MODULES:
     importlib.import_module(f"laggrow.cli.{_name}").register(app)
 
 
-def _quiet_closed_loop(hook):
-    """sys.unraisablehook, except for the "Event loop is closed" that Orbax's write callbacks
-    raise from tensorstore's threads (a traceback each) after a failed save has given up."""
+def _quiet_orbax_leftovers(hook):
+    """sys.unraisablehook, except for what Orbax's background work leaves after a failed save or
+    restore has already been said in one line: the "Event loop is closed" its write callbacks raise
+    from tensorstore's threads after a failed save, and the exception each of its read coroutines
+    still holds when it is collected after a failed restore (a traceback of a hundred lines each)."""
     def quiet(unraisable):
-        err = unraisable.exc_value
-        if not (isinstance(err, RuntimeError) and str(err) == "Event loop is closed"):
+        err, obj = unraisable.exc_value, unraisable.object
+        closed_loop = isinstance(err, RuntimeError) and str(err) == "Event loop is closed"
+        orbax_read = inspect.iscoroutine(obj) and f"{os.sep}orbax{os.sep}" in obj.cr_code.co_filename
+        if not (closed_loop or orbax_read):
             hook(unraisable)
     return quiet
 
@@ -144,7 +150,7 @@ def main() -> None:
     # disk); the error boundary says it in one line.
     for name in ("absl", "asyncio"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
-    sys.unraisablehook = _quiet_closed_loop(sys.unraisablehook)
+    sys.unraisablehook = _quiet_orbax_leftovers(sys.unraisablehook)
     # and a failed write leaves tensorstore coroutines that were never awaited, which Python
     # reports at exit: noise after the one line that already said what happened
     warnings.filterwarnings("ignore", message="coroutine .* was never awaited", category=RuntimeWarning)
