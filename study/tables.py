@@ -13,7 +13,6 @@ laggrow.analysis over the recorded files; nothing is trained here.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from laggrow import analysis, store
 from laggrow.analysis import noise
 from laggrow.analysis.stacking import best_methods, choice_rows, method_summaries
 from laggrow.errors import LaggrowError
+from laggrow.report.writer import read_stack_record, read_stack_rows
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "study"))
@@ -194,8 +194,8 @@ def stack_rows(out: Path) -> tuple[list[list[str]], list[list[str]]]:
         if not (directory / store.STACK_FILE).is_file():
             methods.append([corpus, "not run", *[""] * 9])
             continue
-        record = json.loads((directory / store.STACK_FILE).read_text())
-        rows = store.read_jsonl(directory / store.CURVES_FILE, "stacking curves")
+        record = read_stack_record(directory)  # checked, and of today's format (formats.migrate)
+        rows = read_stack_rows(directory, record)
         best = best_methods(record)
         for s in method_summaries(record, rows):
             gap = "best" if s["best"] else f"{s['gap_to_best']:+.4f} ± {fmt(s['gap_se'])}"

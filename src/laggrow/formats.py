@@ -22,7 +22,8 @@ Version 0 -> 1:
 
 What older laggrows left out that no migration can supply, and how the readers treat it:
 - a run without data.json (made by a laggrow before it recorded the corpus's fingerprint): its
-  corpus is not checked on resume, and the resumed run writes one (`run_dir.check_data`, jobs/training.py);
+  corpus is not checked on resume, and the resumed run writes one (`run_dir.check_data`,
+  jobs/training.py);
 - a pool without `data_stream` or `evaluation` (probed by a laggrow that replayed the source's
   batches, or chose on the windows it reported): its records read back (correlate, report), but
   train-final refuses to continue it (`require_continuable_pool`).
@@ -75,7 +76,7 @@ def with_version(record: dict[str, Any]) -> dict[str, Any]:
     return {**record, KEY: FORMAT_VERSION}
 
 
-def migrate(record: dict[str, Any], path: Path | str, what: str, kind: str = RUN) -> dict[str, Any]:
+def migrate(record: dict[str, Any], path: Path | str, what: str, kind: str) -> dict[str, Any]:
     """`record` (read from `path`; `kind` one of RUN, POOL, STACK) in the current shape,
     `format_version` taken out: the one function that knows what older laggrows wrote. One line for
     a version this laggrow does not know (a newer laggrow's, or a damaged key), or an older record

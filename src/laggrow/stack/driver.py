@@ -13,9 +13,9 @@ Everything that can be wrong with the input (the config, the corpus and its held
 is found by `prepare_stack` before anything is written. Run again on the same DIR, the same command
 continues each unfinished run from its last completed stage and redoes nothing that has finished;
 a DIR of an earlier record format (losses read on the whole held-out stream, budgets unequal) is
-refused in one line (`formats.migrate`) rather than continued with records of two meanings. A stack from a source
-(`stack.source`) records what identifies the source in stack-config.json; a rerun whose source has
-changed since (another checkpoint, other weights) is refused in one line.
+refused in one line (`formats.migrate`) rather than continued with records of two meanings. A
+stack from a source (`stack.source`) records what identifies the source in stack-config.json; a
+rerun whose source has changed since (another checkpoint, other weights) is refused in one line.
 """
 
 from __future__ import annotations
