@@ -187,9 +187,13 @@ def test_every_final_model_is_a_run_that_grow_and_pools_can_start_from(stacked, 
 def test_a_second_run_on_a_finished_directory_redoes_nothing(stacked):
     before = snapshot(stacked)
     invoke_ok("stack", TINY, "--out", stacked)
-    after = snapshot(stacked)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    changed = _changed(before, snapshot(stacked))
     assert changed == [], changed
+
+
+def _changed(before: dict[str, bytes], after: dict[str, bytes]) -> list[str]:
+    """The paths whose bytes differ between two `snapshot`s (or that only one has)."""
+    return sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
 
 
 def test_a_directory_written_before_format_version_is_continued_and_reported(stacked, tmp_path):
@@ -208,7 +212,7 @@ def test_a_directory_written_before_format_version_is_continued_and_reported(sta
     before = snapshot(old)
     invoke_ok("stack", TINY, "--out", old)
     after = snapshot(old)
-    changed = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+    changed = _changed(before, after)
     assert changed == [store.STACK_CONFIG_FILE, store.STACK_FILE], changed
     for name in changed:
         assert json.loads(after[name]) == json.loads((stacked / name).read_text()), name

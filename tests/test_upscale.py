@@ -2,8 +2,8 @@
 and its 1.5x pool end to end at a tiny size: the base (an 8-layer Llama-family model with a BPE)
 trained, grown to 12 layers by every recipe (dus, block expansion, passthrough slices, stack_top,
 stack_middle, scratch), probed, trained to T, correlated, reported. Only the sizes are shrunk
-(width, steps, windows, and the corpus to KJV's first chapters, which a BPE encodes in a tenth of
-the time); the depth, recipes and ranges are the config's. (The 2x pool's recipes
+(width, steps, windows, and the corpus to KJV's first 120 chapters, a tenth of its text, which the
+BPE encodes at every stage); the depth, recipes and ranges are the config's. (The 2x pool's recipes
 differ only in their options, which the registry-wide growth tests cover; running it here would
 double this file's compile time.)"""
 
